@@ -1,0 +1,15 @@
+//! Vestibule's config: the gateway IR ([`model`]), the `Tenant` CRD
+//! ([`tenant`]), the manifest loader ([`manifests`]) and the pure translator
+//! from Kubernetes objects to a [`model::GatewayConfig`] ([`translate`]).
+#![forbid(unsafe_code)]
+
+pub mod hostname;
+pub mod manifests;
+pub mod model;
+pub mod tenant;
+pub mod translate;
+
+pub use hostname::{HostPattern, Hostname};
+pub use manifests::{load_paths, Loaded, Snapshot};
+pub use model::GatewayConfig;
+pub use translate::{translate, Options, Translation};

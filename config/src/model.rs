@@ -1,0 +1,385 @@
+//! The GatewayConfig IR: what a gateway serves, independent of where it came from.
+//!
+//! Every collection is sorted (maps are `BTreeMap`, vectors are sorted by the
+//! translator), so the same config always serializes to the same bytes and the
+//! `version` (a content hash) is stable across runs and replicas.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::hostname::{HostPattern, Hostname};
+
+// === impl GatewayConfig ===
+
+/// One complete gateway configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayConfig {
+    /// Content hash of everything below; see [`GatewayConfig::seal`].
+    #[serde(default)]
+    pub version: ConfigVersion,
+    /// Virtual hosts, sorted by host pattern.
+    #[serde(default)]
+    pub hosts: Vec<VirtualHost>,
+    /// Catch-all used when no host and no route matches (`spec.defaultBackend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<Backend>,
+    #[serde(default)]
+    pub pools: BTreeMap<PoolId, Pool>,
+    /// Certificates by content id; hosts refer to them, so one PEM shared by
+    /// many hosts is stored (and parsed by the gateway) once.
+    #[serde(default)]
+    pub certificates: BTreeMap<CertId, Certificate>,
+    #[serde(default)]
+    pub tenants: BTreeMap<TenantId, Tenant>,
+}
+
+impl GatewayConfig {
+    /// The content hash of the config, ignoring the current `version` field.
+    pub fn content_version(&self) -> ConfigVersion {
+        let mut unsealed = self.clone();
+        unsealed.version = ConfigVersion::default();
+        // Serializing plain data with string keys cannot fail.
+        let bytes = serde_json::to_vec(&unsealed).unwrap_or_default();
+        let digest = Sha256::digest(&bytes);
+        ConfigVersion(hex::encode(&digest[..8]))
+    }
+
+    /// Sets `version` to the content hash.
+    pub fn seal(mut self) -> Self {
+        self.version = self.content_version();
+        self
+    }
+
+    /// Parses a config from YAML or JSON (JSON is YAML) and checks its integrity.
+    pub fn from_text(text: &str) -> Result<Self, ConfigError> {
+        let config: GatewayConfig =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the references inside the config: every route names a known
+    /// pool, every TLS host a known certificate, every tenant host a known tenant.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pool = |b: &Backend| match b {
+            Backend::Pool(id) if !self.pools.contains_key(id) => {
+                Err(ConfigError::Reference(format!("unknown pool {id}")))
+            }
+            _ => Ok(()),
+        };
+        for vhost in &self.hosts {
+            for route in &vhost.routes {
+                pool(&route.backend)?;
+            }
+            if let Some(HostTls::Certificate(id)) = &vhost.tls {
+                if !self.certificates.contains_key(id) {
+                    return Err(ConfigError::Reference(format!(
+                        "host {} uses unknown certificate {id}",
+                        vhost.host
+                    )));
+                }
+            }
+            if let Some(t) = &vhost.tenant {
+                if !self.tenants.contains_key(t) {
+                    return Err(ConfigError::Reference(format!(
+                        "host {} names unknown tenant {t}",
+                        vhost.host
+                    )));
+                }
+            }
+        }
+        if let Some(b) = &self.default_backend {
+            pool(b)?;
+        }
+        if !self.version.is_empty() && self.version != self.content_version() {
+            return Err(ConfigError::Version {
+                stated: self.version.clone(),
+                actual: self.content_version(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A config file or payload that can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid YAML/JSON for a GatewayConfig: {0}")]
+    Parse(String),
+    #[error("config refers to something it does not define: {0}")]
+    Reference(String),
+    #[error("config version {stated} does not match its content (hash {actual})")]
+    Version {
+        stated: ConfigVersion,
+        actual: ConfigVersion,
+    },
+}
+
+// === impl VirtualHost ===
+
+/// Name-based virtual host: a host pattern and its routes, most specific first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualHost {
+    pub host: HostPattern,
+    /// The tenant that owns this host: requests get `X-Tenant-Id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
+    /// Set when the host is served over TLS. Plain HTTP to it redirects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HostTls>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// TLS for a host. A host that asked for TLS stays a TLS host even when its
+/// certificate is unusable: it is never downgraded to plain text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum HostTls {
+    /// Serve this certificate for the host's SNI.
+    Certificate(CertId),
+    /// TLS was requested but no usable certificate exists (the reason says
+    /// why); the gateway presents its default certificate or fails the handshake.
+    Unavailable(String),
+}
+
+impl HostTls {
+    pub fn certificate(&self) -> Option<&CertId> {
+        match self {
+            HostTls::Certificate(id) => Some(id),
+            HostTls::Unavailable(_) => None,
+        }
+    }
+}
+
+// === impl Route ===
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    /// Where the route came from (`ingress/ns/name`, `tenant/name`): the
+    /// bounded `route` label of metrics and logs.
+    pub name: RouteName,
+    pub path: PathMatch,
+    pub backend: Backend,
+}
+
+/// How a route matches the request path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with these path elements: `/foo` matches `/foo`,
+    /// `/foo/` and `/foo/bar`, never `/foobar`. Stored without a trailing `/`
+    /// (except the root `/`).
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// A normalized prefix matcher (trailing slashes removed, root kept).
+    pub fn prefix(path: &str) -> Self {
+        let trimmed = path.trim_end_matches('/');
+        PathMatch::Prefix(if trimmed.is_empty() {
+            "/".to_string()
+        } else {
+            trimmed.to_string()
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+        }
+    }
+
+    /// Does this matcher accept the request path (query already removed)?
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) if p == "/" => true,
+            PathMatch::Prefix(p) => match path.strip_prefix(p.as_str()) {
+                Some(rest) => rest.is_empty() || rest.starts_with('/'),
+                None => false,
+            },
+        }
+    }
+
+    /// Route precedence: Exact before Prefix, longer before shorter, then by
+    /// text so the order is total. Sorting by this key puts the winner first.
+    pub fn precedence_key(&self) -> (u8, std::cmp::Reverse<usize>, &str) {
+        match self {
+            PathMatch::Exact(p) => (0, std::cmp::Reverse(p.len()), p),
+            PathMatch::Prefix(p) => (1, std::cmp::Reverse(p.len()), p),
+        }
+    }
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathMatch::Exact(p) => write!(f, "Exact {p}"),
+            PathMatch::Prefix(p) => write!(f, "Prefix {p}"),
+        }
+    }
+}
+
+/// Where matched requests go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum Backend {
+    /// Proxy to a pool.
+    Pool(PoolId),
+}
+
+impl Backend {
+    pub fn pool(&self) -> &PoolId {
+        match self {
+            Backend::Pool(id) => id,
+        }
+    }
+}
+
+// === impl Pool ===
+
+/// A set of upstream endpoints, or a DNS name resolved by the gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum Pool {
+    /// Ready endpoints with weights (sorted by address). May be empty: the
+    /// gateway answers 503 rather than routing elsewhere.
+    Endpoints(Vec<Endpoint>),
+    /// A Service of type ExternalName: resolve `host` and connect to `port`.
+    ExternalName { host: Hostname, port: u16 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// Relative weight for weighted round robin (>= 1).
+    pub weight: u32,
+}
+
+// === impl Certificate ===
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Certificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Certificate {
+    /// Content id: hash of chain and key, so identical secrets share one entry.
+    pub fn id(&self) -> CertId {
+        let mut h = Sha256::new();
+        h.update(self.cert_pem.as_bytes());
+        h.update([0u8]);
+        h.update(self.key_pem.as_bytes());
+        CertId(hex::encode(&h.finalize()[..8]))
+    }
+}
+
+// Keys never reach logs, even through `{:?}`.
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+// === impl Tenant ===
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tenant {
+    pub domains: Vec<HostPattern>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+// === newtypes ===
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(s: impl Into<String>) -> Self {
+                Self(s.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map(Self)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = std::convert::Infallible;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok(Self(s.to_string()))
+            }
+        }
+    };
+}
+
+string_id!(
+    /// Content hash of a config (16 hex digits).
+    ConfigVersion
+);
+string_id!(
+    /// A pool: `namespace/service:port` or `tenant/name` for a tenant backend.
+    PoolId
+);
+string_id!(
+    /// Content hash of a certificate and key.
+    CertId
+);
+string_id!(
+    /// A tenant's name (the `Tenant` object's name).
+    TenantId
+);
+string_id!(
+    /// The source of a route, used as a bounded metrics label.
+    RouteName
+);

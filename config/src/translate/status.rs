@@ -1,0 +1,129 @@
+//! Statuses the translator reports for the objects it read: what it accepted,
+//! what it rejected and why. The operator turns these into Tenant conditions
+//! and Kubernetes Events; `translate` prints them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The object a status is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub kind: ObjectKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{:?} {ns}/{}", self.kind, self.name),
+            None => write!(f, "{:?} {}", self.kind, self.name),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ObjectKind {
+    Ingress,
+    Tenant,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    pub object: ObjectRef,
+    pub conditions: Vec<Condition>,
+    /// For Tenants: Ingress rules attached to the tenant's domains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<u32>,
+}
+
+impl ObjectStatus {
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Conditions that describe a rejected part of the object (for Events).
+    pub fn problems(&self) -> impl Iterator<Item = &Condition> {
+        self.conditions.iter().filter(|c| c.is_problem())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: ConditionType,
+    pub status: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Condition {
+    pub fn new(type_: ConditionType, status: bool, reason: Reason, message: String) -> Self {
+        Condition {
+            type_,
+            status,
+            reason,
+            message,
+        }
+    }
+
+    /// A problem is a condition in its bad state: `Accepted`/`ResolvedRefs`/
+    /// `CertificateReady` false, or `Conflicted`/`DomainsConflict` true.
+    pub fn is_problem(&self) -> bool {
+        match self.type_ {
+            ConditionType::Accepted
+            | ConditionType::ResolvedRefs
+            | ConditionType::CertificateReady => !self.status,
+            ConditionType::Conflicted | ConditionType::DomainsConflict => self.status,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ConditionType {
+    /// The object (or a part of it, with status false) is served.
+    Accepted,
+    /// Every Service and Secret the object names exists and is usable.
+    ResolvedRefs,
+    /// Another, older object already serves the same host and path.
+    Conflicted,
+    /// Tenant: an older Tenant already owns some of these domains.
+    DomainsConflict,
+    /// Tenant: the certificate Secret is present and valid.
+    CertificateReady,
+}
+
+/// Why a condition has its status. Stable names: they appear in Events and
+/// Tenant conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Reason {
+    Accepted,
+    /// Nothing in the object could be served.
+    NoValidRules,
+    InvalidHost,
+    InvalidPath,
+    /// The host belongs to a Tenant that does not list this namespace.
+    HostNotAllowed,
+    /// `--require-tenant` is on and no Tenant owns the host.
+    TenantRequired,
+    RouteConflict,
+    DefaultBackendConflict,
+    TlsConflict,
+    UnsupportedBackend,
+    ServiceNotFound,
+    ServicePortNotFound,
+    InvalidExternalName,
+    SecretNotFound,
+    SecretInvalid,
+    ResolvedRefs,
+    InvalidDomain,
+    DomainsConflict,
+    NoConflict,
+    NoDomains,
+    CertificateReady,
+}
