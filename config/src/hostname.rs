@@ -108,12 +108,16 @@ impl HostPattern {
             return Ok(HostPattern::Any);
         }
         match raw.strip_prefix("*.") {
-            Some(suffix) => Hostname::parse(suffix)
-                .map(HostPattern::Wildcard)
-                .map_err(|e| match e {
-                    HostnameError::BadWildcard(_) => HostnameError::BadWildcard(raw.to_string()),
-                    other => other,
-                }),
+            Some(suffix) => {
+                Hostname::parse(suffix)
+                    .map(HostPattern::Wildcard)
+                    .map_err(|e| match e {
+                        HostnameError::BadWildcard(_) => {
+                            HostnameError::BadWildcard(raw.to_string())
+                        }
+                        other => other,
+                    })
+            }
             None => Hostname::parse(raw).map(HostPattern::Exact),
         }
     }
@@ -189,7 +193,9 @@ mod tests {
     #[test]
     fn hostnames_are_lowercased_and_validated() {
         assert_eq!(h("Foo.Example.COM.").as_str(), "foo.example.com");
-        for bad in ["", "-a.com", "a-.com", "a..com", "a b.com", "a_b.com", "10.0.0.1", "a.*.com"] {
+        for bad in [
+            "", "-a.com", "a-.com", "a..com", "a b.com", "a_b.com", "10.0.0.1", "a.*.com",
+        ] {
             assert!(Hostname::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(Hostname::parse(&"a".repeat(64)).is_err());

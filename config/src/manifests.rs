@@ -214,7 +214,9 @@ fn add_object(
             snapshot.secrets.push(secret)
         }
         ("vestibule.dev/v1alpha1", "Tenant") => snapshot.tenants.push(typed(value).map_err(what)?),
-        _ => skipped(format!("{api_version} {kind} {name:?} (not used by Vestibule)")),
+        _ => skipped(format!(
+            "{api_version} {kind} {name:?} (not used by Vestibule)"
+        )),
     }
     if name.is_empty() && kind != "List" {
         return Err(format!("{kind}: metadata.name is required"));
@@ -303,7 +305,8 @@ metadata: {name: d, namespace: prod}
 
     #[test]
     fn string_data_is_folded_into_data() {
-        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {tls.crt: abc}\n";
+        let text =
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {tls.crt: abc}\n";
         let mut loaded = Loaded::default();
         load_text(Path::new("s.yaml"), text, &mut loaded);
         let data = loaded.snapshot.secrets[0].data.as_ref().unwrap();

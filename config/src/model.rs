@@ -172,7 +172,7 @@ pub struct Route {
 }
 
 /// How a route matches the request path.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub enum PathMatch {
     /// The whole path equals this.

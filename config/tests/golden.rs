@@ -1,0 +1,68 @@
+//! Golden tests: every `testdata/<case>.in.yaml` is translated and compared
+//! with `snapshots/golden__<case>.snap` (the config and the statuses).
+//! A first line `# options: --require-tenant` turns that option on.
+//! Update snapshots after an intended change with `cargo insta review`
+//! (or `INSTA_UPDATE=always cargo test -p vestibule-config --test golden`).
+
+use std::path::Path;
+
+use vestibule_config::manifests::{load_text, Loaded};
+use vestibule_config::translate::{translate, Options};
+
+/// PEM bodies make snapshots unreadable; keep their size and drop the key.
+fn redact(mut t: vestibule_config::Translation) -> vestibule_config::Translation {
+    for cert in t.config.certificates.values_mut() {
+        cert.cert_pem = format!("<{} bytes of PEM>", cert.cert_pem.len());
+        cert.key_pem = "<redacted>".into();
+    }
+    t
+}
+
+fn run_case(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read case");
+    let options = Options {
+        require_tenant: text
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("# options:") && l.contains("--require-tenant")),
+        ..Options::default()
+    };
+    let mut loaded = Loaded::default();
+    load_text(path, &text, &mut loaded);
+    assert!(
+        loaded.errors.is_empty(),
+        "{}: {:?}",
+        path.display(),
+        loaded.errors
+    );
+    let translation = redact(translate(&loaded.snapshot, &options));
+    serde_saphyr::to_string(&translation).expect("render")
+}
+
+#[test]
+fn golden_cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .expect("testdata dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
+        .collect();
+    cases.sort();
+    let count = cases.len();
+    for path in cases {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".in.yaml"))
+            .expect("case name")
+            .to_string();
+        let output = run_case(&path);
+        insta::with_settings!({ description => format!("testdata/{name}.in.yaml"), omit_expression => true }, {
+            insta::assert_snapshot!(name, output);
+        });
+    }
+    assert!(
+        count >= 25,
+        "expected at least 25 golden cases, found {count}"
+    );
+}
