@@ -36,6 +36,13 @@ enum Command {
         /// IngressClasses with this spec.controller are ours.
         #[arg(long, default_value = CONTROLLER_NAME)]
         controller: String,
+        /// Print private keys instead of `<redacted>` (needed to feed the
+        /// output to `vestibule-gateway --config`).
+        #[arg(long)]
+        include_keys: bool,
+        /// Print only the GatewayConfig, without statuses.
+        #[arg(long)]
+        config_only: bool,
     },
     /// Print the Tenant CustomResourceDefinition as YAML.
     Crd,
@@ -66,9 +73,15 @@ fn main() -> ExitCode {
             output,
             require_tenant,
             controller,
+            include_keys,
+            config_only,
         } => translate(
             &paths,
-            output,
+            Output {
+                format: output,
+                include_keys,
+                config_only,
+            },
             &Options {
                 controller,
                 require_tenant,
@@ -77,9 +90,15 @@ fn main() -> ExitCode {
     }
 }
 
+struct Output {
+    format: Format,
+    include_keys: bool,
+    config_only: bool,
+}
+
 /// Prints the translation; exits 2 when some input could not be read, after
 /// printing what the readable part produced.
-fn translate(paths: &[PathBuf], format: Format, options: &Options) -> ExitCode {
+fn translate(paths: &[PathBuf], output: Output, options: &Options) -> ExitCode {
     for p in paths {
         if !p.exists() {
             eprintln!("error: {}: no such file or directory", p.display());
@@ -90,10 +109,18 @@ fn translate(paths: &[PathBuf], format: Format, options: &Options) -> ExitCode {
     for skipped in &loaded.skipped {
         eprintln!("warning: skipped {skipped}");
     }
-    let translation = vestibule_config::translate(&loaded.snapshot, options);
-    let text = match format {
-        Format::Yaml => serde_saphyr::to_string(&translation).map_err(|e| e.to_string()),
-        Format::Json => serde_json::to_string_pretty(&translation).map_err(|e| e.to_string()),
+    let mut translation = vestibule_config::translate(&loaded.snapshot, options);
+    if !output.include_keys {
+        // Keys stay off terminals and CI logs unless asked for. The version
+        // still names the real content.
+        for cert in translation.config.certificates.values_mut() {
+            cert.key_pem = "<redacted>".into();
+        }
+    }
+    let text = if output.config_only {
+        render(&translation.config, output.format)
+    } else {
+        render(&translation, output.format)
     };
     let code = match text {
         Ok(text) => print_out(&text),
@@ -109,6 +136,13 @@ fn translate(paths: &[PathBuf], format: Format, options: &Options) -> ExitCode {
         return ExitCode::from(2);
     }
     code
+}
+
+fn render<T: serde::Serialize>(value: &T, format: Format) -> Result<String, String> {
+    match format {
+        Format::Yaml => serde_saphyr::to_string(value).map_err(|e| e.to_string()),
+        Format::Json => serde_json::to_string_pretty(value).map_err(|e| e.to_string()),
+    }
 }
 
 fn print_out(text: &str) -> ExitCode {

@@ -1,0 +1,165 @@
+//! The operator's offline subcommands, run as a user would: the real binary,
+//! real files, asserting on stdout, stderr and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn operator(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vestibule-operator"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run vestibule-operator")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn translate_demo_names_tenants_certs_and_weighted_pool() {
+    let out = operator(&["translate", "-f", "examples/demo", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json output");
+    let config = &v["config"];
+    let tenants = config["tenants"].as_object().expect("tenants");
+    assert!(tenants.contains_key("acme") && tenants.contains_key("globex"));
+    assert_eq!(config["certificates"].as_object().map(|c| c.len()), Some(2));
+    // acme's 90/10 split over 2 stable endpoints and 1 canary.
+    let eps = config["pools"]["tenant/acme"]["endpoints"]
+        .as_array()
+        .expect("pool");
+    let weight = |port: &str| -> u64 {
+        eps.iter()
+            .filter(|e| e["address"].as_str().is_some_and(|a| a.ends_with(port)))
+            .map(|e| e["weight"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(
+        (weight(":9101") + weight(":9102")) * 10,
+        weight(":9103") * 90
+    );
+    // The hijack attempt is reported, and no route serves it.
+    let text = stdout(&out);
+    assert!(text.contains("HostNotAllowed"), "{text}");
+    assert!(!text.contains("login.acme.example.com\""));
+    // Keys are redacted unless asked for.
+    assert!(!text.contains("PRIVATE KEY"));
+    assert!(text.contains("<redacted>"));
+}
+
+#[test]
+fn translate_can_emit_a_config_the_gateway_loads() {
+    let out = operator(&[
+        "translate",
+        "-f",
+        "examples/demo",
+        "--config-only",
+        "--include-keys",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config =
+        vestibule_config::GatewayConfig::from_text(&stdout(&out)).expect("loadable config");
+    assert!(!config.version.is_empty());
+    assert_eq!(config.version, config.content_version());
+}
+
+#[test]
+fn translate_missing_path_exits_2_with_a_clear_message() {
+    let out = operator(&["translate", "-f", "does/not/exist.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does/not/exist.yaml: no such file or directory"));
+}
+
+#[test]
+fn translate_broken_document_names_file_and_index_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("vestibule-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let file = dir.join("broken.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n---\nkind: [oops\n",
+    )
+    .expect("write");
+    let out = operator(&["translate", "-f", file.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("broken.yaml: document 2:"),
+        "{}",
+        stderr(&out)
+    );
+    // What could be read is still translated and printed.
+    assert!(stdout(&out).contains("version:"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_is_not_yet_implemented() {
+    let out = operator(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not yet implemented"));
+}
+
+/// The API server only accepts structural schemas: every node typed (or
+/// int-or-string), no $ref, no untyped anyOf/oneOf.
+fn assert_structural(node: &serde_json::Value, path: &str) {
+    let obj = node
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: not an object"));
+    assert!(!obj.contains_key("$ref"), "{path}: $ref is not allowed");
+    let typed = obj.contains_key("type")
+        || obj.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true))
+        || obj.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true));
+    assert!(typed, "{path}: schema node has no type");
+    for key in ["anyOf", "oneOf", "allOf"] {
+        assert!(
+            !obj.contains_key(key) || obj.contains_key("x-kubernetes-int-or-string"),
+            "{path}: {key} needs a type of its own"
+        );
+    }
+    if let Some(props) = obj.get("properties").and_then(|p| p.as_object()) {
+        assert_eq!(
+            obj.get("type").and_then(|t| t.as_str()),
+            Some("object"),
+            "{path}"
+        );
+        for (k, v) in props {
+            assert_structural(v, &format!("{path}.{k}"));
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        assert_structural(items, &format!("{path}[]"));
+    }
+}
+
+#[test]
+fn crd_is_cluster_scoped_structural_and_has_status_subresource() {
+    let out = operator(&["crd"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let crd: serde_json::Value = serde_saphyr::from_str(&stdout(&out)).expect("yaml");
+    assert_eq!(crd["kind"], "CustomResourceDefinition");
+    assert_eq!(crd["metadata"]["name"], "tenants.vestibule.dev");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object());
+    let schema = &version["schema"]["openAPIV3Schema"];
+    assert_structural(schema, "openAPIV3Schema");
+    let spec = &schema["properties"]["spec"]["properties"];
+    for field in ["domains", "namespaces", "backend", "tls", "rateLimit"] {
+        assert!(spec[field].is_object(), "spec.{field} missing");
+    }
+    assert_eq!(
+        spec["backend"]["properties"]["services"]["items"]["properties"]["port"]
+            ["x-kubernetes-int-or-string"],
+        true
+    );
+}
