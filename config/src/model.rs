@@ -368,7 +368,8 @@ string_id!(
     ConfigVersion
 );
 string_id!(
-    /// A pool: `namespace/service:port` or `tenant/name` for a tenant backend.
+    /// A pool: `namespace/service:port`, `tenant/name` for a tenant backend, or
+    /// `namespace/Kind/name` for an unsupported resource backend (always empty).
     PoolId
 );
 string_id!(

@@ -286,7 +286,9 @@ impl<'a> Translator<'a> {
         };
         let route_name = RouteName::new(format!("ingress/{namespace}/{name}"));
         let mut conditions = Vec::new();
+        // Routes (and the default backend) this Ingress serves, and hosts it sets TLS for.
         let mut served = 0usize;
+        let mut tls_hosts = 0usize;
         let spec = ingress.spec.clone().unwrap_or_default();
 
         // Rule hosts, for TLS entries that list none.
@@ -338,10 +340,7 @@ impl<'a> Translator<'a> {
                     ));
                     continue;
                 }
-                let Some(backend) = self.ingress_backend(namespace, &path.backend, &mut conditions)
-                else {
-                    continue;
-                };
+                let backend = self.ingress_backend(namespace, &path.backend, &mut conditions);
                 self.routes.entry(host.clone()).or_default().insert(
                     matcher,
                     RouteEntry {
@@ -424,7 +423,7 @@ impl<'a> Translator<'a> {
                                 owner: object.clone(),
                             },
                         );
-                        served += 1;
+                        tls_hosts += 1;
                     }
                 }
             }
@@ -445,19 +444,23 @@ impl<'a> Translator<'a> {
                     Reason::DefaultBackendConflict,
                     format!("the default backend is already set by {owner}"),
                 ));
-            } else if let Some(backend) = self.ingress_backend(namespace, default, &mut conditions)
-            {
+            } else {
+                let backend = self.ingress_backend(namespace, default, &mut conditions);
                 self.default_backend = Some((backend, object.clone()));
                 served += 1;
             }
         }
 
-        let accepted = if served > 0 {
+        let accepted = if served > 0 || tls_hosts > 0 {
+            let tls = match tls_hosts {
+                0 => String::new(),
+                n => format!(", TLS for {n} host(s)"),
+            };
             Condition::new(
                 ConditionType::Accepted,
                 true,
                 Reason::Accepted,
-                format!("serving {served} route(s)"),
+                format!("serving {served} route(s){tls}"),
             )
         } else {
             Condition::new(
@@ -478,22 +481,28 @@ impl<'a> Translator<'a> {
         );
     }
 
-    /// Resolves an Ingress backend to a pool. Unresolvable Services still get
-    /// an (empty) pool: the route answers 503 instead of vanishing.
+    /// Resolves an Ingress backend to a pool. Unresolvable Services and
+    /// unsupported (resource) backends still get an (empty) pool: the route
+    /// answers 503 instead of vanishing and letting a shorter path catch it.
     fn ingress_backend(
         &mut self,
         namespace: &str,
         backend: &IngressBackend,
         conditions: &mut Vec<Condition>,
-    ) -> Option<Backend> {
+    ) -> Backend {
         let Some(service) = &backend.service else {
-            conditions.push(Condition::new(
-                ConditionType::ResolvedRefs,
-                false,
-                Reason::UnsupportedBackend,
-                "only Service backends are supported (resource backends are not)".into(),
-            ));
-            return None;
+            // `ns/Kind/name`: no `:`, so never a Service pool; three parts,
+            // so never a tenant pool.
+            let (kind, name) = backend
+                .resource
+                .as_ref()
+                .map_or(("", ""), |r| (r.kind.as_str(), r.name.as_str()));
+            let id = format!("{namespace}/{kind}/{name}");
+            let unsupported = Unresolved {
+                reason: Reason::UnsupportedBackend,
+                message: "only Service backends are supported (resource backends are not)".into(),
+            };
+            return self.install_pool(PoolId::new(id), Err(unsupported), conditions);
         };
         let port = match &service.port {
             Some(p) => match (&p.name, p.number) {
@@ -504,7 +513,7 @@ impl<'a> Translator<'a> {
             None => PortRef::Name(String::new()),
         };
         let (id, pool) = self.services.resolve(namespace, &service.name, &port);
-        Some(self.install_pool(id, pool, conditions))
+        self.install_pool(id, pool, conditions)
     }
 
     fn install_pool(
@@ -582,11 +591,15 @@ impl<'a> Translator<'a> {
 
             if let Some(spec) = &tenant.spec.backend {
                 let backend = self.tenant_backend(&id, spec, &mut conditions);
-                for d in &domains {
-                    // Ingress rules of allowed namespaces win for their paths.
-                    self.routes
-                        .entry(d.clone())
-                        .or_default()
+                // Every vhost the tenant owns: its domains, and exact hosts
+                // that Ingresses added under its wildcards (which shadow the
+                // wildcard vhost). Ingress rules of allowed namespaces win
+                // for their paths.
+                for (host, routes) in self.routes.iter_mut() {
+                    if self.ownership.owner(host) != Some(index) {
+                        continue;
+                    }
+                    routes
                         .entry(PathMatch::prefix("/"))
                         .or_insert_with(|| RouteEntry {
                             name: RouteName::new(format!("tenant/{id}")),
@@ -685,9 +698,15 @@ impl<'a> Translator<'a> {
                 .tls
                 .get(&host)
                 .or_else(|| match &host {
+                    // A wildcard certificate covers an exact host one label
+                    // below it, unless a Tenant owns one but not the other:
+                    // a foreign `*.acme.io` must not put TLS on a tenant's
+                    // `shop.acme.io`.
                     HostPattern::Exact(h) => h.parent().and_then(|p| {
                         let wildcard = HostPattern::parse(&format!("*.{p}")).ok()?;
-                        self.tls.get(&wildcard)
+                        let same_owner =
+                            self.ownership.owner(&wildcard) == self.ownership.owner(&host);
+                        same_owner.then(|| self.tls.get(&wildcard)).flatten()
                     }),
                     _ => None,
                 })
@@ -808,5 +827,97 @@ fn path_match(path_type: &str, path: Option<&str>) -> Result<PathMatch, String> 
         other => Err(format!(
             "pathType {other:?} is not Exact, Prefix or ImplementationSpecific"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifests::{load_text, Loaded};
+
+    const CLASS: &str = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\n\
+        metadata: {name: v}\nspec: {controller: vestibule.dev/ingress-controller}\n";
+    const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: tls, namespace: other}\n\
+        type: kubernetes.io/tls\nstringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\"\n  \
+        tls.key: \"-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n\"\n";
+
+    fn run(docs: &[&str]) -> GatewayConfig {
+        let mut loaded = Loaded::default();
+        load_text(Path::new("test.yaml"), &docs.join("---\n"), &mut loaded);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        translate(&loaded.snapshot, &Options::default()).config
+    }
+
+    fn vhost<'c>(config: &'c GatewayConfig, host: &str) -> &'c VirtualHost {
+        let host = HostPattern::parse(host).unwrap();
+        config.hosts.iter().find(|v| v.host == host).unwrap()
+    }
+
+    fn ingress(namespace: &str, host: &str, tls_host: Option<&str>) -> String {
+        let tls = tls_host
+            .map(|h| format!("  tls: [{{hosts: [\"{h}\"], secretName: tls}}]\n"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\n\
+             metadata: {{name: i, namespace: {namespace}}}\nspec:\n  ingressClassName: v\n{tls}  \
+             rules: [{{host: \"{host}\", http: {{paths: [{{path: /api, pathType: Prefix, \
+             backend: {{service: {{name: s, port: {{number: 80}}}}}}}}]}}}}]\n"
+        )
+    }
+
+    #[test]
+    fn foreign_wildcard_certificate_does_not_cover_a_tenant_host() {
+        let tenant = "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                      spec: {domains: [shop.acme.io], namespaces: [acme]}\n";
+        let config = run(&[
+            CLASS,
+            SECRET,
+            tenant,
+            &ingress("other", "*.acme.io", Some("*.acme.io")),
+        ]);
+        assert!(vhost(&config, "*.acme.io").tls.is_some());
+        assert_eq!(vhost(&config, "shop.acme.io").tls, None);
+
+        // Without the tenant, the wildcard certificate covers the exact host.
+        let config = run(&[
+            CLASS,
+            SECRET,
+            &ingress("other", "*.acme.io", Some("*.acme.io")),
+            &ingress("other2", "shop.acme.io", None),
+        ]);
+        assert!(vhost(&config, "shop.acme.io").tls.is_some());
+    }
+
+    #[test]
+    fn tenant_backend_serves_exact_hosts_under_its_wildcard() {
+        let tenant = "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                      spec:\n  domains: [\"*.acme.io\"]\n  namespaces: [acme]\n  \
+                      backend: {namespace: saas, services: [{name: app, port: 80}]}\n";
+        let config = run(&[CLASS, tenant, &ingress("acme", "shop.acme.io", None)]);
+        let paths: Vec<String> = vhost(&config, "shop.acme.io")
+            .routes
+            .iter()
+            .map(|r| format!("{} {}", r.path, r.name))
+            .collect();
+        assert_eq!(
+            paths,
+            ["Prefix /api ingress/acme/i", "Prefix / tenant/acme"]
+        );
+    }
+
+    #[test]
+    fn resource_backend_keeps_its_route_with_an_empty_pool() {
+        let ing = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i, namespace: web}\n\
+                   spec:\n  ingressClassName: v\n  rules: [{host: a.io, http: {paths: [\
+                   {path: /static, pathType: Prefix, backend: {resource: {kind: Bucket, name: b}}}]}}]\n";
+        let config = run(&[CLASS, ing]);
+        let route = &vhost(&config, "a.io").routes[0];
+        assert_eq!(route.path, PathMatch::prefix("/static"));
+        assert_eq!(
+            config.pools.get(route.backend.pool()),
+            Some(&Pool::Endpoints(Vec::new()))
+        );
     }
 }
