@@ -4,13 +4,17 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 use vestibule_config::tenant::Tenant;
 use vestibule_config::translate::{Options, CONTROLLER_NAME};
+use vestibule_operator::leader::LeaseSettings;
+use vestibule_operator::{ObjectName, Settings, TlsFiles};
 
 #[derive(Parser)]
 #[command(name = "vestibule-operator", version, about)]
@@ -21,8 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the in-cluster controller and config server (not yet implemented).
-    Run,
+    /// Run the in-cluster controller and config server.
+    ///
+    /// Watches the cluster (in-cluster config, or KUBECONFIG), serves the
+    /// translated config to gateways at GET /v1/config?after=VERSION, and,
+    /// on the replica holding the Lease, writes statuses and Events back.
+    Run(Box<RunArgs>),
     /// Print the GatewayConfig and statuses that the given manifests produce.
     Translate {
         /// Manifest files or directories (multi-document YAML).
@@ -48,6 +56,59 @@ enum Command {
     Crd,
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// Which IngressClasses to serve: a controller name (contains a '/';
+    /// every IngressClass with that spec.controller), or the name of one
+    /// IngressClass whose spec.controller is vestibule.dev/ingress-controller.
+    #[arg(long, default_value = CONTROLLER_NAME)]
+    ingress_class: String,
+    /// Watch only this namespace (repeatable). Default: all namespaces.
+    #[arg(long = "watch-namespace", value_name = "NAMESPACE")]
+    watch_namespaces: Vec<String>,
+    /// Serve only hosts owned by a Tenant (strict SaaS mode).
+    #[arg(long)]
+    require_tenant: bool,
+    /// Config server address. It speaks HTTPS when --tls-cert and --tls-key
+    /// are given, and plain HTTP otherwise.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// File holding the bearer token gateways must send (re-read when it changes).
+    #[arg(long, env = "VESTIBULE_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// PEM certificate chain for the config server (enables HTTPS).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the config server (enables HTTPS).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// namespace/name of the gateway's LoadBalancer Service; its addresses
+    /// are copied to the status of every accepted Ingress.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    publish_service: Option<ObjectName>,
+    /// Metrics and health address (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "vestibule-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease. Default: $HOSTNAME (the pod name).
+    #[arg(long, env = "HOSTNAME")]
+    identity: Option<String>,
+    /// Lease duration in seconds; the leader renews every third of it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_duration: u64,
+    /// Longest a config request waits for a new version before 304, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    long_poll_timeout: u64,
+    /// Most config requests waiting at once; more get 503.
+    #[arg(long, default_value_t = 1024)]
+    max_waiting: usize,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Yaml,
@@ -57,10 +118,7 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run => {
-            eprintln!("vestibule-operator run: not yet implemented");
-            ExitCode::from(1)
-        }
+        Command::Run(args) => run(*args),
         Command::Crd => match serde_saphyr::to_string(&Tenant::crd()) {
             Ok(yaml) => print_out(&yaml),
             Err(e) => {
@@ -87,6 +145,122 @@ fn main() -> ExitCode {
                 require_tenant,
             },
         ),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = settings(args);
+    // Check the token before touching the cluster: a bad mount is a usage error.
+    if let Err(e) = vestibule_operator::server::Token::load(&settings.token_file) {
+        eprintln!("error: {e}");
+        return ExitCode::from(e.exit_code());
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let mut running = match vestibule_operator::start(client, settings).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        };
+        let failed = tokio::select! {
+            signal = shutdown_signal() => {
+                tracing::info!(signal, "shutting down");
+                None
+            }
+            r = running.failed() => Some(r),
+        };
+        if let Some(r) = failed {
+            eprintln!(
+                "error: {}",
+                r.err()
+                    .map_or("a task ended".to_string(), |e| e.to_string())
+            );
+            return ExitCode::from(1);
+        }
+        match running.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn settings(args: RunArgs) -> Settings {
+    let identity = args
+        .identity
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| format!("vestibule-operator-{}", std::process::id()));
+    let mut settings = Settings::new(args.token_file, identity.clone());
+    let (controller, class) = if args.ingress_class.contains('/') {
+        (args.ingress_class, None)
+    } else {
+        (CONTROLLER_NAME.to_string(), Some(args.ingress_class))
+    };
+    settings.translate = Options {
+        controller,
+        require_tenant: args.require_tenant,
+    };
+    settings.ingress_class_name = class;
+    settings.watch_namespaces = args.watch_namespaces;
+    settings.listen = args.listen;
+    settings.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| TlsFiles { cert, key });
+    settings.publish_service = args.publish_service;
+    settings.metrics = args.metrics;
+    let mut lease = LeaseSettings::with_duration(
+        args.lease_namespace,
+        identity,
+        Duration::from_secs(args.lease_duration),
+    );
+    lease.name = args.lease_name;
+    settings.lease = lease;
+    settings.server.long_poll = Duration::from_secs(args.long_poll_timeout);
+    settings.server.max_waiting = args.max_waiting;
+    settings
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 

@@ -1,8 +1,12 @@
-//! The operator's offline subcommands, run as a user would: the real binary,
-//! real files, asserting on stdout, stderr and exit codes.
+//! The operator's subcommands, run as a user would: the real binary, real
+//! files (and for `run`, the fake API server via KUBECONFIG), asserting on
+//! stdout, stderr and exit codes.
+
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn operator(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vestibule-operator"))
@@ -102,10 +106,128 @@ fn translate_broken_document_names_file_and_index_and_exits_2() {
 }
 
 #[test]
-fn run_is_not_yet_implemented() {
-    let out = operator(&["run"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("not yet implemented"));
+fn run_help_says_when_the_config_server_is_https() {
+    let out = operator(&["run", "--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    for flag in [
+        "--ingress-class",
+        "--watch-namespace",
+        "--require-tenant",
+        "--listen",
+        "--token-file",
+        "--tls-cert",
+        "--tls-key",
+        "--publish-service",
+        "--metrics",
+        "--lease-namespace",
+        "--lease-name",
+        "--identity",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from help");
+    }
+    assert!(help.contains("plain HTTP otherwise"), "{help}");
+}
+
+#[test]
+fn run_usage_errors_exit_2() {
+    // No token file at all.
+    let out = Command::new(env!("CARGO_BIN_EXE_vestibule-operator"))
+        .arg("run")
+        .env_remove("VESTIBULE_TOKEN_FILE")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A token file that does not exist: named, before any cluster access.
+    let out = operator(&["run", "--token-file", "/does/not/exist"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/does/not/exist"), "{}", stderr(&out));
+    // A certificate without its key.
+    let out = operator(&["run", "--token-file", "x", "--tls-cert", "c.pem"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A malformed --publish-service.
+    let out = operator(&["run", "--token-file", "x", "--publish-service", "noslash"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_configs_from_kubeconfig_and_stops_cleanly_on_sigterm() {
+    let api = support::FakeApi::start().await;
+    api.apply(support::ingress_class());
+    api.apply(support::service("shop", "web", 80));
+    api.apply(support::endpoint_slice("shop", "web", &["10.0.0.1"], 8080));
+    api.apply(support::ingress(
+        "shop",
+        "shop",
+        "shop.example.com",
+        "web",
+        80,
+    ));
+    let dir = support::temp_dir("cli");
+    let kubeconfig = api.kubeconfig(&dir);
+    let token = dir.join("token");
+    std::fs::write(&token, support::TOKEN).expect("token");
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vestibule-operator"))
+        .args(["run", "--identity", "bin", "--lease-namespace", "vestibule"])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--metrics",
+            &metrics.to_string(),
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+
+    support::eventually(Duration::from_secs(10), "readiness", || async {
+        let ok = tokio::net::TcpStream::connect(metrics).await.is_ok();
+        if !ok {
+            return None;
+        }
+        (support::get(metrics, "/readyz", &[]).await.status == http::StatusCode::OK).then_some(())
+    })
+    .await;
+    let res = support::get_config(listen, None).await;
+    assert_eq!(res.status, http::StatusCode::OK);
+    assert_eq!(support::hosts(&res.json()), vec!["shop.example.com"]);
+    support::eventually(Duration::from_secs(5), "leadership", || async {
+        let lease = api.get("Lease", Some("vestibule"), "vestibule-operator")?;
+        (lease["spec"]["holderIdentity"] == "bin").then_some(())
+    })
+    .await;
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    // It released the Lease on the way out.
+    let lease = api
+        .get("Lease", Some("vestibule"), "vestibule-operator")
+        .expect("lease");
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The API server only accepts structural schemas: every node typed (or

@@ -1,0 +1,452 @@
+//! The config server gateways long-poll: `GET /v1/config?after=VERSION`
+//! with a bearer token; also `/healthz` and `/readyz`. Plain HTTP, or HTTPS
+//! (rustls) when a certificate is configured.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::Metrics;
+use crate::publish::Published;
+use crate::{Error, TlsFiles};
+
+/// The response header naming the version of the config in the body (or,
+/// on 304, the version the server currently has).
+pub const VERSION_HEADER: &str = "x-config-version";
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How long a request for a version the client already has waits
+    /// before 304.
+    pub long_poll: Duration,
+    /// Long-polls waiting at once; more get 503.
+    pub max_waiting: usize,
+    /// Time allowed for a client to send its request head (and TLS handshake).
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            long_poll: Duration::from_secs(30),
+            max_waiting: 1024,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+// === impl Token ===
+
+/// The bearer token, kept as a SHA-256 digest so comparisons are constant
+/// time and independent of the token's length.
+#[derive(Clone)]
+pub struct Token(Arc<ArcSwap<[u8; 32]>>);
+
+impl Token {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        Ok(Token(Arc::new(ArcSwap::from_pointee(read_token(path)?))))
+    }
+
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        bool::from(self.0.load().as_slice().ct_eq(&digest))
+    }
+}
+
+fn read_token(path: &Path) -> Result<[u8; 32], Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        message: format!("cannot read the token: {e}"),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            message: "the token file is empty".into(),
+        });
+    }
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
+
+/// Re-reads the token file so a rotated Secret takes effect without a
+/// restart. An unreadable or empty file keeps the previous token.
+pub async fn reload_token(
+    token: Token,
+    path: PathBuf,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = crate::stopped(&mut shutdown) => return Ok(()),
+        }
+        match read_token(&path) {
+            Ok(digest) if digest != **token.0.load() => {
+                token.0.store(Arc::new(digest));
+                tracing::info!(path = %path.display(), "bearer token reloaded");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "keeping the previous bearer token"),
+        }
+    }
+}
+
+/// Loads the serving certificate chain and key.
+pub fn load_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let file_err = |path: &Path, e: &dyn std::fmt::Display| Error::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| file_err(&files.cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(&files.cert, &e))?;
+    if certs.is_empty() {
+        return Err(file_err(&files.cert, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(format!("{}: {e}", files.key.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+// === the server ===
+
+#[derive(Clone)]
+pub struct ConfigState {
+    pub published: watch::Receiver<Option<Arc<Published>>>,
+    pub token: Token,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub waiting: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts connections until shutdown, then lets open ones finish (waiting
+/// long-polls are answered 503 at once) for at most `grace`.
+pub async fn serve_config(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: ConfigState,
+    grace: Duration,
+) -> Result<(), Error> {
+    let acceptor = tls.map(TlsAcceptor::from);
+    let mut connections = JoinSet::new();
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::stopped(&mut shutdown) => break,
+        };
+        // Reap finished connection tasks so the set stays small.
+        while connections.try_join_next().is_some() {}
+        let state = state.clone();
+        let acceptor = acceptor.clone();
+        connections.spawn(async move {
+            match acceptor {
+                None => serve_connection(stream, state).await,
+                Some(acceptor) => {
+                    let timeout = state.limits.header_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, state).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("closing config connections still open after the grace period");
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+async fn serve_connection<S>(stream: S, state: ConfigState)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = state.shutdown.clone();
+    let header_timeout = state.limits.header_timeout;
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(req, &state).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = crate::stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "config connection ended");
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: &ConfigState) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/config") => config(&req, state).await,
+        (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => match state.published.borrow().is_some() {
+            true => plain(StatusCode::OK, "ready\n"),
+            false => plain(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n"),
+        },
+        (_, "/v1/config" | "/healthz" | "/readyz") => {
+            let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            res
+        }
+        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn config(req: &Request<Incoming>, state: &ConfigState) -> Response<Full<Bytes>> {
+    if !authorized(req.headers(), &state.token) {
+        state.metrics.unauthorized.inc();
+        let mut res = plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"vestibule\""),
+        );
+        return res;
+    }
+    let after = query_param(req.uri().query().unwrap_or(""), "after").filter(|a| !a.is_empty());
+    let gzip = accepts_gzip(req.headers());
+    let is_newer = |p: &Option<Arc<Published>>| {
+        p.as_ref()
+            .is_some_and(|p| Some(p.config.version.as_str()) != after)
+    };
+
+    let current = state.published.borrow().clone();
+    if is_newer(&current) {
+        if let Some(p) = current {
+            return send_config(&p, gzip, state);
+        }
+    }
+
+    // The client is up to date (or nothing is published yet): wait.
+    let Ok(_permit) = state.waiting.clone().try_acquire_owned() else {
+        state.metrics.overloaded.inc();
+        return retry_later("too many gateways waiting\n");
+    };
+    state.metrics.gateways_waiting.inc();
+    let waited = wait_for_newer(state, after).await;
+    state.metrics.gateways_waiting.dec();
+    let shutting_down = *state.shutdown.borrow();
+    let current = state.published.borrow().clone();
+    match waited {
+        Some(p) => send_config(&p, gzip, state),
+        None if shutting_down => retry_later("shutting down\n"),
+        None => match (after, current) {
+            (Some(_), current) => {
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = StatusCode::NOT_MODIFIED;
+                if let Some(p) = current {
+                    if let Ok(v) = HeaderValue::from_str(p.config.version.as_str()) {
+                        res.headers_mut().insert(VERSION_HEADER, v);
+                    }
+                }
+                res.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                res
+            }
+            (None, _) => retry_later("no config published yet\n"),
+        },
+    }
+}
+
+/// Waits (bounded) for a published version other than `after`; `None` on
+/// timeout or shutdown.
+async fn wait_for_newer(state: &ConfigState, after: Option<&str>) -> Option<Arc<Published>> {
+    let mut published = state.published.clone();
+    let mut shutdown = state.shutdown.clone();
+    let newer = async move {
+        let r = published
+            .wait_for(|p| {
+                p.as_ref()
+                    .is_some_and(|p| Some(p.config.version.as_str()) != after)
+            })
+            .await;
+        // Err: the publisher is gone (shutting down).
+        r.ok().and_then(|p| p.clone())
+    };
+    tokio::select! {
+        r = tokio::time::timeout(state.limits.long_poll, newer) => r.ok().flatten(),
+        _ = crate::stopped(&mut shutdown) => None,
+    }
+}
+
+fn send_config(p: &Published, gzip: bool, state: &ConfigState) -> Response<Full<Bytes>> {
+    state.metrics.configs_served.inc();
+    let body = if gzip { &p.gzip } else { &p.json };
+    let mut res = Response::new(Full::new(body.clone()));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    if let Ok(v) = HeaderValue::from_str(p.config.version.as_str()) {
+        h.insert(VERSION_HEADER, v);
+    }
+    res
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn retry_later(body: &'static str) -> Response<Full<Bytes>> {
+    let mut res = plain(StatusCode::SERVICE_UNAVAILABLE, body);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
+}
+
+fn authorized(headers: &HeaderMap, token: &Token) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let scheme = b"bearer ";
+    if value.len() <= scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return false;
+    }
+    token.matches(value[scheme.len()..].trim_ascii())
+}
+
+fn query_param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// `Accept-Encoding` lists gzip (or `*`) without `q=0`.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(accepts_gzip(&h("gzip")));
+        assert!(accepts_gzip(&h("br, GZIP;q=0.5")));
+        assert!(accepts_gzip(&h("*")));
+        assert!(!accepts_gzip(&h("gzip;q=0")));
+        assert!(!accepts_gzip(&h("br, deflate")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn query_parsing() {
+        assert_eq!(query_param("after=abc", "after"), Some("abc"));
+        assert_eq!(query_param("x=1&after=", "after"), Some(""));
+        assert_eq!(query_param("after", "after"), Some(""));
+        assert_eq!(query_param("afterx=1", "after"), None);
+    }
+
+    #[test]
+    fn bearer_token_checks() {
+        let dir = std::env::temp_dir().join(format!("vestibule-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let token = Token::load(&file).unwrap();
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(authorized(&h("Bearer s3cret"), &token));
+        assert!(authorized(&h("bearer s3cret"), &token));
+        assert!(!authorized(&h("Bearer s3cre"), &token));
+        assert!(!authorized(&h("Basic s3cret"), &token));
+        assert!(!authorized(&h("Bearer "), &token));
+        assert!(!authorized(&HeaderMap::new(), &token));
+        std::fs::write(&file, "").unwrap();
+        assert!(Token::load(&file).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

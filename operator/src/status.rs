@@ -1,0 +1,453 @@
+//! Status write-back, by the leader only: Ingress `status.loadBalancer`
+//! from the `--publish-service` Service, Tenant conditions and route counts,
+//! and one Kubernetes Event per distinct problem of an Ingress.
+//!
+//! Writes are merge patches of the status subresource, sent only when the
+//! cached object differs from what we want, so our own writes coming back
+//! through the watch never cause another write.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::{Ingress, IngressLoadBalancerIngress};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition as K8sCondition, MicroTime, ObjectMeta, Time,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use vestibule_config::tenant::{Tenant, TenantStatus};
+use vestibule_config::translate::{Condition, ObjectKind, ObjectStatus};
+
+use crate::metrics::Metrics;
+use crate::publish::StatusInput;
+use crate::watch::Stores;
+use crate::Error;
+
+/// `reportingController` of our Events.
+pub const REPORTING_CONTROLLER: &str = "vestibule.dev/operator";
+/// The API server rejects longer Event notes.
+const EVENT_NOTE_MAX: usize = 1024;
+/// And longer condition messages.
+const CONDITION_MESSAGE_MAX: usize = 32 * 1024;
+
+pub async fn run(
+    client: Client,
+    stores: Stores,
+    identity: String,
+    mut leader: watch::Receiver<bool>,
+    mut input: watch::Receiver<Option<Arc<StatusInput>>>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let mut writer = Writer {
+        client,
+        identity,
+        metrics,
+        written: HashMap::new(),
+        emitted: HashSet::new(),
+    };
+    loop {
+        tokio::select! {
+            r = leader.wait_for(|l| *l) => if r.is_err() { return Ok(()) },
+            _ = crate::stopped(&mut shutdown) => return Ok(()),
+        }
+        // A new term: what an earlier term wrote may have been overwritten.
+        writer.written.clear();
+        writer.emitted.clear();
+        while *leader.borrow_and_update() {
+            let current = input.borrow_and_update().clone();
+            if let Some(current) = current {
+                writer.reconcile(&stores, &current, &leader).await;
+            }
+            tokio::select! {
+                r = input.changed() => if r.is_err() { return Ok(()) },
+                r = leader.changed() => if r.is_err() { return Ok(()) },
+                _ = crate::stopped(&mut shutdown) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Identifies an object in `written`.
+type Key = (ObjectKind, String, String);
+
+/// One distinct problem of one Ingress (by uid, so a re-created Ingress
+/// gets its Events again).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ProblemKey {
+    uid: String,
+    reason: String,
+    message: String,
+}
+
+struct Writer {
+    client: Client,
+    identity: String,
+    metrics: Arc<Metrics>,
+    /// What we last patched per object, and the resourceVersion the patch
+    /// was computed against: until the cache moves past that version the
+    /// same patch is not sent again.
+    written: HashMap<Key, (String, Value)>,
+    /// Problems already reported with an Event, while they last.
+    emitted: HashSet<ProblemKey>,
+}
+
+impl Writer {
+    async fn reconcile(
+        &mut self,
+        stores: &Stores,
+        input: &StatusInput,
+        leader: &watch::Receiver<bool>,
+    ) {
+        let mut problems = HashSet::new();
+        for status in &input.statuses {
+            if !*leader.borrow() {
+                return;
+            }
+            match status.object.kind {
+                ObjectKind::Ingress => {
+                    let ns = status.object.namespace.as_deref().unwrap_or("default");
+                    let Some(ingress) = stores.ingress(ns, &status.object.name) else {
+                        continue;
+                    };
+                    self.ingress_events(&ingress, status, &mut problems).await;
+                    if let Some(lb) = &input.load_balancer {
+                        self.ingress_status(&ingress, status, lb).await;
+                    }
+                }
+                ObjectKind::Tenant => {
+                    if let Some(tenant) = stores.tenant(&status.object.name) {
+                        self.tenant_status(&tenant, status).await;
+                    }
+                }
+            }
+        }
+        // A problem that went away may come back later: report it again then.
+        self.emitted.retain(|p| problems.contains(p));
+    }
+
+    // === Ingress ===
+
+    async fn ingress_status(
+        &mut self,
+        ingress: &Ingress,
+        status: &ObjectStatus,
+        lb: &[IngressLoadBalancerIngress],
+    ) {
+        let current: Vec<IngressLoadBalancerIngress> = ingress
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.clone())
+            .unwrap_or_default();
+        let accepted = status
+            .condition(vestibule_config::translate::ConditionType::Accepted)
+            .is_some_and(|c| c.status);
+        let desired: Vec<IngressLoadBalancerIngress> = if accepted {
+            lb.to_vec()
+        } else if current.as_slice() == lb {
+            // We advertised our address earlier; we no longer serve it.
+            Vec::new()
+        } else {
+            return;
+        };
+        if current == desired {
+            return;
+        }
+        let ingress_list = if desired.is_empty() {
+            Value::Null
+        } else {
+            json!(desired)
+        };
+        let patch = json!({"status": {"loadBalancer": {"ingress": ingress_list}}});
+        let ns = ingress.metadata.namespace.clone().unwrap_or_default();
+        let name = ingress.metadata.name.clone().unwrap_or_default();
+        let key = (ObjectKind::Ingress, ns.clone(), name.clone());
+        if !self.should_write(&key, &ingress.metadata, &patch) {
+            return;
+        }
+        let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.metrics
+                    .status_writes
+                    .with_label_values(&["Ingress"])
+                    .inc();
+                tracing::info!(ingress = %format!("{ns}/{name}"), addresses = desired.len(), "Ingress status updated");
+                self.remember(key, &ingress.metadata, patch);
+            }
+            Err(e) => {
+                tracing::warn!(ingress = %format!("{ns}/{name}"), error = %e, "cannot update Ingress status")
+            }
+        }
+    }
+
+    async fn ingress_events(
+        &mut self,
+        ingress: &Ingress,
+        status: &ObjectStatus,
+        problems: &mut HashSet<ProblemKey>,
+    ) {
+        let uid = ingress.metadata.uid.clone().unwrap_or_default();
+        for c in status.problems() {
+            let key = ProblemKey {
+                uid: uid.clone(),
+                reason: name_of(&c.reason),
+                message: c.message.clone(),
+            };
+            problems.insert(key.clone());
+            if self.emitted.contains(&key) {
+                continue;
+            }
+            if self.emit(ingress, c).await {
+                self.emitted.insert(key);
+            }
+        }
+    }
+
+    /// Creates one Warning Event about `ingress`; false if the API refused.
+    async fn emit(&self, ingress: &Ingress, c: &Condition) -> bool {
+        let ns = ingress.metadata.namespace.clone().unwrap_or_default();
+        let name = ingress.metadata.name.clone().unwrap_or_default();
+        let reason = name_of(&c.reason);
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{name}.")),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            event_time: Some(MicroTime(Timestamp::now())),
+            action: Some("Translate".into()),
+            reason: Some(reason.clone()),
+            note: Some(truncate(&c.message, EVENT_NOTE_MAX)),
+            type_: Some("Warning".into()),
+            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_instance: Some(self.identity.clone()),
+            regarding: Some(ObjectReference {
+                api_version: Some("networking.k8s.io/v1".into()),
+                kind: Some("Ingress".into()),
+                namespace: Some(ns.clone()),
+                name: Some(name.clone()),
+                uid: ingress.metadata.uid.clone(),
+                resource_version: ingress.metadata.resource_version.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                self.metrics.events_emitted.inc();
+                tracing::info!(ingress = %format!("{ns}/{name}"), %reason, "Event emitted");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(ingress = %format!("{ns}/{name}"), %reason, error = %e, "cannot emit Event");
+                false
+            }
+        }
+    }
+
+    // === Tenant ===
+
+    async fn tenant_status(&mut self, tenant: &Tenant, status: &ObjectStatus) {
+        let current = tenant.status.clone().unwrap_or_default();
+        let desired = tenant_status(
+            &status.conditions,
+            status.routes.unwrap_or(0),
+            tenant.metadata.generation,
+            &current,
+            Timestamp::now(),
+        );
+        if tenant.status.as_ref() == Some(&desired) {
+            return;
+        }
+        let patch = json!({"status": desired});
+        let name = tenant.metadata.name.clone().unwrap_or_default();
+        let key = (ObjectKind::Tenant, String::new(), name.clone());
+        if !self.should_write(&key, &tenant.metadata, &patch) {
+            return;
+        }
+        let api: Api<Tenant> = Api::all(self.client.clone());
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.metrics
+                    .status_writes
+                    .with_label_values(&["Tenant"])
+                    .inc();
+                tracing::info!(tenant = %name, routes = desired.routes, "Tenant status updated");
+                self.remember(key, &tenant.metadata, patch);
+            }
+            Err(e) => tracing::warn!(tenant = %name, error = %e, "cannot update Tenant status"),
+        }
+    }
+
+    // === write memo ===
+
+    fn should_write(&self, key: &Key, meta: &ObjectMeta, patch: &Value) -> bool {
+        let rv = meta.resource_version.clone().unwrap_or_default();
+        self.written
+            .get(key)
+            .is_none_or(|(at, p)| *at != rv || p != patch)
+    }
+
+    fn remember(&mut self, key: Key, meta: &ObjectMeta, patch: Value) {
+        let rv = meta.resource_version.clone().unwrap_or_default();
+        self.written.insert(key, (rv, patch));
+    }
+}
+
+/// The Tenant status the translator's conditions call for. Conditions are
+/// unique by type (the first of a type gives its status and reason, later
+/// ones add to the message); `lastTransitionTime` is kept while a
+/// condition's status stays the same.
+pub fn tenant_status(
+    conditions: &[Condition],
+    routes: u32,
+    generation: Option<i64>,
+    current: &TenantStatus,
+    now: Timestamp,
+) -> TenantStatus {
+    let mut out: Vec<K8sCondition> = Vec::new();
+    for c in conditions {
+        let type_ = name_of(&c.type_);
+        if let Some(existing) = out.iter_mut().find(|o| o.type_ == type_) {
+            existing.message = truncate(
+                &format!("{}; {}", existing.message, c.message),
+                CONDITION_MESSAGE_MAX,
+            );
+            continue;
+        }
+        let status = if c.status { "True" } else { "False" }.to_string();
+        let last_transition_time = current
+            .conditions
+            .iter()
+            .find(|o| o.type_ == type_ && o.status == status)
+            .map(|o| o.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        out.push(K8sCondition {
+            type_,
+            status,
+            reason: name_of(&c.reason),
+            message: truncate(&c.message, CONDITION_MESSAGE_MAX),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    TenantStatus {
+        conditions: out,
+        routes,
+    }
+}
+
+/// The serialized name of a unit enum variant (`Reason::HostNotAllowed` ->
+/// "HostNotAllowed").
+fn name_of<T: serde::Serialize + std::fmt::Debug>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => format!("{v:?}"),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vestibule_config::translate::{ConditionType, Reason};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn keeps_transition_time_while_status_is_unchanged() {
+        let conditions = vec![
+            Condition::new(
+                ConditionType::Accepted,
+                true,
+                Reason::Accepted,
+                "serving 2 domain(s)".into(),
+            ),
+            Condition::new(
+                ConditionType::DomainsConflict,
+                false,
+                Reason::NoConflict,
+                "none".into(),
+            ),
+        ];
+        let first = tenant_status(&conditions, 3, Some(1), &TenantStatus::default(), t(100));
+        assert_eq!(first.routes, 3);
+        assert_eq!(first.conditions[0].type_, "Accepted");
+        assert_eq!(first.conditions[0].status, "True");
+        assert_eq!(first.conditions[0].observed_generation, Some(1));
+        assert_eq!(first.conditions[1].reason, "NoConflict");
+
+        // Same statuses later: identical, so nothing is written.
+        let again = tenant_status(&conditions, 3, Some(1), &first, t(200));
+        assert_eq!(again, first);
+
+        // A status flip moves only that condition's time.
+        let mut flipped = conditions.clone();
+        flipped[1] = Condition::new(
+            ConditionType::DomainsConflict,
+            true,
+            Reason::DomainsConflict,
+            "x".into(),
+        );
+        let next = tenant_status(&flipped, 3, Some(2), &first, t(300));
+        assert_eq!(next.conditions[0].last_transition_time, Time(t(100)));
+        assert_eq!(next.conditions[1].last_transition_time, Time(t(300)));
+        assert_eq!(next.conditions[1].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn conditions_are_unique_by_type() {
+        let conditions = vec![
+            Condition::new(
+                ConditionType::Accepted,
+                true,
+                Reason::Accepted,
+                "serving 1 domain(s)".into(),
+            ),
+            Condition::new(
+                ConditionType::Accepted,
+                false,
+                Reason::InvalidDomain,
+                "domain \"a b\" is bad".into(),
+            ),
+        ];
+        let s = tenant_status(&conditions, 0, None, &TenantStatus::default(), t(1));
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].status, "True");
+        assert!(s.conditions[0].message.contains("is bad"));
+    }
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("abc", 10), "abc");
+        let long = "é".repeat(20);
+        let t = truncate(&long, 10);
+        assert!(t.len() <= 10 && t.ends_with("..."));
+    }
+}

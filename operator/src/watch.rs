@@ -1,0 +1,237 @@
+//! Watch caches: one kube-runtime reflector per kind (and per namespace when
+//! `--watch-namespace` narrows the watch). Every change marks the snapshot
+//! dirty; the publisher decides when to translate.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use vestibule_config::tenant::Tenant;
+use vestibule_config::Snapshot;
+
+use crate::{Error, Settings};
+
+/// Only TLS Secrets are cached: the operator never needs (or holds) others.
+pub const TLS_SECRET_SELECTOR: &str = "type=kubernetes.io/tls";
+
+/// Read handles to every cache, cheap to clone.
+#[derive(Clone)]
+pub struct Stores {
+    pub ingress_classes: Store<IngressClass>,
+    pub ingresses: Vec<Store<Ingress>>,
+    pub services: Vec<Store<Service>>,
+    pub endpoint_slices: Vec<Store<EndpointSlice>>,
+    pub secrets: Vec<Store<Secret>>,
+    pub tenants: Store<Tenant>,
+    /// The `--publish-service` Service, watched on its own so it is seen
+    /// even outside the watched namespaces.
+    pub publish_service: Option<Store<Service>>,
+    /// Notified on every change of any cache.
+    pub dirty: Arc<Notify>,
+    ingress_class_name: Option<String>,
+}
+
+impl Stores {
+    /// Spawns one reflector task per cache into `tasks`.
+    pub fn start(
+        client: &Client,
+        settings: &Settings,
+        tasks: &mut JoinSet<Result<(), Error>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Stores {
+        let dirty = Arc::new(Notify::new());
+        let namespaces: Vec<Option<&str>> = if settings.watch_namespaces.is_empty() {
+            vec![None]
+        } else {
+            settings
+                .watch_namespaces
+                .iter()
+                .map(|n| Some(n.as_str()))
+                .collect()
+        };
+        let mut spawn = Spawner {
+            client,
+            tasks,
+            dirty: &dirty,
+            shutdown: &shutdown,
+        };
+        let all = watcher::Config::default();
+        let ingress_classes = spawn.one("IngressClass", Api::all(client.clone()), all.clone());
+        let tenants = spawn.one("Tenant", Api::all(client.clone()), all.clone());
+        let ingresses = spawn.each("Ingress", &namespaces, &all);
+        let services = spawn.each("Service", &namespaces, &all);
+        let endpoint_slices = spawn.each("EndpointSlice", &namespaces, &all);
+        let secrets = spawn.each(
+            "Secret",
+            &namespaces,
+            &watcher::Config::default().fields(TLS_SECRET_SELECTOR),
+        );
+        let publish_service = settings.publish_service.as_ref().map(|p| {
+            spawn.one(
+                "PublishService",
+                Api::namespaced(client.clone(), &p.namespace),
+                watcher::Config::default().fields(&format!("metadata.name={}", p.name)),
+            )
+        });
+        Stores {
+            ingress_classes,
+            ingresses,
+            services,
+            endpoint_slices,
+            secrets,
+            tenants,
+            publish_service,
+            dirty,
+            ingress_class_name: settings.ingress_class_name.clone(),
+        }
+    }
+
+    /// Waits until every cache has done its initial list, so the first
+    /// translation never sees a half-filled cluster.
+    pub async fn ready(&self) -> bool {
+        let mut ok = self.ingress_classes.wait_until_ready().await.is_ok()
+            && self.tenants.wait_until_ready().await.is_ok();
+        for s in &self.ingresses {
+            ok &= s.wait_until_ready().await.is_ok();
+        }
+        for s in &self.services {
+            ok &= s.wait_until_ready().await.is_ok();
+        }
+        for s in &self.endpoint_slices {
+            ok &= s.wait_until_ready().await.is_ok();
+        }
+        for s in &self.secrets {
+            ok &= s.wait_until_ready().await.is_ok();
+        }
+        if let Some(s) = &self.publish_service {
+            ok &= s.wait_until_ready().await.is_ok();
+        }
+        ok
+    }
+
+    /// Copies the caches into a translator input.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut ingress_classes = owned(&self.ingress_classes);
+        if let Some(only) = &self.ingress_class_name {
+            ingress_classes.retain(|c| c.metadata.name.as_deref() == Some(only.as_str()));
+        }
+        Snapshot {
+            ingress_classes,
+            ingresses: owned_all(&self.ingresses),
+            services: owned_all(&self.services),
+            endpoint_slices: owned_all(&self.endpoint_slices),
+            secrets: owned_all(&self.secrets),
+            tenants: owned(&self.tenants),
+        }
+    }
+
+    /// Finds a cached Ingress.
+    pub fn ingress(&self, namespace: &str, name: &str) -> Option<Arc<Ingress>> {
+        let key = reflector::ObjectRef::new(name).within(namespace);
+        self.ingresses.iter().find_map(|s| s.get(&key))
+    }
+
+    pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.get(&reflector::ObjectRef::new(name))
+    }
+}
+
+fn owned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+    store.state().iter().map(|o| K::clone(o)).collect()
+}
+
+fn owned_all<K: Resource<DynamicType = ()> + Clone>(stores: &[Store<K>]) -> Vec<K> {
+    stores.iter().flat_map(owned).collect()
+}
+
+struct Spawner<'a> {
+    client: &'a Client,
+    tasks: &'a mut JoinSet<Result<(), Error>>,
+    dirty: &'a Arc<Notify>,
+    shutdown: &'a watch::Receiver<bool>,
+}
+
+impl Spawner<'_> {
+    fn one<K>(&mut self, kind: &'static str, api: Api<K>, config: watcher::Config) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let (store, writer) = reflector::store();
+        self.tasks.spawn(reflect(
+            kind,
+            api,
+            config,
+            writer,
+            self.dirty.clone(),
+            self.shutdown.clone(),
+        ));
+        store
+    }
+
+    fn each<K>(
+        &mut self,
+        kind: &'static str,
+        namespaces: &[Option<&str>],
+        config: &watcher::Config,
+    ) -> Vec<Store<K>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        namespaces
+            .iter()
+            .map(|ns| {
+                let api = match ns {
+                    Some(ns) => Api::namespaced(self.client.clone(), ns),
+                    None => Api::all(self.client.clone()),
+                };
+                self.one(kind, api, config.clone())
+            })
+            .collect()
+    }
+}
+
+/// Runs one reflector until shutdown. Watch errors are retried with
+/// backoff by kube-runtime; they are logged, never fatal.
+async fn reflect<K>(
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    dirty: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        tokio::select! {
+            event = stream.next() => match event {
+                // Objects of an initial list are reported once, at InitDone.
+                Some(Ok(Event::Init | Event::InitApply(_))) => {}
+                Some(Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))) => dirty.notify_one(),
+                Some(Err(e)) => tracing::warn!(kind, error = %e, "watch failed; retrying"),
+                None => return Ok(()),
+            },
+            _ = crate::stopped(&mut shutdown) => return Ok(()),
+        }
+    }
+}
