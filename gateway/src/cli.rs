@@ -1,0 +1,141 @@
+//! The command line (DESIGN.md "Binaries") and the settings derived from it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Parser, ValueEnum};
+
+use crate::proxy::ProxySettings;
+use crate::upstream::UpstreamSettings;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Vestibule gateway: serves a GatewayConfig from a manifests directory or a
+/// compiled config file, and applies changes live.
+#[derive(Debug, Parser)]
+#[command(name = "vestibule-gateway", version)]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "config"])))]
+pub struct Cli {
+    /// Directory of Kubernetes YAML (Ingress, Service, EndpointSlice, Secret,
+    /// Tenant...), translated in process and watched.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// A compiled GatewayConfig (YAML or JSON), watched.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Plain HTTP listener.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// HTTPS listener (TLS termination comes with the TLS work; today the
+    /// port is used for the 308 redirects of TLS hosts).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
+    pub https: SocketAddr,
+    /// Admin listener: /healthz /readyz /metrics /config.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Worker threads of the proxy.
+    #[arg(long, value_name = "N", default_value_t = default_threads())]
+    pub threads: usize,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Do not emit an access log event per request.
+    #[arg(long)]
+    pub no_access_log: bool,
+    /// Active health check interval, e.g. 5s or 200ms.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, env = "VESTIBULE_HEALTH_INTERVAL")]
+    pub health_interval: Duration,
+    /// Consecutive connect failures or 5xx that eject an endpoint.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub eject_after: u32,
+    /// How long an ejected endpoint stays out before it is tried again.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "VESTIBULE_EJECT_BACKOFF")]
+    pub eject_backoff: Duration,
+    /// How often ExternalName pools are resolved again.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub dns_interval: Duration,
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Upstream read and write timeout.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Request line plus headers above this size get 431.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// On SIGTERM: how long in-flight requests may take to finish.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `250ms`, `5s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Cli {
+    pub fn upstream_settings(&self) -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.upstream_timeout,
+            write_timeout: self.upstream_timeout,
+            health_interval: self.health_interval.max(Duration::from_millis(10)),
+            eject_after: self.eject_after.max(1),
+            eject_backoff: self.eject_backoff,
+            dns_interval: self.dns_interval.max(Duration::from_secs(1)),
+            ..UpstreamSettings::default()
+        }
+    }
+
+    pub fn proxy_settings(&self) -> ProxySettings {
+        ProxySettings {
+            tls: false,
+            https_port: self.https.port(),
+            max_header_bytes: self.max_header_bytes,
+            access_log: !self.no_access_log,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn a_source_is_required_and_exclusive() {
+        assert!(Cli::try_parse_from(["gw"]).is_err());
+        assert!(Cli::try_parse_from(["gw", "--config", "a", "--manifests", "b"]).is_err());
+        let cli = Cli::try_parse_from(["gw", "--config", "a"]).unwrap();
+        assert_eq!(cli.http.to_string(), "0.0.0.0:8080");
+        assert_eq!(cli.admin.to_string(), "127.0.0.1:9901");
+    }
+}

@@ -1,0 +1,182 @@
+//! The controller: a long-lived background service that applies config
+//! events (compile off the request path, then one atomic swap) and drives
+//! every pool's active health checks, ejection backoffs and DNS refreshes.
+//!
+//! Pingora's `LoadBalancer` only health-checks inside a background service
+//! registered before the server starts; pools created by a later swap would
+//! never be checked, so one driver owns the checks of whatever pools the
+//! current runtime holds.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::sync::mpsc;
+use vestibule_config::GatewayConfig;
+
+use crate::runtime::{Runtime, Shared};
+use crate::source::{ConfigSource, SourceEvent};
+
+/// At most this many pools are probed at once, so a config with thousands of
+/// pools spreads its probes instead of opening thousands of sockets at once.
+const PROBE_CONCURRENCY: usize = 64;
+
+pub struct Controller {
+    shared: Arc<Shared>,
+    source: Mutex<Option<Box<dyn ConfigSource>>>,
+}
+
+impl Controller {
+    pub fn new(shared: Arc<Shared>, source: Box<dyn ConfigSource>) -> Self {
+        Controller {
+            shared,
+            source: Mutex::new(Some(source)),
+        }
+    }
+}
+
+/// Compiles `config` against the live runtime and swaps it in; on failure
+/// the live runtime stays and the error is reported.
+pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
+    let started = Instant::now();
+    let current = shared.runtime.load_full();
+    if !current.version.is_empty()
+        && shared.is_ready()
+        && (config.version == current.version || config.content_version() == current.version)
+    {
+        // Same content (an editor touched the file): nothing to do.
+        return true;
+    }
+    let next = match Runtime::compile(config, &current, &shared.metrics, &shared.upstream) {
+        Ok(next) => next,
+        Err(e) => {
+            shared.report_error(e.to_string());
+            return false;
+        }
+    };
+    // New ExternalName pools resolve before the swap, so they never serve
+    // their first requests from an empty pool.
+    let fresh = next
+        .pools
+        .values()
+        .filter(|p| p.is_external() && !p.resolved())
+        .cloned();
+    futures::stream::iter(fresh)
+        .for_each_concurrent(PROBE_CONCURRENCY, |p| async move { p.resolve().await })
+        .await;
+    let summary = next.summary.clone();
+    let version = next.version.clone();
+    shared.swap(next);
+    let took = started.elapsed();
+    shared.metrics.swap_duration.observe(took.as_secs_f64());
+    tracing::info!(
+        %version,
+        hosts = summary.hosts,
+        routes = summary.routes,
+        pools = summary.pools,
+        took_ms = took.as_secs_f64() * 1000.0,
+        "config live"
+    );
+    true
+}
+
+/// One pass over the live pools: re-admit expired ejections, probe when
+/// `probe` is set, refresh the health gauges.
+async fn health_pass(shared: &Shared, probe: bool) {
+    let runtime = shared.runtime.load_full();
+    for pool in runtime.pools.values() {
+        pool.readmit_expired();
+    }
+    if probe {
+        futures::stream::iter(runtime.pools.values().cloned())
+            .for_each_concurrent(
+                PROBE_CONCURRENCY,
+                |p| async move { p.run_health_check().await },
+            )
+            .await;
+    }
+    for pool in runtime.pools.values() {
+        let (ready, total) = pool.health_counts();
+        let ejections = pool.ejections.load(std::sync::atomic::Ordering::Relaxed);
+        shared
+            .metrics
+            .set_pool_health(pool.id.as_str(), ready, total, ejections);
+    }
+}
+
+async fn health_loop(shared: Arc<Shared>) {
+    let interval = shared.upstream.health_interval;
+    // Ejection backoffs are checked more often than probes run, so a short
+    // backoff is honored even with a long probe interval.
+    let tick = interval.min(Duration::from_millis(500));
+    let mut next_probe = Instant::now() + interval;
+    loop {
+        tokio::time::sleep(tick).await;
+        let probe = Instant::now() >= next_probe;
+        if probe {
+            next_probe = Instant::now() + interval;
+        }
+        health_pass(&shared, probe).await;
+    }
+}
+
+async fn dns_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(shared.upstream.dns_interval).await;
+        let runtime = shared.runtime.load_full();
+        let external = runtime.pools.values().filter(|p| p.is_external()).cloned();
+        futures::stream::iter(external)
+            .for_each_concurrent(PROBE_CONCURRENCY, |p| async move { p.resolve().await })
+            .await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Controller {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let source = self.source.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(source) = source else { return };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let source_task = tokio::spawn(source.run(tx));
+        let health = tokio::spawn(health_loop(self.shared.clone()));
+        let dns = tokio::spawn(dns_loop(self.shared.clone()));
+        // Pools of the initial config: resolve ExternalNames right away.
+        {
+            let runtime = self.shared.runtime.load_full();
+            for p in runtime
+                .pools
+                .values()
+                .filter(|p| p.is_external() && !p.resolved())
+            {
+                p.resolve().await;
+            }
+        }
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    let Some(mut event) = event else { break };
+                    // Coalesce a backlog: only the newest config matters.
+                    while let Ok(newer) = rx.try_recv() {
+                        if let SourceEvent::Error(e) = &event {
+                            self.shared.report_error(e.clone());
+                        }
+                        event = newer;
+                    }
+                    match event {
+                        SourceEvent::Config(config) => {
+                            apply(&self.shared, &config).await;
+                        }
+                        SourceEvent::Error(e) => self.shared.report_error(e),
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        source_task.abort();
+        health.abort();
+        dns.abort();
+    }
+}

@@ -1,0 +1,18 @@
+//! Vestibule's data plane: a Pingora proxy serving a `GatewayConfig`.
+//!
+//! Data flows one way: a [`source`] produces configs, the [`control`]ler
+//! compiles each into a [`runtime::Runtime`] (route table, pools, certs) and
+//! swaps it in; the [`proxy`] reads the live runtime once per request.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
+pub mod admin;
+pub mod cli;
+pub mod control;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod source;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,228 @@
+//! Prometheus metrics. Labels are bounded by the config (tenant, route and
+//! pool names), never raw hosts or paths. Per-route handles are resolved when
+//! a config is compiled, so the request path only bumps atomics.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Status classes 1xx..5xx; anything else counts as 5xx.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    upstream_latency: HistogramVec,
+    pub active_requests: IntGauge,
+    config_info: IntGaugeVec,
+    pub config_last_swap: Gauge,
+    pub config_swaps: IntCounter,
+    pub config_errors: IntCounter,
+    pub swap_duration: Histogram,
+    endpoints: IntGaugeVec,
+    ejections: IntCounterVec,
+    /// Requests that matched no route (404, redirects, 431 before routing).
+    pub unmatched: RouteStats,
+}
+
+/// Counter and histogram handles of one (tenant, route).
+#[derive(Clone)]
+pub struct RouteStats {
+    classes: [IntCounter; 5],
+    latency: Histogram,
+}
+
+impl RouteStats {
+    #[inline]
+    pub fn count(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].inc();
+    }
+
+    #[inline]
+    pub fn observe_upstream(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are static and unique, so registration cannot fail.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let requests = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "vestibule_requests_total",
+                    "Requests by tenant, route and status class",
+                ),
+                &["tenant", "route", "class"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let upstream_latency = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "vestibule_upstream_response_seconds",
+                    "Time from sending the request upstream to its response header, by tenant",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                &["tenant"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let active_requests = reg(
+            &r,
+            IntGauge::new("vestibule_active_requests", "Requests in flight")
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        let config_info = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("vestibule_config_info", "The live config version (value 1)"),
+                &["version"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let config_last_swap = reg(
+            &r,
+            Gauge::new(
+                "vestibule_config_last_swap_timestamp_seconds",
+                "Unix time of the last config swap",
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let config_swaps = reg(
+            &r,
+            IntCounter::new("vestibule_config_swaps_total", "Configs swapped in")
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        let config_errors = reg(
+            &r,
+            IntCounter::new(
+                "vestibule_config_errors_total",
+                "Configs that failed to load or compile (the old one stayed live)",
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let swap_duration = reg(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "vestibule_config_swap_duration_seconds",
+                    "Time to compile and swap in a config",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let endpoints = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("vestibule_pool_endpoints", "Endpoints of a pool by health"),
+                &["pool", "state"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let ejections = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "vestibule_endpoint_ejections_total",
+                    "Endpoints ejected by passive health checks",
+                ),
+                &["pool"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let unmatched = RouteStats {
+            classes: CLASSES.map(|c| requests.with_label_values(&["", "", c])),
+            latency: upstream_latency.with_label_values(&[""]),
+        };
+        Metrics {
+            registry: r,
+            requests,
+            upstream_latency,
+            active_requests,
+            config_info,
+            config_last_swap,
+            config_swaps,
+            config_errors,
+            swap_duration,
+            endpoints,
+            ejections,
+            unmatched,
+        }
+    }
+
+    /// Handles for one (tenant, route); call while compiling, not per request.
+    pub fn route_stats(&self, tenant: &str, route: &str) -> RouteStats {
+        RouteStats {
+            classes: CLASSES.map(|c| self.requests.with_label_values(&[tenant, route, c])),
+            latency: self.upstream_latency.with_label_values(&[tenant]),
+        }
+    }
+
+    /// Drops the series of routes that left the config, so label sets stay
+    /// bounded by the live config rather than growing with churn.
+    pub fn forget_route(&self, tenant: &str, route: &str) {
+        for c in CLASSES {
+            let _ = self.requests.remove_label_values(&[tenant, route, c]);
+        }
+    }
+
+    pub fn forget_tenant(&self, tenant: &str) {
+        let _ = self.upstream_latency.remove_label_values(&[tenant]);
+    }
+
+    pub fn set_config_version(&self, old: Option<&str>, new: &str) {
+        if let Some(old) = old {
+            let _ = self.config_info.remove_label_values(&[old]);
+        }
+        self.config_info.with_label_values(&[new]).set(1);
+    }
+
+    pub fn set_pool_health(&self, pool: &str, ready: usize, total: usize, ejections: u64) {
+        self.endpoints
+            .with_label_values(&[pool, "healthy"])
+            .set(ready as i64);
+        self.endpoints
+            .with_label_values(&[pool, "unhealthy"])
+            .set((total - ready.min(total)) as i64);
+        let c = self.ejections.with_label_values(&[pool]);
+        let seen = c.get();
+        if ejections > seen {
+            c.inc_by(ejections - seen);
+        }
+    }
+
+    pub fn forget_pool(&self, pool: &str) {
+        let _ = self.endpoints.remove_label_values(&[pool, "healthy"]);
+        let _ = self.endpoints.remove_label_values(&[pool, "unhealthy"]);
+        let _ = self.ejections.remove_label_values(&[pool]);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,392 @@
+//! The `ProxyHttp` impl: each phase does one thing and delegates to the route
+//! table, the pools and the metrics. Per-request state lives in [`Ctx`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST, LOCATION};
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::route::{normalize_host, HostBuf, Lookup};
+use crate::runtime::{RouteTarget, Shared};
+use crate::upstream::Endpoint;
+
+static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Listener-level settings of the proxy.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Whether this instance serves the TLS listener (`X-Forwarded-Proto`,
+    /// and no redirect to https).
+    pub tls: bool,
+    /// The public HTTPS port for redirects (omitted from the URL when 443).
+    pub https_port: u16,
+    /// Request line plus headers larger than this get 431.
+    pub max_header_bytes: usize,
+    pub access_log: bool,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            tls: false,
+            https_port: 443,
+            max_header_bytes: 32 * 1024,
+            access_log: true,
+        }
+    }
+}
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+    settings: ProxySettings,
+}
+
+impl Gateway {
+    pub fn new(shared: Arc<Shared>, settings: ProxySettings) -> Self {
+        Gateway { shared, settings }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    target: Option<Arc<RouteTarget>>,
+    tenant_header: Option<HeaderValue>,
+    endpoint: Option<Arc<Endpoint>>,
+    /// The endpoint of a failed connect, avoided by the retry.
+    failed: Option<SocketAddr>,
+    connect_retries: u8,
+    upstream_start: Option<Instant>,
+    counted_active: bool,
+}
+
+/// Sends a short plain-text response from a filter.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    extra: Option<(HeaderName, HeaderValue)>,
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if let Some((name, value)) = extra {
+        resp.insert_header(name, value)?;
+    }
+    session
+        .write_response_header(Box::new(resp), body.is_empty())
+        .await?;
+    if !body.is_empty() {
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// Request line plus header bytes as they were sent (name, ": ", value, CRLF).
+fn header_bytes(req: &RequestHeader) -> usize {
+    let line =
+        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn host_of(req: &RequestHeader) -> &[u8] {
+    match req.headers.get(HOST) {
+        Some(h) => h.as_bytes(),
+        // HTTP/2 and absolute-form requests carry the authority in the URI.
+        None => req.uri.host().map_or(&[][..], str::as_bytes),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            target: None,
+            tenant_header: None,
+            endpoint: None,
+            failed: None,
+            connect_retries: 0,
+            upstream_start: None,
+            counted_active: false,
+        }
+    }
+
+    /// Routes the request, or answers it: 431, 308 to https, 404, 503.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.shared.metrics.active_requests.inc();
+        ctx.counted_active = true;
+        match self.route(session.req_header(), ctx) {
+            Decision::Proxy => Ok(false),
+            Decision::TooLarge => {
+                session.set_keepalive(None);
+                respond(session, 431, "request header fields too large\n", None).await
+            }
+            Decision::Redirect(location) => {
+                respond(session, 308, "", Some((LOCATION, location))).await
+            }
+            Decision::NotFound => {
+                respond(session, 404, "no route for this host and path\n", None).await
+            }
+            Decision::Unavailable => {
+                let retry = (http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                respond(session, 503, "no healthy upstream\n", Some(retry)).await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let ep = match ctx.endpoint.take() {
+            Some(ep) if ctx.failed != Some(ep.addr) => ep,
+            _ => {
+                // A retry after a connect failure: another endpoint.
+                let target = ctx
+                    .target
+                    .as_ref()
+                    .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
+                target.pool.select(ctx.failed).ok_or_else(|| {
+                    Error::explain(ErrorType::HTTPStatus(502), "no other endpoint to retry")
+                })?
+            }
+        };
+        let peer = ep.peer();
+        ctx.endpoint = Some(ep);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Always drop the client's value: only the gateway names tenants.
+        upstream.remove_header(&X_TENANT_ID);
+        if let Some(tenant) = &ctx.tenant_header {
+            upstream.insert_header(X_TENANT_ID.clone(), tenant.clone())?;
+        }
+        // The edge is the first trusted hop: client-sent forwarding headers
+        // are replaced, not extended.
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let mut ip = [0u8; 48];
+            let n = {
+                use std::io::Write;
+                let mut cursor = std::io::Cursor::new(&mut ip[..]);
+                let _ = write!(cursor, "{}", addr.ip());
+                cursor.position() as usize
+            };
+            if let Ok(v) = HeaderValue::from_bytes(&ip[..n]) {
+                upstream.insert_header(X_FORWARDED_FOR.clone(), v)?;
+            }
+        }
+        let proto = if self.settings.tls { "https" } else { "http" };
+        upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
+        match session.req_header().headers.get(HOST).cloned() {
+            Some(host) => upstream.insert_header(X_FORWARDED_HOST.clone(), host)?,
+            None => {
+                upstream.remove_header(&X_FORWARDED_HOST);
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        if let (Some(target), Some(ep)) = (&ctx.target, &ctx.endpoint) {
+            if resp.status.is_server_error() {
+                target.pool.record_failure(ep);
+            } else {
+                target.pool.record_success(ep);
+            }
+            if let Some(t) = ctx.upstream_start {
+                target.stats.observe_upstream(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(target), Some(ep)) = (&ctx.target, &ctx.endpoint) {
+            target.pool.record_failure(ep);
+        }
+        ctx.failed = peer.address().as_inet().copied();
+        // Nothing was sent, so any method may go to one other endpoint.
+        if ctx.connect_retries == 0 {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // A broken reused keepalive connection says nothing about the
+        // endpoint's health; a fresh one failing does.
+        if !client_reused {
+            if let (Some(target), Some(ep)) = (&ctx.target, &ctx.endpoint) {
+                target.pool.record_failure(ep);
+            }
+        }
+        // Pingora's default policy: never retry a non-idempotent request
+        // after bytes were sent.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.counted_active {
+            self.shared.metrics.active_requests.dec();
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let stats = ctx
+            .target
+            .as_ref()
+            .map_or(&self.shared.metrics.unmatched, |t| &t.stats);
+        stats.count(if status == 0 { 502 } else { status });
+        if !self.settings.access_log {
+            return;
+        }
+        let req = session.req_header();
+        let tenant = ctx
+            .target
+            .as_ref()
+            .and_then(|t| t.tenant.as_ref())
+            .map_or("", |t| t.as_str());
+        let route = ctx.target.as_ref().map_or("", |t| t.name.as_str());
+        let upstream = ctx.endpoint.as_ref().map(|e| e.addr);
+        tracing::info!(
+            target: "vestibule::access",
+            tenant,
+            route,
+            host = %String::from_utf8_lossy(host_of(req)),
+            method = %req.method,
+            path = req.uri.path(),
+            status,
+            upstream = upstream.map(tracing::field::display),
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            bytes = session.body_bytes_sent(),
+            error = e.map(tracing::field::display),
+        );
+    }
+}
+
+/// What [`Gateway::route`] decided for a request.
+enum Decision {
+    Proxy,
+    TooLarge,
+    Redirect(HeaderValue),
+    NotFound,
+    Unavailable,
+}
+
+impl Gateway {
+    /// The routing decision; synchronous so the runtime guard never lives
+    /// across an await.
+    fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
+        if header_bytes(req) > self.settings.max_header_bytes {
+            return Decision::TooLarge;
+        }
+        let runtime = self.shared.runtime.load();
+        let mut buf = HostBuf::new();
+        let host = normalize_host(host_of(req), &mut buf).unwrap_or("");
+        let lookup = runtime.routes.lookup(host, req.uri.path());
+        if let Some(vhost) = lookup.vhost() {
+            if vhost.tls && !self.settings.tls {
+                return Decision::Redirect(self.https_location(host, req));
+            }
+            ctx.tenant_header = vhost.tenant_header.clone();
+        }
+        let target = match lookup {
+            Lookup::Route { route, .. } | Lookup::Default { route, .. } => route.clone(),
+            Lookup::NoRoute { .. } | Lookup::NoHost => return Decision::NotFound,
+        };
+        ctx.endpoint = target.pool.select(None);
+        let decision = if ctx.endpoint.is_some() {
+            Decision::Proxy
+        } else {
+            Decision::Unavailable
+        };
+        ctx.target = Some(target);
+        decision
+    }
+
+    /// `https://host[:port]/path?query` for the redirect of a TLS host.
+    fn https_location(&self, host: &str, req: &RequestHeader) -> HeaderValue {
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = if self.settings.https_port == 443 {
+            format!("https://{host}{pq}")
+        } else {
+            format!("https://{host}:{}{pq}", self.settings.https_port)
+        };
+        HeaderValue::from_str(&url).unwrap_or_else(|_| HeaderValue::from_static("/"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_counts_names_and_values() {
+        let mut req = RequestHeader::build("GET", b"/abc", None).unwrap();
+        let base = header_bytes(&req);
+        req.insert_header("x-a", "12345").unwrap();
+        assert_eq!(header_bytes(&req), base + 3 + 5 + 4);
+    }
+
+    #[test]
+    fn redirect_keeps_path_query_and_port() {
+        let shared = Shared::new(Default::default(), "test".into());
+        let mut gw = Gateway::new(shared, ProxySettings::default());
+        let req = RequestHeader::build("GET", b"/a/b?x=1&y=2", None).unwrap();
+        assert_eq!(gw.https_location("a.io", &req), "https://a.io/a/b?x=1&y=2");
+        gw.settings.https_port = 8443;
+        assert_eq!(
+            gw.https_location("a.io", &req),
+            "https://a.io:8443/a/b?x=1&y=2"
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! The compiled route table: request host -> virtual host -> path route.
+//!
+//! Built once per config (off the request path) and then only read. Lookups
+//! never allocate: the host is normalized into a stack buffer, exact hosts and
+//! wildcard suffixes are single hash-map probes, so the cost does not grow
+//! with the number of hosts. The table is generic over the route payload `R`
+//! so this module stays pure (no pools, no metrics) and benchmarkable.
+
+mod host;
+mod path;
+
+pub use host::{normalize_host, HostBuf};
+pub use path::PathTable;
+
+use std::collections::HashMap;
+
+use vestibule_config::model::{GatewayConfig, Route, TenantId, VirtualHost};
+use vestibule_config::HostPattern;
+
+type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
+
+/// One virtual host after compilation.
+#[derive(Debug)]
+pub struct VhostEntry<R> {
+    pub pattern: HostPattern,
+    pub tenant: Option<TenantId>,
+    /// `X-Tenant-Id` value, built once so requests only clone a refcount.
+    pub tenant_header: Option<http::HeaderValue>,
+    /// The host is served over TLS: plain HTTP requests are redirected.
+    pub tls: bool,
+    pub paths: PathTable<R>,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup<'a, R> {
+    /// A route of the matched virtual host.
+    Route {
+        vhost: &'a VhostEntry<R>,
+        route: &'a R,
+    },
+    /// No route matched (unknown host, or no path of its vhost matched) and
+    /// a default backend is configured. `vhost` is the matched host, if any.
+    Default {
+        vhost: Option<&'a VhostEntry<R>>,
+        route: &'a R,
+    },
+    /// A known host none of whose routes matches the path, no default backend.
+    NoRoute { vhost: &'a VhostEntry<R> },
+    /// No virtual host for this host, no default backend.
+    NoHost,
+}
+
+impl<'a, R> Lookup<'a, R> {
+    /// The matched virtual host, whatever the route outcome.
+    pub fn vhost(&self) -> Option<&'a VhostEntry<R>> {
+        match *self {
+            Lookup::Route { vhost, .. } | Lookup::NoRoute { vhost } => Some(vhost),
+            Lookup::Default { vhost, .. } => vhost,
+            Lookup::NoHost => None,
+        }
+    }
+
+    pub fn route(&self) -> Option<&'a R> {
+        match *self {
+            Lookup::Route { route, .. } | Lookup::Default { route, .. } => Some(route),
+            _ => None,
+        }
+    }
+}
+
+// === impl RouteTable ===
+
+/// Host -> vhost -> route, precedence: exact host, then `*.suffix` with one
+/// extra label, then the `*` vhost; within the chosen vhost, Exact path, then
+/// the longest Prefix by path element; then the default backend.
+///
+/// A request is served by the most specific vhost whose pattern matches its
+/// host only: when that vhost has no route for the path, the request does not
+/// fall through to a less specific vhost (as with nginx server blocks), but
+/// goes to the default backend or gets 404.
+#[derive(Debug)]
+pub struct RouteTable<R> {
+    exact: Map<u32>,
+    /// Keyed by the suffix after the wildcard label (`*.a.com` -> `a.com`).
+    wildcard: Map<u32>,
+    any: Option<u32>,
+    vhosts: Vec<VhostEntry<R>>,
+    default: Option<R>,
+}
+
+impl<R> Default for RouteTable<R> {
+    fn default() -> Self {
+        Self {
+            exact: Map::default(),
+            wildcard: Map::default(),
+            any: None,
+            vhosts: Vec::new(),
+            default: None,
+        }
+    }
+}
+
+impl<R> RouteTable<R> {
+    /// Compiles the config's virtual hosts. `route` builds the payload of
+    /// each route; `default` is the payload of the default backend, if any.
+    /// When two vhosts share a pattern (the translator never emits that) the
+    /// first one wins.
+    pub fn build<F>(config: &GatewayConfig, mut route: F, default: Option<R>) -> Self
+    where
+        F: FnMut(&VirtualHost, &Route) -> R,
+    {
+        let mut table = RouteTable {
+            exact: Map::with_capacity_and_hasher(config.hosts.len(), Default::default()),
+            default,
+            ..Default::default()
+        };
+        for vhost in &config.hosts {
+            let idx = table.vhosts.len() as u32;
+            let fresh = match &vhost.host {
+                HostPattern::Exact(h) => insert_new(&mut table.exact, h.as_str(), idx),
+                HostPattern::Wildcard(s) => insert_new(&mut table.wildcard, s.as_str(), idx),
+                HostPattern::Any => {
+                    table.any.is_none() && {
+                        table.any = Some(idx);
+                        true
+                    }
+                }
+            };
+            if !fresh {
+                continue;
+            }
+            let paths = PathTable::build(vhost.routes.iter().map(|r| (&r.path, route(vhost, r))));
+            table.vhosts.push(VhostEntry {
+                pattern: vhost.host.clone(),
+                tenant: vhost.tenant.clone(),
+                tenant_header: vhost
+                    .tenant
+                    .as_ref()
+                    .and_then(|t| http::HeaderValue::from_str(t.as_str()).ok()),
+                tls: vhost.tls.is_some(),
+                paths,
+            });
+        }
+        table
+    }
+
+    /// Finds the route for a normalized host (see [`normalize_host`]) and a
+    /// request path without query.
+    #[inline]
+    pub fn lookup<'a>(&'a self, host: &str, path: &str) -> Lookup<'a, R> {
+        match self.vhost(host) {
+            Some(vhost) => match vhost.paths.lookup(path) {
+                Some(route) => Lookup::Route { vhost, route },
+                None => match &self.default {
+                    Some(route) => Lookup::Default {
+                        vhost: Some(vhost),
+                        route,
+                    },
+                    None => Lookup::NoRoute { vhost },
+                },
+            },
+            None => match &self.default {
+                Some(route) => Lookup::Default { vhost: None, route },
+                None => Lookup::NoHost,
+            },
+        }
+    }
+
+    /// The most specific virtual host for a normalized host.
+    #[inline]
+    pub fn vhost(&self, host: &str) -> Option<&VhostEntry<R>> {
+        let idx = self
+            .exact
+            .get(host)
+            .or_else(|| {
+                // One extra label only: `a.b.c` looks up `b.c`, so `*.b.c`
+                // never matches `x.a.b.c`.
+                let (_, parent) = host.split_once('.')?;
+                self.wildcard.get(parent)
+            })
+            .copied()
+            .or(self.any)?;
+        self.vhosts.get(idx as usize)
+    }
+
+    pub fn vhosts(&self) -> &[VhostEntry<R>] {
+        &self.vhosts
+    }
+
+    pub fn default_route(&self) -> Option<&R> {
+        self.default.as_ref()
+    }
+
+    /// Every route payload, for wiring (metrics, pools) after the build.
+    pub fn routes(&self) -> impl Iterator<Item = &R> {
+        self.vhosts
+            .iter()
+            .flat_map(|v| v.paths.routes())
+            .chain(self.default.iter())
+    }
+}
+
+fn insert_new(map: &mut Map<u32>, key: &str, idx: u32) -> bool {
+    if map.contains_key(key) {
+        return false;
+    }
+    map.insert(key.into(), idx);
+    true
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use vestibule_config::model::{Backend, PathMatch, PoolId, RouteName};
+
+    fn route(name: &str, path: PathMatch) -> Route {
+        Route {
+            name: RouteName::new(name),
+            path,
+            backend: Backend::Pool(PoolId::new("p")),
+        }
+    }
+
+    fn vhost(host: &str, routes: Vec<Route>) -> VirtualHost {
+        VirtualHost {
+            host: HostPattern::parse(host).unwrap(),
+            tenant: None,
+            tls: None,
+            routes,
+        }
+    }
+
+    fn table(hosts: Vec<VirtualHost>, default: bool) -> RouteTable<String> {
+        let config = GatewayConfig {
+            hosts,
+            ..Default::default()
+        };
+        RouteTable::build(
+            &config,
+            |v, r| format!("{} {}", v.host, r.name),
+            default.then(|| "default".to_string()),
+        )
+    }
+
+    fn hit(t: &RouteTable<String>, host: &str, path: &str) -> Option<String> {
+        t.lookup(host, path).route().cloned()
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_beats_any() {
+        let t = table(
+            vec![
+                vhost(
+                    "a.example.com",
+                    vec![route("exact", PathMatch::prefix("/"))],
+                ),
+                vhost("*.example.com", vec![route("wild", PathMatch::prefix("/"))]),
+                vhost("*", vec![route("any", PathMatch::prefix("/"))]),
+            ],
+            false,
+        );
+        assert_eq!(
+            hit(&t, "a.example.com", "/").unwrap(),
+            "a.example.com exact"
+        );
+        assert_eq!(
+            hit(&t, "b.example.com", "/x").unwrap(),
+            "*.example.com wild"
+        );
+        // Wildcards match exactly one extra label.
+        assert_eq!(hit(&t, "x.b.example.com", "/").unwrap(), "* any");
+        assert_eq!(hit(&t, "example.com", "/").unwrap(), "* any");
+        assert_eq!(hit(&t, "other.org", "/").unwrap(), "* any");
+    }
+
+    #[test]
+    fn unknown_host_is_no_host_or_default() {
+        let hosts = || vec![vhost("a.io", vec![route("r", PathMatch::prefix("/api"))])];
+        let t = table(hosts(), false);
+        assert!(matches!(t.lookup("b.io", "/"), Lookup::NoHost));
+        assert!(matches!(t.lookup("a.io", "/web"), Lookup::NoRoute { .. }));
+        let t = table(hosts(), true);
+        assert!(matches!(
+            t.lookup("b.io", "/"),
+            Lookup::Default { vhost: None, .. }
+        ));
+        // A known host whose paths don't match also falls to the default
+        // backend, and keeps its vhost (for the tenant header).
+        assert!(matches!(
+            t.lookup("a.io", "/web"),
+            Lookup::Default { vhost: Some(_), .. }
+        ));
+        assert_eq!(hit(&t, "a.io", "/api/x").unwrap(), "a.io r");
+    }
+
+    #[test]
+    fn most_specific_vhost_does_not_fall_through() {
+        let t = table(
+            vec![
+                vhost("a.io", vec![route("api", PathMatch::prefix("/api"))]),
+                vhost("*", vec![route("any", PathMatch::prefix("/"))]),
+            ],
+            false,
+        );
+        assert!(matches!(t.lookup("a.io", "/web"), Lookup::NoRoute { .. }));
+    }
+
+    #[test]
+    fn duplicate_patterns_keep_the_first() {
+        let t = table(
+            vec![
+                vhost("a.io", vec![route("first", PathMatch::prefix("/"))]),
+                vhost("a.io", vec![route("second", PathMatch::prefix("/"))]),
+            ],
+            false,
+        );
+        assert_eq!(hit(&t, "a.io", "/").unwrap(), "a.io first");
+        assert_eq!(t.vhosts().len(), 1);
+    }
+
+    #[test]
+    fn routes_iterates_every_payload() {
+        let t = table(
+            vec![vhost(
+                "a.io",
+                vec![
+                    route("x", PathMatch::Exact("/x".into())),
+                    route("y", PathMatch::prefix("/y")),
+                ],
+            )],
+            true,
+        );
+        assert_eq!(t.routes().count(), 3);
+    }
+}

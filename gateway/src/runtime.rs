@@ -1,0 +1,252 @@
+//! A compiled config (route table, pools, cert store) and the shared state
+//! the proxy, the admin listener and the controller read.
+//!
+//! A [`Runtime`] is built completely off the request path and then swapped
+//! in with one `ArcSwap` store; requests load it once. In-flight requests keep
+//! the `Arc`s they hold, so they finish on the config they started with.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use vestibule_config::model::{ConfigVersion, GatewayConfig, PoolId, RouteName, TenantId};
+
+use crate::metrics::{Metrics, RouteStats};
+use crate::route::RouteTable;
+use crate::tls::CertStore;
+use crate::upstream::{UpstreamPool, UpstreamSettings};
+
+/// The bounded route label of the default backend.
+pub const DEFAULT_ROUTE: &str = "default-backend";
+
+/// Where a matched request goes, with its metric handles.
+pub struct RouteTarget {
+    pub name: RouteName,
+    pub tenant: Option<TenantId>,
+    pub pool: Arc<UpstreamPool>,
+    pub stats: RouteStats,
+}
+
+/// Counts for `/config` and logs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub hosts: usize,
+    pub routes: usize,
+    pub pools: usize,
+    pub endpoints: usize,
+    pub tenants: usize,
+    pub certificates: usize,
+    pub default_backend: bool,
+}
+
+pub struct Runtime {
+    pub version: ConfigVersion,
+    pub routes: RouteTable<Arc<RouteTarget>>,
+    pub pools: BTreeMap<PoolId, Arc<UpstreamPool>>,
+    /// The seam for the TLS listener: certificates of this config.
+    pub certs: CertStore,
+    pub summary: Summary,
+    /// (tenant, route) metric label sets in use, to forget stale ones.
+    labels: HashSet<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Invalid(#[from] vestibule_config::model::ConfigError),
+}
+
+impl Runtime {
+    /// The runtime before any config is live: every request gets 404.
+    pub fn empty() -> Self {
+        Runtime {
+            version: ConfigVersion::default(),
+            routes: RouteTable::default(),
+            pools: BTreeMap::new(),
+            certs: CertStore::default(),
+            summary: Summary::default(),
+            labels: HashSet::new(),
+        }
+    }
+
+    /// Compiles `config`, reusing the pools of `previous` whose spec did not
+    /// change (they keep health state, counters and round-robin position).
+    pub fn compile(
+        config: &GatewayConfig,
+        previous: &Runtime,
+        metrics: &Metrics,
+        settings: &Arc<UpstreamSettings>,
+    ) -> Result<Runtime, CompileError> {
+        config.validate()?;
+        let pools: BTreeMap<PoolId, Arc<UpstreamPool>> = config
+            .pools
+            .iter()
+            .map(|(id, spec)| {
+                let pool = match previous.pools.get(id) {
+                    Some(old) if old.spec == *spec => old.clone(),
+                    _ => UpstreamPool::new(id.clone(), spec.clone(), settings.clone()),
+                };
+                (id.clone(), pool)
+            })
+            .collect();
+
+        let mut stats: HashMap<(String, String), RouteStats> = HashMap::new();
+        let mut target = |tenant: Option<&TenantId>, name: &RouteName, pool: &PoolId| {
+            let t = tenant.map_or("", |t| t.as_str());
+            let key = (t.to_string(), name.as_str().to_string());
+            let stats = stats
+                .entry(key)
+                .or_insert_with(|| metrics.route_stats(t, name.as_str()))
+                .clone();
+            // validate() checked every reference, so the pool exists; a
+            // fresh empty pool (503) is the safe answer if it ever doesn't.
+            let pool = pools.get(pool).cloned().unwrap_or_else(|| {
+                UpstreamPool::new(
+                    pool.clone(),
+                    vestibule_config::model::Pool::Endpoints(vec![]),
+                    settings.clone(),
+                )
+            });
+            Arc::new(RouteTarget {
+                name: name.clone(),
+                tenant: tenant.cloned(),
+                pool,
+                stats,
+            })
+        };
+        let default = config
+            .default_backend
+            .as_ref()
+            .map(|b| target(None, &RouteName::new(DEFAULT_ROUTE), b.pool()));
+        let routes = RouteTable::build(
+            config,
+            |vhost, route| target(vhost.tenant.as_ref(), &route.name, route.backend.pool()),
+            default,
+        );
+        let labels = stats.into_keys().collect();
+
+        let summary = Summary {
+            hosts: config.hosts.len(),
+            routes: config.hosts.iter().map(|h| h.routes.len()).sum(),
+            pools: pools.len(),
+            endpoints: pools.values().map(|p| p.endpoint_count()).sum(),
+            tenants: config.tenants.len(),
+            certificates: config.certificates.len(),
+            default_backend: config.default_backend.is_some(),
+        };
+        Ok(Runtime {
+            version: if config.version.is_empty() {
+                config.content_version()
+            } else {
+                config.version.clone()
+            },
+            routes,
+            pools,
+            certs: CertStore::from_config(config),
+            summary,
+            labels,
+        })
+    }
+
+    /// Forgets the metric series `self` used that `next` does not.
+    pub fn forget_stale_metrics(&self, next: &Runtime, metrics: &Metrics) {
+        for (tenant, route) in self.labels.difference(&next.labels) {
+            metrics.forget_route(tenant, route);
+        }
+        let tenants: HashSet<&str> = next.labels.iter().map(|(t, _)| t.as_str()).collect();
+        for (tenant, _) in &self.labels {
+            if !tenants.contains(tenant.as_str()) {
+                metrics.forget_tenant(tenant);
+            }
+        }
+        for id in self.pools.keys() {
+            if !next.pools.contains_key(id) {
+                metrics.forget_pool(id.as_str());
+            }
+        }
+    }
+}
+
+// === impl Shared ===
+
+/// What `/config` reports besides the runtime itself.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConfigStatus {
+    pub source: String,
+    pub last_error: Option<String>,
+    /// Unix seconds of the last error / swap.
+    pub last_error_at: Option<u64>,
+    pub last_swap_at: Option<u64>,
+    pub swaps: u64,
+}
+
+/// State shared by the proxy, the admin listener and the controller.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    ready: AtomicBool,
+    /// Admin and controller only; never touched by requests.
+    pub status: Mutex<ConfigStatus>,
+    pub metrics: Metrics,
+    pub upstream: Arc<UpstreamSettings>,
+}
+
+impl Shared {
+    pub fn new(upstream: UpstreamSettings, source: String) -> Arc<Self> {
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime::empty()),
+            ready: AtomicBool::new(false),
+            status: Mutex::new(ConfigStatus {
+                source,
+                ..Default::default()
+            }),
+            metrics: Metrics::new(),
+            upstream: Arc::new(upstream),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Publishes a compiled runtime.
+    pub fn swap(&self, next: Runtime) {
+        let next = Arc::new(next);
+        let old = self.runtime.swap(next.clone());
+        self.ready.store(true, Ordering::Release);
+        old.forget_stale_metrics(&next, &self.metrics);
+        let old_version = (!old.version.is_empty()).then(|| old.version.as_str());
+        self.metrics
+            .set_config_version(old_version, next.version.as_str());
+        let now = unix_now();
+        self.metrics.config_last_swap.set(now as f64);
+        self.metrics.config_swaps.inc();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_swap_at = Some(now);
+        status.swaps += 1;
+    }
+
+    /// Records a config that could not be loaded or compiled.
+    pub fn report_error(&self, error: String) {
+        tracing::error!(%error, "config rejected; the previous config stays live");
+        self.metrics.config_errors.inc();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_error = Some(error);
+        status.last_error_at = Some(unix_now());
+    }
+
+    pub fn status(&self) -> ConfigStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

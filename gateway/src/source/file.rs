@@ -1,0 +1,75 @@
+//! `--config FILE`: a compiled GatewayConfig (YAML or JSON), watched.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::UnboundedSender;
+use vestibule_config::GatewayConfig;
+
+use super::watch::{next_burst, parent_dir, watch_dir};
+use super::{ConfigSource, SourceError, SourceEvent};
+
+pub struct FileSource {
+    path: PathBuf,
+}
+
+impl FileSource {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileSource { path: path.into() }
+    }
+
+    fn load(&self) -> Result<GatewayConfig, SourceError> {
+        load_file(&self.path)
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<GatewayConfig, SourceError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SourceError(format!("{}: cannot read: {e}", path.display())))?;
+    GatewayConfig::from_text(&text).map_err(|e| SourceError(format!("{}: {e}", path.display())))
+}
+
+#[async_trait]
+impl ConfigSource for FileSource {
+    fn describe(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+
+    fn initial(&self) -> Result<Option<GatewayConfig>, SourceError> {
+        self.load().map(Some)
+    }
+
+    async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
+        let dir = parent_dir(&self.path);
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let Some(name) = self.path.file_name().map(|n| n.to_os_string()) else {
+            let _ = events.send(SourceEvent::Error(format!(
+                "{}: not a file path; not watching",
+                self.path.display()
+            )));
+            return;
+        };
+        let (_watcher, mut rx) = match watch_dir(&dir, false, move |p| {
+            p.file_name() == Some(name.as_os_str())
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = events.send(SourceEvent::Error(format!(
+                    "{}: cannot watch: {e}",
+                    dir.display()
+                )));
+                return;
+            }
+        };
+        while next_burst(&mut rx).await {
+            let event = match self.load() {
+                Ok(config) => SourceEvent::Config(Arc::new(config)),
+                Err(e) => SourceEvent::Error(e.0),
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+    }
+}

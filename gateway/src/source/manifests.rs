@@ -1,0 +1,95 @@
+//! `--manifests DIR`: Kubernetes YAML translated in process, watched.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::UnboundedSender;
+use vestibule_config::{load_paths, translate, GatewayConfig, Options};
+
+use super::watch::{next_burst, watch_dir};
+use super::{ConfigSource, SourceError, SourceEvent};
+
+pub struct ManifestsSource {
+    dir: PathBuf,
+    options: Options,
+}
+
+/// The embedded controller's options: our controller name, no strict tenancy.
+pub fn default_options() -> Options {
+    Options::default()
+}
+
+impl ManifestsSource {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ManifestsSource {
+            dir: dir.into(),
+            options: default_options(),
+        }
+    }
+
+    /// Loads and translates the directory. A document that does not parse
+    /// fails the whole load, so a half-written file never drops its routes
+    /// from the live config; translation problems are statuses, not errors.
+    fn load(&self) -> Result<GatewayConfig, SourceError> {
+        if !self.dir.is_dir() {
+            return Err(SourceError(format!(
+                "{}: not a directory",
+                self.dir.display()
+            )));
+        }
+        let loaded = load_paths(std::slice::from_ref(&self.dir));
+        if !loaded.errors.is_empty() {
+            let msgs: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+            return Err(SourceError(msgs.join("; ")));
+        }
+        // The translator is pure; a panic in it is a bug, but it must not
+        // take the watcher (and with it every later change) down.
+        let options = &self.options;
+        let snapshot = &loaded.snapshot;
+        let translation = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            translate(snapshot, options)
+        }))
+        .map_err(|_| SourceError("translator panicked; see the log".to_string()))?;
+        for status in &translation.statuses {
+            tracing::debug!(?status, "object status");
+        }
+        Ok(translation.config)
+    }
+}
+
+#[async_trait]
+impl ConfigSource for ManifestsSource {
+    fn describe(&self) -> String {
+        format!("manifests:{}", self.dir.display())
+    }
+
+    fn initial(&self) -> Result<Option<GatewayConfig>, SourceError> {
+        self.load().map(Some)
+    }
+
+    async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
+        let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let (_watcher, mut rx) = match watch_dir(&dir, true, |p| {
+            vestibule_config::manifests::is_manifest_file(p) || p.is_dir()
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = events.send(SourceEvent::Error(format!(
+                    "{}: cannot watch: {e}",
+                    dir.display()
+                )));
+                return;
+            }
+        };
+        while next_burst(&mut rx).await {
+            let event = match self.load() {
+                Ok(config) => SourceEvent::Config(Arc::new(config)),
+                Err(e) => SourceEvent::Error(e.0),
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! End-to-end through the embedded translator: `--manifests DIR` with real
+//! Ingress, Service and EndpointSlice YAML, watched for edits.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+const CLASS_AND_INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: vestibule}
+spec: {controller: vestibule.dev/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: app, namespace: prod, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  ingressClassName: vestibule
+  rules:
+    - host: app.test
+      http:
+        paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: app, port: {number: 80}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: prod}
+spec: {ports: [{name: web, port: 80, targetPort: http}]}
+"#;
+
+fn slice(port: u16) -> String {
+    format!(
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: app-1, namespace: prod, labels: {{kubernetes.io/service-name: app}}}}
+addressType: IPv4
+ports: [{{name: web, port: {port}}}]
+endpoints:
+  - addresses: [127.0.0.2]
+    conditions: {{ready: true}}
+  - addresses: [127.0.0.3]
+  - addresses: [127.0.0.4]
+    conditions: {{ready: false}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_endpoints_are_excluded_and_edits_go_live() {
+    // One port on three loopback addresses, as pods of one Service would be.
+    let a = Upstream::start_on("ready-a", "127.0.0.2:0").await;
+    let port = a.addr.port();
+    let b = Upstream::start_on("ready-b", &format!("127.0.0.3:{port}")).await;
+    let not_ready = Upstream::start_on("not-ready", &format!("127.0.0.4:{port}")).await;
+
+    let dir = TempDir::new("manifests");
+    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(port)).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+
+    let mut c = gw.client();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..60 {
+        let r = c.get("app.test", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+        *seen.entry(r.upstream().unwrap().into()).or_default() += 1;
+    }
+    assert_eq!(seen.get("ready-a"), Some(&30), "{seen:?}");
+    assert_eq!(seen.get("ready-b"), Some(&30), "{seen:?}");
+    assert!(!seen.contains_key(&not_ready.name));
+
+    // A new Ingress file is live within a second.
+    let other = CLASS_AND_INGRESS
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace("name: app, namespace", "name: app2, namespace")
+        .replace("app.test", "new.test");
+    std::fs::write(dir.0.join("new.yaml"), other).unwrap();
+    eventually(Duration::from_secs(1), || {
+        let mut c = gw.client();
+        async move {
+            c.get("new.test", "/")
+                .await
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .expect("new Ingress not live within 1s");
+
+    // A broken document keeps the last good config.
+    std::fs::write(dir.0.join("broken.yaml"), "kind: [unclosed").unwrap();
+    eventually(Duration::from_secs(2), || {
+        let gw = &gw;
+        async move { gw.admin_get("/config").await.body.contains("broken.yaml") }
+    })
+    .await
+    .expect("error not reported on /config");
+    assert_eq!(gw.client().get("new.test", "/").await.unwrap().status, 200);
+    drop(b);
+}
