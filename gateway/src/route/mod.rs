@@ -152,6 +152,10 @@ impl<R> RouteTable<R> {
         match self.vhost(host) {
             Some(vhost) => match vhost.paths.lookup(path) {
                 Some(route) => Lookup::Route { vhost, route },
+                // A tenant's host never falls to the cluster-wide default
+                // backend: that belongs to whichever namespace set it, and
+                // serving tenant traffic from it would bypass hijack checks.
+                None if vhost.tenant.is_some() => Lookup::NoRoute { vhost },
                 None => match &self.default {
                     Some(route) => Lookup::Default {
                         vhost: Some(vhost),
@@ -293,6 +297,19 @@ mod tests {
             Lookup::Default { vhost: Some(_), .. }
         ));
         assert_eq!(hit(&t, "a.io", "/api/x").unwrap(), "a.io r");
+    }
+
+    #[test]
+    fn tenant_hosts_never_use_the_default_backend() {
+        let mut owned = vhost("acme.io", vec![route("api", PathMatch::prefix("/api"))]);
+        owned.tenant = Some(TenantId::new("acme"));
+        let t = table(vec![owned, vhost("b.io", vec![])], true);
+        assert!(matches!(
+            t.lookup("acme.io", "/web"),
+            Lookup::NoRoute { .. }
+        ));
+        assert_eq!(hit(&t, "acme.io", "/api").unwrap(), "acme.io api");
+        assert!(matches!(t.lookup("b.io", "/web"), Lookup::Default { .. }));
     }
 
     #[test]
