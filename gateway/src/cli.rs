@@ -19,7 +19,7 @@ pub enum LogFormat {
 /// compiled config file, and applies changes live.
 #[derive(Debug, Parser)]
 #[command(name = "vestibule-gateway", version)]
-#[command(group(ArgGroup::new("source").required(true).args(["manifests", "config"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "config", "operator"])))]
 pub struct Cli {
     /// Directory of Kubernetes YAML (Ingress, Service, EndpointSlice, Secret,
     /// Tenant...), translated in process and watched.
@@ -28,6 +28,19 @@ pub struct Cli {
     /// A compiled GatewayConfig (YAML or JSON), watched.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The operator's config server (http://... or https://...), long-polled.
+    #[arg(long, value_name = "URL", requires = "token_file")]
+    pub operator: Option<String>,
+    /// Bearer token for the operator (file; re-read on every poll).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate(s) that sign the operator's certificate (https only).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Where the last applied operator config is kept, to start from when
+    /// the operator is unreachable at boot.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Plain HTTP listener.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,

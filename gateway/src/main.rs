@@ -16,7 +16,7 @@ use vestibule_gateway::cli::{Cli, LogFormat};
 use vestibule_gateway::control::Controller;
 use vestibule_gateway::proxy::Gateway;
 use vestibule_gateway::runtime::{Runtime, Shared};
-use vestibule_gateway::source::{ConfigSource, FileSource, ManifestsSource};
+use vestibule_gateway::source::{ConfigSource, FileSource, ManifestsSource, OperatorSource};
 
 // Per-request cost is dominated by small short-lived allocations in Pingora's
 // HTTP path; mimalloc serves them markedly cheaper than glibc malloc.
@@ -47,11 +47,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
 
-    let source: Box<dyn ConfigSource> = match (&cli.manifests, &cli.config) {
-        (Some(dir), _) => Box::new(ManifestsSource::new(dir)),
-        (None, Some(file)) => Box::new(FileSource::new(file)),
+    let source: Box<dyn ConfigSource> = match (&cli.manifests, &cli.config, &cli.operator) {
+        (Some(dir), _, _) => Box::new(ManifestsSource::new(dir)),
+        (None, Some(file), _) => Box::new(FileSource::new(file)),
+        (None, None, Some(url)) => {
+            // clap requires --token-file with --operator.
+            let token = cli.token_file.clone().unwrap_or_default();
+            match OperatorSource::new(
+                url,
+                &token,
+                cli.ca_file.as_deref(),
+                cli.state_dir.as_deref(),
+            ) {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    eprintln!("vestibule-gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         // clap's ArgGroup requires one of them.
-        (None, None) => return ExitCode::from(2),
+        (None, None, None) => return ExitCode::from(2),
     };
     let shared = Shared::new(cli.upstream_settings(), source.describe());
     match source.initial() {

@@ -6,10 +6,12 @@
 
 mod file;
 mod manifests;
+mod operator;
 mod watch;
 
 pub use file::FileSource;
 pub use manifests::ManifestsSource;
+pub use operator::OperatorSource;
 
 use std::sync::Arc;
 

@@ -338,6 +338,33 @@ impl Drop for TempDir {
     }
 }
 
+/// The gateway binary: cargo's path when this harness is compiled into the
+/// gateway's own tests; otherwise (the cross-crate tests) the binary next to
+/// the test executable's `deps/` directory, built first if it is missing.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_vestibule-gateway") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let bin = dir.join("vestibule-gateway");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "vestibule-gateway",
+                "--bin",
+                "vestibule-gateway",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building vestibule-gateway failed");
+    }
+    bin
+}
+
 pub struct Gateway {
     pub child: Child,
     pub http: SocketAddr,
@@ -351,7 +378,7 @@ impl Gateway {
         let http = free_addr();
         let admin = free_addr();
         let https = free_addr().to_string();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vestibule-gateway"));
+        let mut cmd = Command::new(gateway_bin());
         if !extra.contains(&"--https") {
             cmd.args(["--https", &https]);
         }

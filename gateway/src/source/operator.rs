@@ -1,0 +1,350 @@
+//! `--operator URL`: long-polls the operator's config server
+//! (`GET /v1/config?after=VERSION`, bearer token, gzip), applies every new
+//! version through the same swap path as the file sources, and persists the
+//! last applied config under `--state-dir` (write + rename) so a gateway that
+//! restarts while the operator is down still serves.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{header, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_rustls::TlsConnector;
+use vestibule_config::model::ConfigVersion;
+use vestibule_config::GatewayConfig;
+
+use super::{ConfigSource, SourceError, SourceEvent};
+
+/// Largest config body accepted, compressed or not (10k tenants with their
+/// own certificates and keys are about 40 MB of JSON).
+const MAX_BODY: usize = 256 * 1024 * 1024;
+/// The operator holds a long-poll for ~30 s; give it room before timing out.
+const POLL_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long the boot-time fetch may take before the persisted config is used.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const STATE_FILE: &str = "last-config.json";
+
+pub struct OperatorSource {
+    url: Uri,
+    token_file: PathBuf,
+    state_dir: Option<PathBuf>,
+    tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
+}
+
+/// What one poll returned.
+enum Poll {
+    New(GatewayConfig),
+    Unchanged,
+}
+
+impl OperatorSource {
+    /// Checks the flags (URL, token file, CA) up front: a usage error exits 2.
+    pub fn new(
+        url: &str,
+        token_file: &Path,
+        ca_file: Option<&Path>,
+        state_dir: Option<&Path>,
+    ) -> Result<Self, SourceError> {
+        let url: Uri = url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| SourceError(format!("--operator {url:?}: {e}")))?;
+        let host = url
+            .host()
+            .ok_or_else(|| SourceError(format!("--operator {url}: no host")))?
+            .to_string();
+        let tls = match url.scheme_str() {
+            Some("http") => None,
+            Some("https") => {
+                let ca = ca_file.ok_or_else(|| {
+                    SourceError("--operator https://... needs --ca-file (the operator's CA)".into())
+                })?;
+                Some((tls_connector(ca)?, server_name(&host)?))
+            }
+            _ => {
+                return Err(SourceError(format!(
+                    "--operator {url}: scheme must be http or https"
+                )))
+            }
+        };
+        read_token(token_file)?;
+        if let Some(dir) = state_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SourceError(format!("--state-dir {}: {e}", dir.display())))?;
+        }
+        Ok(OperatorSource {
+            url,
+            token_file: token_file.to_path_buf(),
+            state_dir: state_dir.map(Path::to_path_buf),
+            tls,
+        })
+    }
+
+    fn state_file(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|d| d.join(STATE_FILE))
+    }
+
+    /// One `GET /v1/config?after=...` on a fresh connection.
+    async fn poll(&self, after: Option<&ConfigVersion>) -> Result<Poll, String> {
+        let token = read_token(&self.token_file).map_err(|e| e.0)?;
+        let authority = self.url.authority().ok_or("operator URL has no host")?;
+        let port = authority
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let base = self.url.path().trim_end_matches('/');
+        let path = match after {
+            Some(v) if !v.is_empty() => format!("{base}/v1/config?after={v}"),
+            _ => format!("{base}/v1/config"),
+        };
+        let request = Request::get(path)
+            .header(header::HOST, authority.as_str())
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+
+        let tcp = TcpStream::connect((authority.host(), port))
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        tcp.set_nodelay(true).ok();
+        let response = match &self.tls {
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS to {authority}: {e}"))?;
+                send(TokioIo::new(stream), request).await?
+            }
+            None => send(TokioIo::new(tcp), request).await?,
+        };
+
+        let (parts, body) = response.into_parts();
+        match parts.status {
+            StatusCode::OK => {}
+            StatusCode::NOT_MODIFIED => return Ok(Poll::Unchanged),
+            StatusCode::UNAUTHORIZED => {
+                return Err("operator refused the token (401); check --token-file".into())
+            }
+            other => return Err(format!("operator answered {other}")),
+        }
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the config body: {e}"))?
+            .to_bytes();
+        let gzip = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let text = if gzip {
+            let mut out = String::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .take(MAX_BODY as u64 + 1)
+                .read_to_string(&mut out)
+                .map_err(|e| format!("config body is not valid gzip/UTF-8: {e}"))?;
+            if out.len() > MAX_BODY {
+                return Err("config body is too large".into());
+            }
+            out
+        } else {
+            String::from_utf8(body.to_vec()).map_err(|_| "config body is not UTF-8".to_string())?
+        };
+        let config = GatewayConfig::from_text(&text).map_err(|e| e.to_string())?;
+        Ok(Poll::New(config))
+    }
+
+    /// Writes the config atomically: a crash leaves the old file or the new one.
+    fn persist(&self, config: &GatewayConfig) {
+        let Some(file) = self.state_file() else {
+            return;
+        };
+        let tmp = file.with_extension("json.tmp");
+        let result = serde_json::to_vec(config)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &file));
+        if let Err(e) = result {
+            tracing::warn!(file = %file.display(), error = %e, "cannot persist the config");
+        }
+    }
+
+    fn load_persisted(&self) -> Option<GatewayConfig> {
+        let file = self.state_file()?;
+        let text = std::fs::read_to_string(&file).ok()?;
+        match GatewayConfig::from_text(&text) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring the persisted config");
+                None
+            }
+        }
+    }
+}
+
+async fn send<IO>(
+    io: TokioIo<IO>,
+    request: Request<Empty<bytes::Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))
+}
+
+fn read_token(path: &Path) -> Result<String, SourceError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| SourceError(format!("--token-file {}: {e}", path.display())))?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(SourceError(format!(
+            "--token-file {}: empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+fn tls_connector(ca_file: &Path) -> Result<TlsConnector, SourceError> {
+    use rustls_pki_types::pem::PemObject;
+    let err = |e: String| SourceError(format!("--ca-file {}: {e}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    for cert in certs {
+        roots.add(cert).map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+fn server_name(host: &str) -> Result<rustls_pki_types::ServerName<'static>, SourceError> {
+    rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+        .map_err(|e| SourceError(format!("--operator host {host:?}: {e}")))
+}
+
+/// Exponential backoff with jitter, so replicas that lost the operator at
+/// the same moment don't come back in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_MIN
+        .saturating_mul(2u32.saturating_pow(attempt.min(10)))
+        .min(BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    // Between half and the full base delay.
+    base / 2 + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+#[async_trait]
+impl ConfigSource for OperatorSource {
+    fn describe(&self) -> String {
+        format!("operator:{}", self.url)
+    }
+
+    /// Asks the operator once (briefly); if it can't answer, starts from the
+    /// persisted config; with neither, the gateway starts unready.
+    fn initial(&self) -> Result<Option<GatewayConfig>, SourceError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError(format!("cannot start a runtime: {e}")))?;
+        let fetched =
+            runtime.block_on(async { tokio::time::timeout(BOOT_TIMEOUT, self.poll(None)).await });
+        match fetched {
+            Ok(Ok(Poll::New(config))) => {
+                self.persist(&config);
+                Ok(Some(config))
+            }
+            Ok(Ok(Poll::Unchanged)) => Ok(self.load_persisted()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "operator unreachable at boot; using the persisted config");
+                Ok(self.load_persisted())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "operator did not answer in time at boot; using the persisted config"
+                );
+                Ok(self.load_persisted())
+            }
+        }
+    }
+
+    async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
+        let mut current: Option<ConfigVersion> = self.load_persisted().map(|c| c.version);
+        let mut failures = 0u32;
+        loop {
+            let result = match tokio::time::timeout(POLL_TIMEOUT, self.poll(current.as_ref())).await
+            {
+                Ok(r) => r,
+                Err(_) => Err("long-poll timed out".to_string()),
+            };
+            match result {
+                Ok(Poll::New(config)) => {
+                    failures = 0;
+                    if current.as_ref() == Some(&config.version) {
+                        continue;
+                    }
+                    self.persist(&config);
+                    current = Some(config.version.clone());
+                    if events.send(SourceEvent::Config(Arc::new(config))).is_err() {
+                        return;
+                    }
+                }
+                Ok(Poll::Unchanged) => failures = 0,
+                Err(e) => {
+                    if events.send(SourceEvent::Error(e)).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff(failures)).await;
+                    failures = failures.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        assert!(backoff(0) >= BACKOFF_MIN / 2 && backoff(0) <= BACKOFF_MIN);
+        assert!(backoff(3) >= BACKOFF_MIN * 4);
+        assert!(backoff(30) <= BACKOFF_MAX);
+    }
+}
