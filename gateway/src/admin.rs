@@ -34,7 +34,7 @@ impl Admin {
             "/metrics" => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.shared.metrics.render(),
+                self.shared.render_metrics(),
             ),
             "/config" => {
                 let runtime = self.shared.runtime.load_full();

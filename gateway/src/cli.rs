@@ -44,10 +44,17 @@ pub struct Cli {
     /// Plain HTTP listener.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
     pub http: SocketAddr,
-    /// HTTPS listener (TLS termination comes with the TLS work; today the
-    /// port is used for the 308 redirects of TLS hosts).
+    /// HTTPS listener (TLS 1.2/1.3, ALPN h2 and http/1.1, a certificate per
+    /// SNI); its port is also where plain HTTP to TLS hosts is redirected.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
     pub https: SocketAddr,
+    /// Certificate chain (PEM) presented when the SNI names no host with a
+    /// usable certificate, or is absent; without it such handshakes fail.
+    #[arg(long, value_name = "PATH", requires = "default_key")]
+    pub default_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--default-cert`.
+    #[arg(long, value_name = "PATH", requires = "default_cert")]
+    pub default_key: Option<PathBuf>,
     /// Admin listener: /healthz /readyz /metrics /config.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
@@ -150,5 +157,18 @@ mod tests {
         let cli = Cli::try_parse_from(["gw", "--config", "a"]).unwrap();
         assert_eq!(cli.http.to_string(), "0.0.0.0:8080");
         assert_eq!(cli.admin.to_string(), "127.0.0.1:9901");
+    }
+
+    #[test]
+    fn default_cert_and_key_come_together() {
+        let base = ["gw", "--config", "a"];
+        let with = |extra: &[&'static str]| {
+            Cli::try_parse_from(base.iter().chain(extra.iter()).copied().collect::<Vec<_>>())
+        };
+        assert!(with(&["--default-cert", "c"]).is_err());
+        assert!(with(&["--default-key", "k"]).is_err());
+        let cli = with(&["--default-cert", "c", "--default-key", "k"]).unwrap();
+        assert_eq!(cli.default_cert.unwrap().to_str(), Some("c"));
+        assert_eq!(cli.https.to_string(), "0.0.0.0:8443");
     }
 }

@@ -50,7 +50,7 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
         // Same content (an editor touched the file): nothing to do.
         return true;
     }
-    let next = match Runtime::compile(config, &current, &shared.metrics, &shared.upstream) {
+    let next = match Runtime::compile(config, &current, shared) {
         Ok(next) => next,
         Err(e) => {
             shared.report_error(e.to_string());

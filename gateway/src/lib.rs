@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod cli;
 pub mod control;
+pub mod edge;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

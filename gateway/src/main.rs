@@ -14,9 +14,10 @@ use pingora_core::services::listening::Service;
 use vestibule_gateway::admin::Admin;
 use vestibule_gateway::cli::{Cli, LogFormat};
 use vestibule_gateway::control::Controller;
-use vestibule_gateway::proxy::Gateway;
+use vestibule_gateway::proxy::{Gateway, ProxySettings};
 use vestibule_gateway::runtime::{Runtime, Shared};
 use vestibule_gateway::source::{ConfigSource, FileSource, ManifestsSource, OperatorSource};
+use vestibule_gateway::tls;
 
 // Per-request cost is dominated by small short-lived allocations in Pingora's
 // HTTP path; mimalloc serves them markedly cheaper than glibc malloc.
@@ -70,40 +71,44 @@ fn main() -> ExitCode {
         (None, None, None) => return ExitCode::from(2),
     };
     let shared = Shared::new(cli.upstream_settings(), source.describe());
-    match source.initial() {
-        Ok(Some(config)) => {
-            match Runtime::compile(
-                &config,
-                &Runtime::empty(),
-                &shared.metrics,
-                &shared.upstream,
-            ) {
-                Ok(runtime) => {
-                    tracing::info!(
-                        version = %runtime.version,
-                        hosts = runtime.summary.hosts,
-                        routes = runtime.summary.routes,
-                        pools = runtime.summary.pools,
-                        "initial config loaded"
-                    );
-                    shared.swap(runtime);
-                }
-                Err(e) => {
-                    eprintln!(
-                        "vestibule-gateway: invalid config from {}: {e}",
-                        source.describe()
-                    );
-                    return ExitCode::from(2);
-                }
-            }
+    if let (Some(cert), Some(key)) = (&cli.default_cert, &cli.default_key) {
+        // clap requires both together.
+        if let Err(e) = tls::load_default_cert(&shared.cert_cache, cert, key) {
+            eprintln!("vestibule-gateway: {e}");
+            return ExitCode::from(2);
         }
+    }
+    match source.initial() {
+        Ok(Some(config)) => match Runtime::compile(&config, &Runtime::empty(), &shared) {
+            Ok(runtime) => {
+                tracing::info!(
+                    version = %runtime.version,
+                    hosts = runtime.summary.hosts,
+                    routes = runtime.summary.routes,
+                    pools = runtime.summary.pools,
+                    "initial config loaded"
+                );
+                shared.swap(runtime);
+            }
+            Err(e) => {
+                eprintln!(
+                    "vestibule-gateway: invalid config from {}: {e}",
+                    source.describe()
+                );
+                return ExitCode::from(2);
+            }
+        },
         Ok(None) => tracing::info!("no config yet; starting unready"),
         Err(e) => {
             eprintln!("vestibule-gateway: {e}");
             return ExitCode::from(2);
         }
     }
-    for (what, addr) in [("--http", cli.http), ("--admin", cli.admin)] {
+    for (what, addr) in [
+        ("--http", cli.http),
+        ("--https", cli.https),
+        ("--admin", cli.admin),
+    ] {
         if let Err(e) = check_bind(what, addr) {
             eprintln!("vestibule-gateway: {e}");
             return ExitCode::from(1);
@@ -127,9 +132,30 @@ fn main() -> ExitCode {
         "vestibule http",
     );
     proxy.add_tcp(&cli.http.to_string());
-    // The HTTPS listener (issue 5) is a second instance of the same proxy
-    // with `ProxySettings { tls: true, .. }` and a rustls cert resolver over
-    // `Runtime::certs`.
+    // The HTTPS listener: the same proxy with `tls: true` behind rustls,
+    // whose certificates come from the live runtime at each handshake.
+    let tls_settings = match tls::listener_settings(&shared) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vestibule-gateway: cannot set up the HTTPS listener: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut https = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(
+            shared.clone(),
+            ProxySettings {
+                tls: true,
+                ..cli.proxy_settings()
+            },
+        ),
+        "vestibule https",
+    );
+    https
+        .endpoints()
+        .set_pre_tls_callback(tls::connection_counter(&shared));
+    https.add_tls_with_settings(&cli.https.to_string(), None, tls_settings);
 
     let mut admin = Service::new("vestibule admin".to_string(), Admin::new(shared.clone()));
     admin.add_tcp(&cli.admin.to_string());
@@ -138,9 +164,10 @@ fn main() -> ExitCode {
     let controller = background_service("controller", Controller::new(shared.clone(), source));
 
     server.add_service(proxy);
+    server.add_service(https);
     server.add_service(admin);
     server.add_service(controller);
-    tracing::info!(http = %cli.http, admin = %cli.admin, threads = cli.threads, "vestibule-gateway serving");
+    tracing::info!(http = %cli.http, https = %cli.https, admin = %cli.admin, threads = cli.threads, "vestibule-gateway serving");
     server.run(RunArgs::default());
     ExitCode::SUCCESS
 }

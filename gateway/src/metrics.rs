@@ -7,6 +7,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::tls::{tls_metrics, TlsMetrics};
+
 /// Status classes 1xx..5xx; anything else counts as 5xx.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -24,6 +26,8 @@ pub struct Metrics {
     ejections: IntCounterVec,
     /// Requests that matched no route (404, redirects, 431 before routing).
     pub unmatched: RouteStats,
+    /// Handshakes and certificate state of the HTTPS listener.
+    pub tls: TlsMetrics,
 }
 
 /// Counter and histogram handles of one (tenant, route).
@@ -150,7 +154,9 @@ impl Metrics {
             classes: CLASSES.map(|c| requests.with_label_values(&["", "", c])),
             latency: upstream_latency.with_label_values(&[""]),
         };
+        let tls = tls_metrics(&r);
         Metrics {
+            tls,
             registry: r,
             requests,
             upstream_latency,

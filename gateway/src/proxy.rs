@@ -13,8 +13,10 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
+use crate::edge;
 use crate::route::{normalize_host, HostBuf, Lookup};
-use crate::runtime::{RouteTarget, Shared};
+use crate::runtime::{RouteTarget, Runtime, Shared};
+use crate::tls::{same_cert, TlsConn};
 use crate::upstream::Endpoint;
 
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
@@ -94,15 +96,17 @@ async fn respond(
     Ok(true)
 }
 
-/// Request line plus header bytes as they were sent (name, ": ", value, CRLF).
-fn header_bytes(req: &RequestHeader) -> usize {
-    let line =
-        req.method.as_str().len() + req.uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
-    req.headers
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+/// The TLS facts of the session's connection, set at the handshake.
+fn tls_conn(session: &Session) -> Option<&TlsConn> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<TlsConn>()
 }
 
+/// Request line plus header bytes as they were sent (name, ": ", value, CRLF).
 fn host_of(req: &RequestHeader) -> &[u8] {
     match req.headers.get(HOST) {
         Some(h) => h.as_bytes(),
@@ -128,19 +132,35 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Routes the request, or answers it: 431, 308 to https, 404, 503.
+    /// Routes the request, or answers it: 431, 308 to https, 421, 404, 503.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.shared.metrics.active_requests.inc();
         ctx.counted_active = true;
-        match self.route(session.req_header(), ctx) {
+        let tls = if self.settings.tls {
+            tls_conn(session)
+        } else {
+            None
+        };
+        if let Some(conn) = tls {
+            self.observe_handshake(session, conn);
+        }
+        match self.route(session.req_header(), tls, ctx) {
             Decision::Proxy => Ok(false),
-            Decision::TooLarge => {
+            Decision::Reject(why) => {
+                // The framing of whatever follows can't be trusted: close.
                 session.set_keepalive(None);
-                respond(session, 431, "request header fields too large\n", None).await
+                respond(session, why.status(), why.body(), None).await
             }
             Decision::Redirect(location) => {
                 respond(session, 308, "", Some((LOCATION, location))).await
             }
+            Decision::Misdirected => respond(
+                session,
+                421,
+                "this connection's certificate does not cover this host; open a new connection\n",
+                None,
+            )
+            .await,
             Decision::NotFound => {
                 respond(session, 404, "no route for this host and path\n", None).await
             }
@@ -198,7 +218,16 @@ impl ProxyHttp for Gateway {
         }
         let proto = if self.settings.tls { "https" } else { "http" };
         upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
-        match session.req_header().headers.get(HOST).cloned() {
+        let req = session.req_header();
+        let host = match req.headers.get(HOST) {
+            Some(host) => Some(host.clone()),
+            // HTTP/2 carries the host in `:authority` only.
+            None => req
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        match host {
             Some(host) => upstream.insert_header(X_FORWARDED_HOST.clone(), host)?,
             None => {
                 upstream.remove_header(&X_FORWARDED_HOST);
@@ -315,8 +344,13 @@ impl ProxyHttp for Gateway {
 /// What [`Gateway::route`] decided for a request.
 enum Decision {
     Proxy,
-    TooLarge,
+    /// Refused by the edge checks (smuggling shapes, size limits).
+    Reject(edge::Reject),
     Redirect(HeaderValue),
+    /// The Host names a configured host that the connection's certificate
+    /// (chosen by SNI) is not the one for: 421, so a client that coalesced
+    /// connections (HTTP/2) opens one for that host instead.
+    Misdirected,
     NotFound,
     Unavailable,
 }
@@ -324,9 +358,9 @@ enum Decision {
 impl Gateway {
     /// The routing decision; synchronous so the runtime guard never lives
     /// across an await.
-    fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
-        if header_bytes(req) > self.settings.max_header_bytes {
-            return Decision::TooLarge;
+    fn route(&self, req: &RequestHeader, tls: Option<&TlsConn>, ctx: &mut Ctx) -> Decision {
+        if let Err(why) = edge::check(req, self.settings.max_header_bytes) {
+            return Decision::Reject(why);
         }
         let runtime = self.shared.runtime.load();
         let mut buf = HostBuf::new();
@@ -335,6 +369,11 @@ impl Gateway {
         if let Some(vhost) = lookup.vhost() {
             if vhost.tls && !self.settings.tls {
                 return Decision::Redirect(self.https_location(host, req));
+            }
+            if let Some(conn) = tls {
+                if self.misdirected(&runtime, conn, host) {
+                    return Decision::Misdirected;
+                }
             }
             ctx.tenant_header = vhost.tenant_header.clone();
         }
@@ -350,6 +389,44 @@ impl Gateway {
         };
         ctx.target = Some(target);
         decision
+    }
+
+    /// Whether `host` (a configured vhost) would be presented a different
+    /// certificate than the one the connection's SNI selected. Both sides are
+    /// resolved in the same runtime, so a swap can't make them disagree
+    /// spuriously; hosts sharing a certificate (a SAN cert) may share a
+    /// connection.
+    fn misdirected(&self, runtime: &Runtime, conn: &TlsConn, host: &str) -> bool {
+        if conn.sni.as_deref() == Some(host) {
+            return false;
+        }
+        let default = self.shared.cert_cache.default_cert();
+        !same_cert(
+            runtime.certs.select(conn.sni.as_deref(), default),
+            runtime.certs.select(Some(host), default),
+        )
+    }
+
+    /// Records the connection's handshake time once, at its first request
+    /// (Pingora's post-handshake callback sees no timing; the TLS layer's
+    /// timing digest does).
+    fn observe_handshake(&self, session: &Session, conn: &TlsConn) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if conn.observed.load(Relaxed) || conn.observed.swap(true, Relaxed) {
+            return;
+        }
+        let took = session
+            .digest()
+            .and_then(|d| d.timing_digest.last())
+            .and_then(|t| t.as_ref())
+            .and_then(|t| t.establishment_duration);
+        if let Some(took) = took {
+            self.shared
+                .metrics
+                .tls
+                .handshake_seconds
+                .observe(took.as_secs_f64());
+        }
     }
 
     /// `https://host[:port]/path?query` for the redirect of a TLS host.
@@ -372,9 +449,9 @@ mod tests {
     #[test]
     fn header_bytes_counts_names_and_values() {
         let mut req = RequestHeader::build("GET", b"/abc", None).unwrap();
-        let base = header_bytes(&req);
+        let base = edge::head_bytes(&req);
         req.insert_header("x-a", "12345").unwrap();
-        assert_eq!(header_bytes(&req), base + 3 + 5 + 4);
+        assert_eq!(edge::head_bytes(&req), base + 3 + 5 + 4);
     }
 
     #[test]

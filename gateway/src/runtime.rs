@@ -15,7 +15,7 @@ use vestibule_config::model::{ConfigVersion, GatewayConfig, PoolId, RouteName, T
 
 use crate::metrics::{Metrics, RouteStats};
 use crate::route::RouteTable;
-use crate::tls::CertStore;
+use crate::tls::{CertCache, CertStore};
 use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 /// The bounded route label of the default backend.
@@ -45,7 +45,7 @@ pub struct Runtime {
     pub version: ConfigVersion,
     pub routes: RouteTable<Arc<RouteTarget>>,
     pub pools: BTreeMap<PoolId, Arc<UpstreamPool>>,
-    /// The seam for the TLS listener: certificates of this config.
+    /// The SNI table the TLS listener's resolver reads.
     pub certs: CertStore,
     pub summary: Summary,
     /// (tenant, route) metric label sets in use, to forget stale ones.
@@ -72,13 +72,15 @@ impl Runtime {
     }
 
     /// Compiles `config`, reusing the pools of `previous` whose spec did not
-    /// change (they keep health state, counters and round-robin position).
+    /// change (they keep health state, counters and round-robin position) and
+    /// the certificates `shared` already parsed. An unusable certificate is
+    /// not an error: only its hosts lose it (see [`crate::tls`]).
     pub fn compile(
         config: &GatewayConfig,
         previous: &Runtime,
-        metrics: &Metrics,
-        settings: &Arc<UpstreamSettings>,
+        shared: &Shared,
     ) -> Result<Runtime, CompileError> {
+        let (metrics, settings) = (&shared.metrics, &shared.upstream);
         config.validate()?;
         let pools: BTreeMap<PoolId, Arc<UpstreamPool>> = config
             .pools
@@ -144,7 +146,11 @@ impl Runtime {
             },
             routes,
             pools,
-            certs: CertStore::from_config(config),
+            certs: CertStore::build(
+                config,
+                &shared.cert_cache.prepare(config),
+                unix_now() as i64,
+            ),
             summary,
             labels,
         })
@@ -190,6 +196,8 @@ pub struct Shared {
     pub status: Mutex<ConfigStatus>,
     pub metrics: Metrics,
     pub upstream: Arc<UpstreamSettings>,
+    /// Parsed certificates by id, reused across compiles; the default cert.
+    pub cert_cache: CertCache,
 }
 
 impl Shared {
@@ -203,6 +211,7 @@ impl Shared {
             }),
             metrics: Metrics::new(),
             upstream: Arc::new(upstream),
+            cert_cache: CertCache::default(),
         })
     }
 
@@ -234,6 +243,16 @@ impl Shared {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_error = Some(error);
         status.last_error_at = Some(unix_now());
+    }
+
+    /// The Prometheus text, with the live runtime's certificate state
+    /// (errors, days to expiry at this moment) published first.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        let runtime = self.runtime.load();
+        self.metrics
+            .tls
+            .publish(&runtime.certs.report, unix_now() as i64);
+        self.metrics.render()
     }
 
     pub fn status(&self) -> ConfigStatus {

@@ -225,7 +225,10 @@ impl Client {
     }
 }
 
-async fn read_response(conn: &mut BufReader<TcpStream>) -> Result<Response, String> {
+/// Reads one HTTP/1.1 response (content-length or chunked) from any stream.
+pub async fn read_response<R: AsyncBufReadExt + AsyncReadExt + Unpin>(
+    conn: &mut R,
+) -> Result<Response, String> {
     let (line, headers) = read_head(conn).await.ok_or("connection closed")?;
     let status: u16 = line
         .split_whitespace()
@@ -368,6 +371,7 @@ pub fn gateway_bin() -> PathBuf {
 pub struct Gateway {
     pub child: Child,
     pub http: SocketAddr,
+    pub https: SocketAddr,
     pub admin: SocketAddr,
 }
 
@@ -377,11 +381,15 @@ impl Gateway {
     pub async fn start(source: &[&str], extra: &[&str]) -> Gateway {
         let http = free_addr();
         let admin = free_addr();
-        let https = free_addr().to_string();
         let mut cmd = Command::new(gateway_bin());
-        if !extra.contains(&"--https") {
-            cmd.args(["--https", &https]);
-        }
+        let https = match extra.iter().position(|a| *a == "--https") {
+            Some(i) => extra[i + 1].parse().unwrap(),
+            None => {
+                let https = free_addr();
+                cmd.args(["--https", &https.to_string()]);
+                https
+            }
+        };
         let child = cmd
             .args(source)
             .args(["--http", &http.to_string()])
@@ -402,7 +410,12 @@ impl Gateway {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let mut gw = Gateway { child, http, admin };
+        let mut gw = Gateway {
+            child,
+            http,
+            https,
+            admin,
+        };
         gw.wait_ready().await;
         gw
     }
@@ -417,7 +430,9 @@ impl Gateway {
             if let Ok(r) = c.get("admin", "/readyz").await {
                 if r.status == 200 {
                     // The proxy listener starts with the admin one; make sure.
-                    if TcpStream::connect(self.http).await.is_ok() {
+                    if TcpStream::connect(self.http).await.is_ok()
+                        && TcpStream::connect(self.https).await.is_ok()
+                    {
                         return;
                     }
                 }
