@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod runtime;
+pub mod serve;
 pub mod source;
 pub mod tls;
 pub mod upstream;

@@ -1,173 +1,21 @@
-//! `vestibule-gateway`: CLI and server bootstrap. Exit codes: 0 ok, 1 runtime
-//! failure, 2 usage or invalid config.
+//! `vestibule-gateway`: the CLI. Exit codes: 0 ok, 1 runtime failure, 2
+//! usage or invalid config.
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 
 use clap::Parser;
-use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server};
-use pingora_core::services::background::background_service;
-use pingora_core::services::listening::Service;
-use vestibule_gateway::admin::Admin;
-use vestibule_gateway::cli::{Cli, LogFormat};
-use vestibule_gateway::control::Controller;
-use vestibule_gateway::proxy::{Gateway, ProxySettings};
-use vestibule_gateway::runtime::{Runtime, Shared};
-use vestibule_gateway::source::{ConfigSource, FileSource, ManifestsSource, OperatorSource};
-use vestibule_gateway::tls;
+use vestibule_gateway::cli::Cli;
+use vestibule_gateway::serve;
 
 // Per-request cost is dominated by small short-lived allocations in Pingora's
 // HTTP path; mimalloc serves them markedly cheaper than glibc malloc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-/// Fails early, with the address in the message, when a listener can't bind
-/// (Pingora would panic later inside its runtime).
-fn check_bind(what: &str, addr: SocketAddr) -> Result<(), String> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-
-    let source: Box<dyn ConfigSource> = match (&cli.manifests, &cli.config, &cli.operator) {
-        (Some(dir), _, _) => Box::new(ManifestsSource::new(dir)),
-        (None, Some(file), _) => Box::new(FileSource::new(file)),
-        (None, None, Some(url)) => {
-            // clap requires --token-file with --operator.
-            let token = cli.token_file.clone().unwrap_or_default();
-            match OperatorSource::new(
-                url,
-                &token,
-                cli.ca_file.as_deref(),
-                cli.state_dir.as_deref(),
-            ) {
-                Ok(s) => Box::new(s),
-                Err(e) => {
-                    eprintln!("vestibule-gateway: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        // clap's ArgGroup requires one of them.
-        (None, None, None) => return ExitCode::from(2),
-    };
-    let shared = Shared::new(cli.upstream_settings(), source.describe());
-    if let (Some(cert), Some(key)) = (&cli.default_cert, &cli.default_key) {
-        // clap requires both together.
-        if let Err(e) = tls::load_default_cert(&shared.cert_cache, cert, key) {
-            eprintln!("vestibule-gateway: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    match source.initial() {
-        Ok(Some(config)) => match Runtime::compile(&config, &Runtime::empty(), &shared) {
-            Ok(runtime) => {
-                tracing::info!(
-                    version = %runtime.version,
-                    hosts = runtime.summary.hosts,
-                    routes = runtime.summary.routes,
-                    pools = runtime.summary.pools,
-                    "initial config loaded"
-                );
-                shared.swap(runtime);
-            }
-            Err(e) => {
-                eprintln!(
-                    "vestibule-gateway: invalid config from {}: {e}",
-                    source.describe()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        Ok(None) => tracing::info!("no config yet; starting unready"),
-        Err(e) => {
-            eprintln!("vestibule-gateway: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    for (what, addr) in [
-        ("--http", cli.http),
-        ("--https", cli.https),
-        ("--admin", cli.admin),
-    ] {
-        if let Err(e) = check_bind(what, addr) {
-            eprintln!("vestibule-gateway: {e}");
-            return ExitCode::from(1);
-        }
-    }
-
-    let conf = ServerConf {
-        threads: cli.threads.max(1),
-        // Pingora's grace period is the drain window after SIGTERM: the
-        // listeners are closed, in-flight requests run until it ends.
-        grace_period_seconds: Some(cli.drain_seconds),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone(), cli.proxy_settings()),
-        "vestibule http",
-    );
-    proxy.add_tcp(&cli.http.to_string());
-    // The HTTPS listener: the same proxy with `tls: true` behind rustls,
-    // whose certificates come from the live runtime at each handshake.
-    let tls_settings = match tls::listener_settings(&shared) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("vestibule-gateway: cannot set up the HTTPS listener: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let mut https = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(
-            shared.clone(),
-            ProxySettings {
-                tls: true,
-                ..cli.proxy_settings()
-            },
-        ),
-        "vestibule https",
-    );
-    https
-        .endpoints()
-        .set_pre_tls_callback(tls::connection_counter(&shared));
-    https.add_tls_with_settings(&cli.https.to_string(), None, tls_settings);
-
-    let mut admin = Service::new("vestibule admin".to_string(), Admin::new(shared.clone()));
-    admin.add_tcp(&cli.admin.to_string());
-    admin.threads = Some(1);
-
-    let controller = background_service("controller", Controller::new(shared.clone(), source));
-
-    server.add_service(proxy);
-    server.add_service(https);
-    server.add_service(admin);
-    server.add_service(controller);
-    tracing::info!(http = %cli.http, https = %cli.https, admin = %cli.admin, threads = cli.threads, "vestibule-gateway serving");
-    server.run(RunArgs::default());
-    ExitCode::SUCCESS
+    serve::init_logging(cli.log_format);
+    serve::run(cli)
 }
