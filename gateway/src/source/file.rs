@@ -1,13 +1,12 @@
 //! `--config FILE`: a compiled GatewayConfig (YAML or JSON), watched.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 use vestibule_config::GatewayConfig;
 
-use super::watch::{next_burst, parent_dir, watch_dir};
+use super::watch::{parent_dir, reload_on_change};
 use super::{ConfigSource, SourceError, SourceEvent};
 
 pub struct FileSource {
@@ -50,26 +49,7 @@ impl ConfigSource for FileSource {
             )));
             return;
         };
-        let (_watcher, mut rx) = match watch_dir(&dir, false, move |p| {
-            p.file_name() == Some(name.as_os_str())
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = events.send(SourceEvent::Error(format!(
-                    "{}: cannot watch: {e}",
-                    dir.display()
-                )));
-                return;
-            }
-        };
-        while next_burst(&mut rx).await {
-            let event = match self.load() {
-                Ok(config) => SourceEvent::Config(Arc::new(config)),
-                Err(e) => SourceEvent::Error(e.0),
-            };
-            if events.send(event).is_err() {
-                return;
-            }
-        }
+        let relevant = move |p: &Path| p.file_name() == Some(name.as_os_str());
+        reload_on_change(&dir, false, relevant, || self.load(), events).await;
     }
 }

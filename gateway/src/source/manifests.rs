@@ -1,13 +1,12 @@
 //! `--manifests DIR`: Kubernetes YAML translated in process, watched.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 use vestibule_config::{load_paths, translate, GatewayConfig, Options};
 
-use super::watch::{next_burst, watch_dir};
+use super::watch::reload_on_change;
 use super::{ConfigSource, SourceError, SourceEvent};
 
 pub struct ManifestsSource {
@@ -70,26 +69,7 @@ impl ConfigSource for ManifestsSource {
 
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
         let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
-        let (_watcher, mut rx) = match watch_dir(&dir, true, |p| {
-            vestibule_config::manifests::is_manifest_file(p) || p.is_dir()
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = events.send(SourceEvent::Error(format!(
-                    "{}: cannot watch: {e}",
-                    dir.display()
-                )));
-                return;
-            }
-        };
-        while next_burst(&mut rx).await {
-            let event = match self.load() {
-                Ok(config) => SourceEvent::Config(Arc::new(config)),
-                Err(e) => SourceEvent::Error(e.0),
-            };
-            if events.send(event).is_err() {
-                return;
-            }
-        }
+        let relevant = |p: &Path| vestibule_config::manifests::is_manifest_file(p) || p.is_dir();
+        reload_on_change(&dir, true, relevant, || self.load(), events).await;
     }
 }

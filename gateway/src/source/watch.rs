@@ -7,9 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
+use vestibule_config::GatewayConfig;
+
+use super::{SourceError, SourceEvent};
 
 /// Quiet time that ends a burst of file events. Short, because DESIGN.md's
 /// budget for "config change -> live" is 50 ms at p50.
@@ -74,5 +79,35 @@ pub fn parent_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// The loop of a file-backed source: watch `dir`, and after each debounced
+/// burst of relevant events send what `load` makes of the files now.
+pub async fn reload_on_change(
+    dir: &Path,
+    recursive: bool,
+    relevant: impl Fn(&Path) -> bool + Send + 'static,
+    load: impl Fn() -> Result<GatewayConfig, SourceError>,
+    events: mpsc::UnboundedSender<SourceEvent>,
+) {
+    let (_watcher, mut rx) = match watch_dir(dir, recursive, relevant) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = events.send(SourceEvent::Error(format!(
+                "{}: cannot watch: {e}",
+                dir.display()
+            )));
+            return;
+        }
+    };
+    while next_burst(&mut rx).await {
+        let event = match load() {
+            Ok(config) => SourceEvent::Config(Arc::new(config)),
+            Err(e) => SourceEvent::Error(e.0),
+        };
+        if events.send(event).is_err() {
+            return;
+        }
     }
 }
