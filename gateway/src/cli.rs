@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser, ValueEnum};
 
+use crate::conn::ClientLimits;
 use crate::proxy::ProxySettings;
 use crate::upstream::UpstreamSettings;
 
@@ -86,6 +87,27 @@ pub struct Cli {
     /// Request line plus headers above this size get 431.
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
+    /// A request head (line and headers) must arrive completely within this,
+    /// counted from the connection's accept or from the head's first byte;
+    /// slower clients get 408 and are disconnected (slowloris).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a kept-alive client connection may idle between requests
+    /// (also the HTTP/2 idle timeout).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// Longest pause while reading a request body or writing a response to
+    /// the client (slow body, slow reader).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
+    /// Connections one client IP may hold open at once (0: no cap); more are
+    /// refused (before the TLS handshake on the HTTPS listener).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections_per_ip: u32,
+    /// Concurrent upstream requests per pool on this replica (0: no cap);
+    /// more get 503 with Retry-After instead of queueing.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_pool_connections: u32,
     /// On SIGTERM: how long in-flight requests may take to finish.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -122,6 +144,7 @@ impl Cli {
             eject_after: self.eject_after.max(1),
             eject_backoff: self.eject_backoff,
             dns_interval: self.dns_interval.max(Duration::from_secs(1)),
+            max_connections: self.max_pool_connections,
             ..UpstreamSettings::default()
         }
     }
@@ -132,6 +155,16 @@ impl Cli {
             https_port: self.https.port(),
             max_header_bytes: self.max_header_bytes,
             access_log: !self.no_access_log,
+            client_timeout: self.client_timeout.max(Duration::from_millis(10)),
+        }
+    }
+
+    pub fn client_limits(&self) -> ClientLimits {
+        ClientLimits {
+            header_timeout: self.header_timeout.max(Duration::from_millis(10)),
+            keepalive_timeout: self.keepalive_timeout.max(Duration::from_millis(10)),
+            client_timeout: self.client_timeout.max(Duration::from_millis(10)),
+            max_connections_per_ip: self.max_connections_per_ip,
         }
     }
 }

@@ -8,10 +8,12 @@
 
 pub mod admin;
 pub mod cli;
+pub mod conn;
 pub mod control;
 pub mod edge;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod runtime;
 pub mod serve;

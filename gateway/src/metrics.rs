@@ -7,6 +7,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::conn::GuardMetrics;
 use crate::tls::{tls_metrics, TlsMetrics};
 
 /// Status classes 1xx..5xx; anything else counts as 5xx.
@@ -28,6 +29,12 @@ pub struct Metrics {
     pub unmatched: RouteStats,
     /// Handshakes and certificate state of the HTTPS listener.
     pub tls: TlsMetrics,
+    /// Requests refused by a tenant's rate limit (429).
+    pub rate_limited: IntCounter,
+    /// Requests refused at a pool's connection cap (503).
+    pub pool_overloaded: IntCounter,
+    /// What the downstream connection guard refused or cut.
+    pub guard: GuardMetrics,
 }
 
 /// Counter and histogram handles of one (tenant, route).
@@ -155,7 +162,53 @@ impl Metrics {
             latency: upstream_latency.with_label_values(&[""]),
         };
         let tls = tls_metrics(&r);
+        let rate_limited = reg(
+            &r,
+            IntCounter::new(
+                "vestibule_rate_limited_total",
+                "Requests refused with 429 by a tenant's rate limit",
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let pool_overloaded = reg(
+            &r,
+            IntCounter::new(
+                "vestibule_pool_overloaded_total",
+                "Requests refused with 503 at a pool's concurrent connection cap",
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let rejected = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "vestibule_downstream_rejected_total",
+                    "Client connections refused, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let timeouts = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "vestibule_downstream_timeouts_total",
+                    "Client connections closed by the head or keep-alive deadline",
+                ),
+                &["kind"],
+            )
+            .unwrap_or_else(|_| unreachable!()),
+        );
+        let guard = GuardMetrics {
+            rejected_per_ip: rejected.with_label_values(&["per_ip_cap"]),
+            header_timeouts: timeouts.with_label_values(&["header"]),
+            idle_timeouts: timeouts.with_label_values(&["keepalive"]),
+        };
         Metrics {
+            rate_limited,
+            pool_overloaded,
+            guard,
             tls,
             registry: r,
             requests,

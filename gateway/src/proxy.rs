@@ -3,17 +3,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST, LOCATION};
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::conn;
 use crate::edge;
+use crate::ratelimit::retry_after_secs;
 use crate::route::{normalize_host, HostBuf, Lookup};
 use crate::runtime::{RouteTarget, Runtime, Shared};
 use crate::tls::{same_cert, TlsConn};
@@ -35,6 +37,9 @@ pub struct ProxySettings {
     /// Request line plus headers larger than this get 431.
     pub max_header_bytes: usize,
     pub access_log: bool,
+    /// Longest pause while reading a request body or writing a response
+    /// (Pingora's per-operation downstream timeouts).
+    pub client_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -44,6 +49,7 @@ impl Default for ProxySettings {
             https_port: 443,
             max_header_bytes: 32 * 1024,
             access_log: true,
+            client_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct Ctx {
     connect_retries: u8,
     upstream_start: Option<Instant>,
     counted_active: bool,
+    /// Holds one of the pool's connection slots (released in `logging`).
+    pool_slot: bool,
 }
 
 /// Sends a short plain-text response from a filter.
@@ -129,6 +137,7 @@ impl ProxyHttp for Gateway {
             connect_retries: 0,
             upstream_start: None,
             counted_active: false,
+            pool_slot: false,
         }
     }
 
@@ -136,6 +145,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.shared.metrics.active_requests.inc();
         ctx.counted_active = true;
+        // The head is in: lift its deadline; the body and the response get
+        // per-operation timeouts instead of Pingora's 60 s / none.
+        conn::head_done(session.stream());
+        session.set_read_timeout(Some(self.settings.client_timeout));
+        session.set_write_timeout(Some(self.settings.client_timeout));
         let tls = if self.settings.tls {
             tls_conn(session)
         } else {
@@ -168,6 +182,22 @@ impl ProxyHttp for Gateway {
                 let retry = (http::header::RETRY_AFTER, HeaderValue::from_static("1"));
                 respond(session, 503, "no healthy upstream\n", Some(retry)).await
             }
+            Decision::Overloaded => {
+                self.shared.metrics.pool_overloaded.inc();
+                let retry = (http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                respond(
+                    session,
+                    503,
+                    "upstream at its connection limit\n",
+                    Some(retry),
+                )
+                .await
+            }
+            Decision::RateLimited(secs) => {
+                self.shared.metrics.rate_limited.inc();
+                let retry = (http::header::RETRY_AFTER, HeaderValue::from(secs));
+                respond(session, 429, "rate limit exceeded\n", Some(retry)).await
+            }
         }
     }
 
@@ -181,7 +211,7 @@ impl ProxyHttp for Gateway {
                     .as_ref()
                     .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
                 target.pool.select(ctx.failed).ok_or_else(|| {
-                    Error::explain(ErrorType::HTTPStatus(502), "no other endpoint to retry")
+                    Error::explain(ErrorType::HTTPStatus(503), "no other endpoint to retry")
                 })?
             }
         };
@@ -304,10 +334,60 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    /// Maps a failed proxy attempt to its status: every endpoint refusing
+    /// or timing out the connect is 503 with `Retry-After` (like an empty
+    /// pool); an upstream too slow to answer is 504; other upstream
+    /// failures (reset, garbage) are 502.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let (code, retry) = match (e.esource(), e.etype()) {
+            (_, HTTPStatus(code)) => (*code, *code == 503),
+            (
+                ErrorSource::Upstream,
+                ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError,
+            ) => (503, true),
+            (ErrorSource::Upstream, ReadTimedout | WriteTimedout) => (504, false),
+            (ErrorSource::Upstream, _) => (502, false),
+            (ErrorSource::Downstream, WriteError | ReadError | ConnectionClosed) => (0, false),
+            (ErrorSource::Downstream, ReadTimedout | WriteTimedout) => (408, false),
+            (ErrorSource::Downstream, _) => (400, false),
+            (ErrorSource::Internal | ErrorSource::Unset, _) => (500, false),
+        };
+        // Once a response header went out, the connection can only be closed.
+        if code > 0 && session.response_written().is_none() {
+            let mut resp = ResponseHeader::build(code, Some(3));
+            if let Ok(resp) = resp.as_mut() {
+                let _ = resp.insert_header(http::header::CONTENT_LENGTH, 0);
+                let _ = resp.insert_header(http::header::CONNECTION, "close");
+                if retry {
+                    let _ = resp.insert_header(http::header::RETRY_AFTER, "1");
+                }
+            }
+            session.set_keepalive(None);
+            if let Ok(resp) = resp {
+                if let Err(err) = session.write_response_header(Box::new(resp), true).await {
+                    tracing::debug!(error = %err, "cannot send the error response");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         if ctx.counted_active {
             self.shared.metrics.active_requests.dec();
         }
+        if ctx.pool_slot {
+            ctx.pool_slot = false;
+            if let Some(target) = &ctx.target {
+                target.pool.release();
+            }
+        }
+        // The connection now idles until its next request (or closes).
+        conn::request_done(session.stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let stats = ctx
             .target
@@ -353,6 +433,10 @@ enum Decision {
     Misdirected,
     NotFound,
     Unavailable,
+    /// The pool holds its connection cap.
+    Overloaded,
+    /// The tenant is over its rate; retry after this many seconds.
+    RateLimited(u64),
 }
 
 impl Gateway {
@@ -381,11 +465,21 @@ impl Gateway {
             Lookup::Route { route, .. } | Lookup::Default { route, .. } => route.clone(),
             Lookup::NoRoute { .. } | Lookup::NoHost => return Decision::NotFound,
         };
+        if let Some(limiter) = &target.limiter {
+            if let Err(wait) = limiter.check() {
+                ctx.target = Some(target);
+                return Decision::RateLimited(retry_after_secs(wait));
+            }
+        }
         ctx.endpoint = target.pool.select(None);
-        let decision = if ctx.endpoint.is_some() {
+        let decision = if ctx.endpoint.is_none() {
+            Decision::Unavailable
+        } else if target.pool.try_acquire() {
+            ctx.pool_slot = true;
             Decision::Proxy
         } else {
-            Decision::Unavailable
+            ctx.endpoint = None;
+            Decision::Overloaded
         };
         ctx.target = Some(target);
         decision

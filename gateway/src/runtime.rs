@@ -14,6 +14,7 @@ use serde::Serialize;
 use vestibule_config::model::{ConfigVersion, GatewayConfig, PoolId, RouteName, TenantId};
 
 use crate::metrics::{Metrics, RouteStats};
+use crate::ratelimit::TenantLimiter;
 use crate::route::RouteTable;
 use crate::tls::{CertCache, CertStore};
 use crate::upstream::{UpstreamPool, UpstreamSettings};
@@ -27,6 +28,8 @@ pub struct RouteTarget {
     pub tenant: Option<TenantId>,
     pub pool: Arc<UpstreamPool>,
     pub stats: RouteStats,
+    /// The tenant's request budget on this replica, if it has one.
+    pub limiter: Option<Arc<TenantLimiter>>,
 }
 
 /// Counts for `/config` and logs.
@@ -47,6 +50,8 @@ pub struct Runtime {
     pub pools: BTreeMap<PoolId, Arc<UpstreamPool>>,
     /// The SNI table the TLS listener's resolver reads.
     pub certs: CertStore,
+    /// Rate limiters by tenant; reused across swaps while the limit holds.
+    pub limiters: BTreeMap<TenantId, Arc<TenantLimiter>>,
     pub summary: Summary,
     /// (tenant, route) metric label sets in use, to forget stale ones.
     labels: HashSet<(String, String)>,
@@ -66,6 +71,7 @@ impl Runtime {
             routes: RouteTable::default(),
             pools: BTreeMap::new(),
             certs: CertStore::default(),
+            limiters: BTreeMap::new(),
             summary: Summary::default(),
             labels: HashSet::new(),
         }
@@ -94,6 +100,18 @@ impl Runtime {
             })
             .collect();
 
+        let limiters: BTreeMap<TenantId, Arc<TenantLimiter>> = config
+            .tenants
+            .iter()
+            .filter_map(|(id, t)| {
+                let limit = t.rate_limit?;
+                let limiter = match previous.limiters.get(id) {
+                    Some(old) if old.limit == limit => old.clone(),
+                    _ => Arc::new(TenantLimiter::new(limit)),
+                };
+                Some((id.clone(), limiter))
+            })
+            .collect();
         let mut stats: HashMap<(String, String), RouteStats> = HashMap::new();
         let mut target = |tenant: Option<&TenantId>, name: &RouteName, pool: &PoolId| {
             let t = tenant.map_or("", |t| t.as_str());
@@ -116,6 +134,7 @@ impl Runtime {
                 tenant: tenant.cloned(),
                 pool,
                 stats,
+                limiter: tenant.and_then(|t| limiters.get(t).cloned()),
             })
         };
         let default = config
@@ -151,6 +170,7 @@ impl Runtime {
                 &shared.cert_cache.prepare(config),
                 unix_now() as i64,
             ),
+            limiters,
             summary,
             labels,
         })

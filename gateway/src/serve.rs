@@ -10,8 +10,14 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
+use std::sync::Arc;
+
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+
 use crate::admin::Admin;
 use crate::cli::{Cli, LogFormat};
+use crate::conn::{CapFilter, ConnGuard, Edge};
 use crate::control::Controller;
 use crate::proxy::{Gateway, ProxySettings};
 use crate::runtime::{Runtime, Shared};
@@ -29,6 +35,15 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Client connections' socket buffers. Pingora's default read buffer is
+/// 64 KiB, allocated at accept: 2,000 idle or slow connections would pin
+/// 128 MiB. Request heads are parsed from Pingora's own (4 KiB, growing)
+/// buffer, and large body reads bypass a small buffer, so 4 KiB costs no
+/// extra syscalls for typical requests.
+fn downstream_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(4 * 1024, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
 
 /// Fails early, with the address in the message, when a listener can't bind
@@ -121,12 +136,22 @@ pub fn run(cli: Cli) -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone(), cli.proxy_settings()),
-        "vestibule http",
-    );
-    proxy.add_tcp(&cli.http.to_string());
+    // Both listeners run the proxy behind the connection guard (head and
+    // idle deadlines, per-IP cap; see `conn`), which shares one per-IP table.
+    let limits = cli.client_limits();
+    let guard = ConnGuard::new(limits.clone(), shared.metrics.guard.clone());
+    let edge_service = |name: &str, settings: ProxySettings| {
+        let mut app = pingora_proxy::http_proxy(
+            &server.configuration,
+            Gateway::new(shared.clone(), settings),
+        );
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(limits.keepalive_timeout);
+        app.server_options = Some(options);
+        Service::new(name.to_string(), Edge::new(app, guard.clone()))
+    };
+    let mut proxy = edge_service("vestibule http", cli.proxy_settings());
+    proxy.add_listener(ListenerConfig::tcp(cli.http.to_string()).l4_buffer(downstream_buffers()));
     // The HTTPS listener: the same proxy with `tls: true` behind rustls,
     // whose certificates come from the live runtime at each handshake.
     let tls_settings = match tls::listener_settings(&shared) {
@@ -136,21 +161,23 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut https = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(
-            shared.clone(),
-            ProxySettings {
-                tls: true,
-                ..cli.proxy_settings()
-            },
-        ),
+    let mut https = edge_service(
         "vestibule https",
+        ProxySettings {
+            tls: true,
+            ..cli.proxy_settings()
+        },
     );
     https
         .endpoints()
         .set_pre_tls_callback(tls::connection_counter(&shared));
-    https.add_tls_with_settings(&cli.https.to_string(), None, tls_settings);
+    // Over-cap clients are refused before the handshake costs anything.
+    https.set_connection_filter(Arc::new(CapFilter(guard.clone())));
+    https.add_listener(
+        ListenerConfig::tcp(cli.https.to_string())
+            .tls(tls_settings)
+            .l4_buffer(downstream_buffers()),
+    );
 
     let mut admin = Service::new("vestibule admin".to_string(), Admin::new(shared.clone()));
     admin.add_tcp(&cli.admin.to_string());

@@ -36,6 +36,9 @@ pub struct UpstreamSettings {
     pub eject_after: u32,
     pub eject_backoff: Duration,
     pub dns_interval: Duration,
+    /// Concurrent upstream requests (so connections in use) per pool on
+    /// this replica; more get 503 at once rather than queueing. 0: no cap.
+    pub max_connections: u32,
 }
 
 impl Default for UpstreamSettings {
@@ -49,6 +52,7 @@ impl Default for UpstreamSettings {
             eject_after: 5,
             eject_backoff: Duration::from_secs(10),
             dns_interval: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct UpstreamPool {
     /// Set once an ExternalName pool has resolved at least once.
     resolved: AtomicBool,
     pub ejections: AtomicU64,
+    /// Requests holding an upstream connection of this pool right now.
+    in_flight: AtomicU32,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -138,6 +144,7 @@ impl UpstreamPool {
             epoch: Instant::now(),
             resolved: AtomicBool::new(false),
             ejections: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
             spec,
         });
         if let Pool::Endpoints(eps) = &pool.spec {
@@ -201,6 +208,29 @@ impl UpstreamPool {
         })?;
         let addr = *backend.as_inet()?;
         self.endpoints.load().get(&addr).cloned()
+    }
+
+    /// Takes one of the pool's connection slots; `false` at the cap.
+    #[inline]
+    pub fn try_acquire(&self) -> bool {
+        let max = self.settings.max_connections;
+        if max == 0 {
+            self.in_flight.fetch_add(1, Relaxed);
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back a slot taken by [`Self::try_acquire`].
+    #[inline]
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
     }
 
     pub fn is_external(&self) -> bool {
@@ -371,6 +401,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         p.readmit_expired();
         assert_eq!(p.health_counts(), (2, 2));
+    }
+
+    #[test]
+    fn connection_cap_holds_and_releases() {
+        let settings = UpstreamSettings {
+            max_connections: 2,
+            ..Default::default()
+        };
+        let p = UpstreamPool::new(
+            PoolId::new("p"),
+            Pool::Endpoints(vec![]),
+            Arc::new(settings),
+        );
+        assert!(p.try_acquire() && p.try_acquire());
+        assert!(!p.try_acquire());
+        p.release();
+        assert!(p.try_acquire());
+        assert_eq!(p.in_flight(), 2);
     }
 
     #[test]

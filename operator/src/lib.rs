@@ -30,6 +30,9 @@ pub use error::Error;
 pub struct Settings {
     /// Translator options (controller name, `--require-tenant`).
     pub translate: Options,
+    /// Gateway replicas the config is served to: each tenant's rate limit
+    /// is divided by this ([`publish::per_replica`]).
+    pub gateway_replicas: u32,
     /// Only this IngressClass (by name) among ours, when set.
     pub ingress_class_name: Option<String>,
     /// Namespaces to watch; empty means all.
@@ -57,6 +60,7 @@ impl Settings {
     pub fn new(token_file: PathBuf, identity: String) -> Self {
         Settings {
             translate: Options::default(),
+            gateway_replicas: 1,
             ingress_class_name: None,
             watch_namespaces: Vec::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),

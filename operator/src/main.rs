@@ -51,6 +51,10 @@ enum Command {
         /// Print only the GatewayConfig, without statuses.
         #[arg(long)]
         config_only: bool,
+        /// Divide each Tenant's rateLimit by this many gateway replicas (as
+        /// `run --gateway-replicas` does).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        gateway_replicas: u32,
     },
     /// Print the Tenant CustomResourceDefinition as YAML.
     Crd,
@@ -86,6 +90,11 @@ struct RunArgs {
     /// are copied to the status of every accepted Ingress.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     publish_service: Option<ObjectName>,
+    /// Gateway replicas this operator serves: each Tenant's rateLimit is
+    /// divided by it, so the limit holds across the whole fleet.
+    #[arg(long, value_name = "N", default_value_t = 1, env = "VESTIBULE_GATEWAY_REPLICAS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    gateway_replicas: u32,
     /// Metrics and health address (/metrics, /healthz, /readyz).
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics: SocketAddr,
@@ -133,6 +142,7 @@ fn main() -> ExitCode {
             controller,
             include_keys,
             config_only,
+            gateway_replicas,
         } => translate(
             &paths,
             Output {
@@ -144,6 +154,7 @@ fn main() -> ExitCode {
                 controller,
                 require_tenant,
             },
+            gateway_replicas,
         ),
     }
 }
@@ -235,6 +246,7 @@ fn settings(args: RunArgs) -> Settings {
         .zip(args.tls_key)
         .map(|(cert, key)| TlsFiles { cert, key });
     settings.publish_service = args.publish_service;
+    settings.gateway_replicas = args.gateway_replicas;
     settings.metrics = args.metrics;
     let mut lease = LeaseSettings::with_duration(
         args.lease_namespace,
@@ -272,7 +284,7 @@ struct Output {
 
 /// Prints the translation; exits 2 when some input could not be read, after
 /// printing what the readable part produced.
-fn translate(paths: &[PathBuf], output: Output, options: &Options) -> ExitCode {
+fn translate(paths: &[PathBuf], output: Output, options: &Options, replicas: u32) -> ExitCode {
     for p in paths {
         if !p.exists() {
             eprintln!("error: {}: no such file or directory", p.display());
@@ -284,6 +296,7 @@ fn translate(paths: &[PathBuf], output: Output, options: &Options) -> ExitCode {
         eprintln!("warning: skipped {skipped}");
     }
     let mut translation = vestibule_config::translate(&loaded.snapshot, options);
+    translation.config = vestibule_operator::publish::per_replica(translation.config, replicas);
     if !output.include_keys {
         // Keys stay off terminals and CI logs unless asked for. The version
         // still names the real content.

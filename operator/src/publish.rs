@@ -60,6 +60,32 @@ impl Published {
     }
 }
 
+/// This replica's share of every tenant's rate limit: each of `replicas`
+/// gateways enforces `limit / replicas` (rounded down, at least 1 unless
+/// the limit is 0) so the total across the fleet stays within the Tenant's
+/// `rateLimit`. Applied by the operator, not the gateway, so every replica
+/// gets the same bytes and the config stays content-addressed (the version
+/// is re-sealed, and depends only on the input and `replicas`).
+pub fn per_replica(mut config: GatewayConfig, replicas: u32) -> GatewayConfig {
+    if replicas <= 1 {
+        return config;
+    }
+    let share = |v: u32| if v == 0 { 0 } else { (v / replicas).max(1) };
+    let mut changed = false;
+    for tenant in config.tenants.values_mut() {
+        if let Some(limit) = tenant.rate_limit.as_mut() {
+            limit.requests_per_second = share(limit.requests_per_second);
+            limit.burst = share(limit.burst);
+            changed = true;
+        }
+    }
+    if changed {
+        config.seal()
+    } else {
+        config
+    }
+}
+
 /// What the status writer needs from one translation.
 #[derive(Debug, PartialEq)]
 pub struct StatusInput {
@@ -90,7 +116,8 @@ pub async fn run(
         translation += 1;
         let started = Instant::now();
         let snapshot = stores.snapshot();
-        let result = vestibule_config::translate(&snapshot, &settings.translate);
+        let mut result = vestibule_config::translate(&snapshot, &settings.translate);
+        result.config = per_replica(result.config, settings.gateway_replicas);
         let elapsed = started.elapsed();
         metrics.translate_seconds.observe(elapsed.as_secs_f64());
         for (kind, n) in [

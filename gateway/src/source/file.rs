@@ -26,6 +26,15 @@ impl FileSource {
 pub fn load_file(path: &Path) -> Result<GatewayConfig, SourceError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| SourceError(format!("{}: cannot read: {e}", path.display())))?;
+    // A blank file is a write caught halfway (or a truncation), not a wish
+    // to serve nothing: parsed, it would be an empty config and drop every
+    // route. An intentionally empty config is `{}`.
+    if text.trim().is_empty() {
+        return Err(SourceError(format!(
+            "{}: empty file (write `{{}}` for an empty config)",
+            path.display()
+        )));
+    }
     GatewayConfig::from_text(&text).map_err(|e| SourceError(format!("{}: {e}", path.display())))
 }
 

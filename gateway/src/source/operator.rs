@@ -157,6 +157,9 @@ impl OperatorSource {
         } else {
             String::from_utf8(body.to_vec()).map_err(|_| "config body is not UTF-8".to_string())?
         };
+        if text.trim().is_empty() {
+            return Err("operator sent an empty config body".into());
+        }
         let config = GatewayConfig::from_text(&text).map_err(|e| e.to_string())?;
         Ok(Poll::New(config))
     }

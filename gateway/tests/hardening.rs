@@ -1,0 +1,488 @@
+//! Slow and greedy clients, rate limits and connection caps, through real
+//! sockets: slowloris (a head trickled byte by byte), a stalled body, an
+//! idle keep-alive connection, too many connections from one IP, the RSS of
+//! the gateway holding 2,000 slow connections, a tenant's token bucket
+//! (429 + Retry-After, state kept across swaps) and a pool's concurrent
+//! connection cap (503 + Retry-After, never a queue).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{pool, route, vhost, write_config, Client, Gateway, TempDir, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use vestibule_config::model::{
+    Endpoint, GatewayConfig, PathMatch, Pool, PoolId, RateLimit, Tenant, TenantId,
+};
+use vestibule_config::HostPattern;
+
+fn config(up: &Upstream) -> GatewayConfig {
+    GatewayConfig {
+        hosts: vec![vhost(
+            "a.test",
+            None,
+            vec![route("r", PathMatch::prefix("/"), "p")],
+        )],
+        pools: [(PoolId::new("p"), pool(&[(up, 1)]))].into(),
+        ..Default::default()
+    }
+    .seal()
+}
+
+async fn start(
+    dir: &TempDir,
+    config: &GatewayConfig,
+    extra: &[&str],
+) -> (Gateway, std::path::PathBuf) {
+    let file = dir.0.join("config.json");
+    write_config(&file, config);
+    let gw = Gateway::start(&["--config", file.to_str().unwrap()], extra).await;
+    (gw, file)
+}
+
+/// Reads until the peer closes (or `within` passes); returns what was read
+/// and whether the peer closed.
+async fn read_until_close(s: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into(), false),
+        }
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_slow_body_idle_keepalive_and_per_ip_cap_are_cut() {
+    let up = Upstream::start("up").await;
+    let dir = TempDir::new("slow");
+    let (gw, _) = start(
+        &dir,
+        &config(&up),
+        &[
+            "--header-timeout",
+            "1s",
+            "--keepalive-timeout",
+            "1s",
+            "--client-timeout",
+            "1s",
+            "--max-connections-per-ip",
+            "20",
+        ],
+    )
+    .await;
+
+    // Slowloris: a byte every 100 ms never finishes the head; Pingora alone
+    // would wait 60 s per byte. Cut with 408 at ~1 s.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let head = b"GET / HTTP/1.1\r\nhost: a.test\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed = false;
+    for b in head {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let (got, eof) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    let took = started.elapsed();
+    assert!(closed || eof, "the trickling client was never cut");
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got:?}");
+
+    // A client that connects and sends nothing is cut at the same deadline.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    let (_, eof) = read_until_close(&mut s, Duration::from_secs(4)).await;
+    assert!(eof, "silent connection kept");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Slow body: the head is fine, the body stalls: cut by --client-timeout.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let (got, eof) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(eof, "stalled body kept open: {got:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Idle keep-alive: a served connection that goes quiet is closed.
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut r = tokio::io::BufReader::new(s);
+    let resp = common::read_response(&mut r).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let started = Instant::now();
+    let (_, eof) = read_until_close(r.get_mut(), Duration::from_secs(4)).await;
+    assert!(eof, "idle keep-alive connection kept");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+
+    // Busy keep-alive is not idle: requests 300 ms apart for 2 s all succeed
+    // on one connection.
+    let mut c = Client::new(gw.http);
+    for _ in 0..7 {
+        assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Per-IP cap: 20 held connections; the 21st is refused with 503.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = TcpStream::connect(gw.http).await.unwrap();
+    let _ = extra
+        .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await;
+    let (got, eof) = read_until_close(&mut extra, Duration::from_secs(2)).await;
+    assert!(eof);
+    assert!(got.starts_with("HTTP/1.1 503"), "{got:?}");
+    assert!(
+        got.to_ascii_lowercase().contains("retry-after: 1"),
+        "{got:?}"
+    );
+    drop(held);
+    // Slots come back when connections close.
+    let ok = common::eventually(Duration::from_secs(3), || async {
+        Client::new(gw.http)
+            .get("a.test", "/")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(ok.is_some(), "slots not released");
+
+    let m = String::from_utf8(gw.admin_get("/metrics").await.body.into_bytes()).unwrap();
+    assert!(
+        metric(&m, "vestibule_downstream_timeouts_total{kind=\"header\"}") >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "vestibule_downstream_timeouts_total{kind=\"keepalive\"}"
+        ) >= 1.0
+    );
+    assert!(metric(&m, "vestibule_downstream_rejected_total") >= 1.0);
+}
+
+/// Opens `n` connections that each send part of a request head and stall;
+/// returns them with the gateway's RSS growth in KiB.
+async fn hold_slow_connections(gw: &Gateway, n: usize) -> (Vec<TcpStream>, u64, u64) {
+    let pid = gw.child.id();
+    // Warm up: the first requests allocate runtime and pool state.
+    let mut c = gw.client();
+    for _ in 0..50 {
+        assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
+    }
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kb(pid);
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        // From 127.0.0.2: thousands of ephemeral ports on 127.0.0.1 would
+        // race the other tests' `free_addr()` listeners.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = sock.connect(gw.http).await.unwrap();
+        s.write_all(format!("GET /{i} HTTP/1.1\r\nhost: a.test\r\nx-a: ").as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kb(pid);
+    (held, before, after)
+}
+
+async fn slow_connections_memory(n: usize, bound_mb: u64) {
+    let up = Upstream::start("up").await;
+    let dir = TempDir::new("rss");
+    let (gw, _) = start(
+        &dir,
+        &config(&up),
+        &["--header-timeout", "2s", "--max-connections-per-ip", "0"],
+    )
+    .await;
+    let (mut held, before, after) = hold_slow_connections(&gw, n).await;
+    // Every connection is still open on the gateway's side...
+    let mut buf = [0u8; 1];
+    let probe = tokio::time::timeout(Duration::from_millis(50), held[0].read(&mut buf)).await;
+    assert!(probe.is_err(), "connection closed before its deadline");
+    let growth_mb = after.saturating_sub(before) / 1024;
+    eprintln!(
+        "{n} slow connections: RSS {before} KiB -> {after} KiB (+{growth_mb} MiB, {} B each)",
+        after.saturating_sub(before) * 1024 / n as u64
+    );
+    assert!(
+        after.saturating_sub(before) / 1024 < bound_mb,
+        "RSS grew {growth_mb} MiB"
+    );
+    // ...and cut at the head deadline, every one of them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut open = 0;
+    for s in &mut held {
+        let (_, eof) = read_until_close(s, Duration::from_millis(2000)).await;
+        open += usize::from(!eof);
+    }
+    assert_eq!(open, 0, "{open} slow connections survived the deadline");
+    drop(held);
+    // A second wave costs no more than the first: memory is reused, not leaked.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (held, _, again) = hold_slow_connections(&gw, n).await;
+    eprintln!("second wave of {n}: RSS {again} KiB (first wave peak {after} KiB)");
+    assert!(
+        again < after + (after - before.min(after)) / 5 + 5 * 1024,
+        "RSS kept growing: {after} KiB -> {again} KiB"
+    );
+    drop(held);
+    // The gateway still serves.
+    assert_eq!(gw.client().get("a.test", "/").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_slow_connections_keep_memory_flat() {
+    slow_connections_memory(2_000, 100).await;
+}
+
+/// Heavy variant: `cargo test -p vestibule-gateway --test hardening -- --ignored`
+/// (needs `ulimit -n` >= 20000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn eight_thousand_slow_connections_keep_memory_flat() {
+    slow_connections_memory(8_000, 400).await;
+}
+
+fn tenant_config(up: &Upstream, limit: Option<RateLimit>, extra_host: bool) -> GatewayConfig {
+    let mut hosts = vec![
+        vhost(
+            "acme.test",
+            Some("acme"),
+            vec![route("tenant/acme", PathMatch::prefix("/"), "p")],
+        ),
+        vhost(
+            "free.test",
+            None,
+            vec![route("r", PathMatch::prefix("/"), "p")],
+        ),
+    ];
+    if extra_host {
+        hosts.push(vhost(
+            "other.test",
+            None,
+            vec![route("o", PathMatch::prefix("/"), "p")],
+        ));
+    }
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    GatewayConfig {
+        hosts,
+        pools: [(PoolId::new("p"), pool(&[(up, 1)]))].into(),
+        tenants: [(
+            TenantId::new("acme"),
+            Tenant {
+                domains: vec![HostPattern::parse("acme.test").unwrap()],
+                rate_limit: limit,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+    .seal()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_rate_limit_429_with_retry_after_and_state_survives_swaps() {
+    let up = Upstream::start("up").await;
+    let dir = TempDir::new("rate");
+    let limit = RateLimit {
+        requests_per_second: 2,
+        burst: 5,
+    };
+    let (gw, file) = start(&dir, &tenant_config(&up, Some(limit), false), &[]).await;
+    let mut c = gw.client();
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let r = c.get("acme.test", "/").await.unwrap();
+        if r.status == 429 {
+            let secs: u64 = r.headers["retry-after"].parse().unwrap();
+            assert!((1..=1).contains(&secs), "retry-after {secs}");
+            assert!(
+                r.upstream().is_none(),
+                "a refused request reached the upstream"
+            );
+        }
+        codes.push(r.status);
+    }
+    assert_eq!(&codes[..5], &[200; 5], "{codes:?}");
+    assert!(codes[5..].iter().all(|&c| c == 429), "{codes:?}");
+    // Other hosts are not limited.
+    for _ in 0..20 {
+        assert_eq!(c.get("free.test", "/").await.unwrap().status, 200);
+    }
+    // A swap that keeps the limit keeps the (empty) bucket.
+    let before = gw.admin_get("/config").await.body;
+    write_config(&file, &tenant_config(&up, Some(limit), true));
+    let http = gw.http;
+    common::eventually(Duration::from_secs(5), || async move {
+        Client::new(http)
+            .get("other.test", "/")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await
+    .expect("swap applied");
+    assert_ne!(before, gw.admin_get("/config").await.body);
+    assert_eq!(
+        c.get("acme.test", "/").await.unwrap().status,
+        429,
+        "bucket refilled by a swap"
+    );
+    // After the refill interval one more passes.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(c.get("acme.test", "/").await.unwrap().status, 200);
+    // Removing the limit lifts it at once.
+    write_config(&file, &tenant_config(&up, None, true));
+    let lifted = common::eventually(Duration::from_secs(5), || async move {
+        let mut c = Client::new(http);
+        let mut all = true;
+        for _ in 0..10 {
+            all &= c.get("acme.test", "/").await.is_ok_and(|r| r.status == 200);
+        }
+        all
+    })
+    .await;
+    assert!(lifted.is_some());
+    let m = gw.admin_get("/metrics").await.body;
+    assert!(metric(&m, "vestibule_rate_limited_total") >= 4.0, "{m}");
+}
+
+/// An upstream that accepts and holds every request until released.
+async fn holding_upstream() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        seen.clear();
+                        while !*rx.borrow() {
+                            if rx.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_connection_cap_refuses_with_503_instead_of_queueing() {
+    let (addr, release) = holding_upstream().await;
+    let config = GatewayConfig {
+        hosts: vec![vhost(
+            "a.test",
+            None,
+            vec![route("r", PathMatch::prefix("/"), "p")],
+        )],
+        pools: [(
+            PoolId::new("p"),
+            Pool::Endpoints(vec![Endpoint {
+                address: addr,
+                weight: 1,
+            }]),
+        )]
+        .into(),
+        ..Default::default()
+    }
+    .seal();
+    let dir = TempDir::new("poolcap");
+    let (gw, _) = start(&dir, &config, &["--max-pool-connections", "4"]).await;
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        let http = gw.http;
+        waiting.push(tokio::spawn(async move {
+            Client::new(http).get("a.test", "/").await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let r = gw.client().get("a.test", "/").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(started.elapsed() < Duration::from_millis(500), "queued");
+    release.send(true).unwrap();
+    for w in waiting {
+        assert_eq!(w.await.unwrap().unwrap().status, 200);
+    }
+    // Slots released: new requests pass.
+    for _ in 0..10 {
+        assert_eq!(gw.client().get("a.test", "/").await.unwrap().status, 200);
+    }
+    let m = gw.admin_get("/metrics").await.body;
+    assert_eq!(metric(&m, "vestibule_pool_overloaded_total"), 1.0);
+}
