@@ -42,12 +42,41 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// The content hash of the config, ignoring the current `version` field.
     pub fn content_version(&self) -> ConfigVersion {
-        let mut unsealed = self.clone();
-        unsealed.version = ConfigVersion::default();
+        // The same bytes as the config serialized with an empty version,
+        // without cloning it (certificates and keys included) first.
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Unsealed<'a> {
+            version: &'a str,
+            hosts: &'a Vec<VirtualHost>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            default_backend: &'a Option<Backend>,
+            pools: &'a BTreeMap<PoolId, Pool>,
+            certificates: &'a BTreeMap<CertId, Certificate>,
+            tenants: &'a BTreeMap<TenantId, Tenant>,
+        }
+        let unsealed = Unsealed {
+            version: "",
+            hosts: &self.hosts,
+            default_backend: &self.default_backend,
+            pools: &self.pools,
+            certificates: &self.certificates,
+            tenants: &self.tenants,
+        };
         // Serializing plain data with string keys cannot fail.
         let bytes = serde_json::to_vec(&unsealed).unwrap_or_default();
         let digest = Sha256::digest(&bytes);
         ConfigVersion(hex::encode(&digest[..8]))
+    }
+
+    /// The stated version, or the content hash when none is stated (a
+    /// hand-written config file).
+    pub fn effective_version(&self) -> ConfigVersion {
+        if self.version.is_empty() {
+            self.content_version()
+        } else {
+            self.version.clone()
+        }
     }
 
     /// Sets `version` to the content hash.

@@ -45,7 +45,7 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
     let current = shared.runtime.load_full();
     if !current.version.is_empty()
         && shared.is_ready()
-        && (config.version == current.version || config.content_version() == current.version)
+        && config.effective_version() == current.version
     {
         // Same content (an editor touched the file): nothing to do.
         return true;

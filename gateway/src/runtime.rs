@@ -158,11 +158,7 @@ impl Runtime {
             default_backend: config.default_backend.is_some(),
         };
         Ok(Runtime {
-            version: if config.version.is_empty() {
-                config.content_version()
-            } else {
-                config.version.clone()
-            },
+            version: config.effective_version(),
             routes,
             pools,
             certs: CertStore::build(
