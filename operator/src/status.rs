@@ -168,25 +168,12 @@ impl Writer {
         let ns = ingress.metadata.namespace.clone().unwrap_or_default();
         let name = ingress.metadata.name.clone().unwrap_or_default();
         let key = (ObjectKind::Ingress, ns.clone(), name.clone());
-        if !self.should_write(&key, &ingress.metadata, &patch) {
-            return;
-        }
         let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        if self
+            .patch_status(api, key, &ingress.metadata, patch, "Ingress")
             .await
         {
-            Ok(_) => {
-                self.metrics
-                    .status_writes
-                    .with_label_values(&["Ingress"])
-                    .inc();
-                tracing::info!(ingress = %format!("{ns}/{name}"), addresses = desired.len(), "Ingress status updated");
-                self.remember(key, &ingress.metadata, patch);
-            }
-            Err(e) => {
-                tracing::warn!(ingress = %format!("{ns}/{name}"), error = %e, "cannot update Ingress status")
-            }
+            tracing::info!(ingress = %format!("{ns}/{name}"), addresses = desired.len(), "Ingress status updated");
         }
     }
 
@@ -273,27 +260,53 @@ impl Writer {
         let patch = json!({"status": desired});
         let name = tenant.metadata.name.clone().unwrap_or_default();
         let key = (ObjectKind::Tenant, String::new(), name.clone());
-        if !self.should_write(&key, &tenant.metadata, &patch) {
-            return;
-        }
         let api: Api<Tenant> = Api::all(self.client.clone());
+        if self
+            .patch_status(api, key, &tenant.metadata, patch, "Tenant")
+            .await
+        {
+            tracing::info!(tenant = %name, routes = desired.routes, "Tenant status updated");
+        }
+    }
+
+    // === write memo ===
+
+    /// Merge-patches the status subresource unless the same patch was just
+    /// written for this resourceVersion; true when it was written.
+    async fn patch_status<K>(
+        &mut self,
+        api: Api<K>,
+        key: Key,
+        meta: &ObjectMeta,
+        patch: Value,
+        kind: &str,
+    ) -> bool
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if !self.should_write(&key, meta, &patch) {
+            return false;
+        }
+        let name = meta.name.clone().unwrap_or_default();
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => {
-                self.metrics
-                    .status_writes
-                    .with_label_values(&["Tenant"])
-                    .inc();
-                tracing::info!(tenant = %name, routes = desired.routes, "Tenant status updated");
-                self.remember(key, &tenant.metadata, patch);
+                self.metrics.status_writes.with_label_values(&[kind]).inc();
+                self.remember(key, meta, patch);
+                true
             }
-            Err(e) => tracing::warn!(tenant = %name, error = %e, "cannot update Tenant status"),
+            Err(e) => {
+                let object = match &meta.namespace {
+                    Some(ns) => format!("{ns}/{name}"),
+                    None => name,
+                };
+                tracing::warn!(kind, object = %object, error = %e, "cannot update status");
+                false
+            }
         }
     }
-
-    // === write memo ===
 
     fn should_write(&self, key: &Key, meta: &ObjectMeta, patch: &Value) -> bool {
         let rv = meta.resource_version.clone().unwrap_or_default();
