@@ -705,6 +705,9 @@ class Bench:
             cmd = gen_nginx(d, n, port, self.up_port, certs, tport)
         elif name == "haproxy":
             cmd = gen_haproxy(d, n, port, self.up_port, certs, tport)
+        elif name == "bare":
+            # The floor: the thinnest Pingora proxy (any Host -> the upstream).
+            cmd = [self.a.bare, f"127.0.0.1:{port}", f"127.0.0.1:{self.up_port}"]
         else:
             sys.exit(f"unknown proxy {name}")
         logf = open(self.out / f"{name}-{n}-{tag}.log", "w")
@@ -732,7 +735,7 @@ class Bench:
                        "cpu_us_per_req": round((cpu1 - cpu0) * 1e6 / max(res["requests"], 1), 2),
                        "idle_rss_mb": round(idle, 1), "loaded_rss_mb": round(rss_mb(proc.pids()), 1),
                        "idle_pss_mb": round(idle_pss, 1), "cold_start_s": round(cold, 3)})
-            if a.changes > 0:
+            if a.changes > 0 and name != "bare":
                 r, raw = run_changes(Changer(name, proc, d, n, port, self.up_port), port, script,
                                      a.changes, a.connections, self.load_cpu)
                 (out / f"{name}-{n}-change.wrk.txt").write_text(raw)
@@ -797,7 +800,10 @@ def main():
     ap.add_argument("--handshake-round", type=int, default=32, help="new connections per h2load round")
     ap.add_argument("--start-timeout", type=int, help="seconds a proxy may take to serve the last host")
     ap.add_argument("--quick", action="store_true", help="3 s runs, 9 changes")
-    ap.add_argument("--proxies", default="vestibule,nginx,haproxy")
+    ap.add_argument("--proxies", default="vestibule,nginx,haproxy",
+                    help="comma list of vestibule, nginx, haproxy and bare (bare Pingora, plain test only; "
+                    "needs --bare)")
+    ap.add_argument("--bare", help="the bare_proxy example binary (default: beside --gateway)")
     ap.add_argument("--tests", default="plain,tls", help="plain,tls or one of them")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -806,6 +812,8 @@ def main():
     args.changes = args.changes if args.changes is not None else (9 if args.quick else 19)
     args.start_timeout = args.start_timeout or max(30, max(counts) // 500)
     tests = args.tests.split(",")
+    if not args.bare:
+        args.bare = str(Path(args.gateway).parent / "examples" / "bare_proxy")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or HERE / "out" / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -854,7 +862,7 @@ def main():
                 if "plain" in tests:
                     log(f"{name} n={n} plain")
                     bench.plain(name, n)
-                if "tls" in tests:
+                if "tls" in tests and name != "bare":
                     log(f"{name} n={n} tls")
                     bench.tls(name, n, certs)
     finally:

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-PROXIES = ["vestibule", "nginx", "haproxy"]
-COLORS = {"vestibule": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
+PROXIES = ["vestibule", "nginx", "haproxy", "bare"]
+COLORS = {"vestibule": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728", "bare": "#7f7f7f"}
 
 # (label, test, column, better: "high"/"low")
 FIGURES = [

@@ -39,7 +39,7 @@ systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
 gateway=${VESTIBULE_GATEWAY:-}
 if [ -z "$gateway" ]; then
-  (cd "$root" && cargo build --release -p vestibule-gateway --bin vestibule-gateway)
+  (cd "$root" && cargo build --release -p vestibule-gateway --bin vestibule-gateway --example bare_proxy)
   gateway="${CARGO_TARGET_DIR:-$root/target}/release/vestibule-gateway"
 fi
 exec "$py" "$here/bench.py" --gateway "$gateway" "$@"

@@ -131,6 +131,7 @@ pub fn run(cli: Cli) -> ExitCode {
         // listeners are closed, in-flight requests run until it ends.
         grace_period_seconds: Some(cli.drain_seconds),
         graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
