@@ -46,8 +46,7 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy =
-        pingora_proxy::http_proxy_service(&server.configuration, Bare { upstream });
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Bare { upstream });
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.run_forever();
