@@ -70,6 +70,7 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
     let summary = next.summary.clone();
     let version = next.version.clone();
     shared.swap(next);
+    crate::tls::warm_up(shared.runtime.load_full());
     let took = started.elapsed();
     shared.metrics.swap_duration.observe(took.as_secs_f64());
     tracing::info!(
@@ -143,9 +144,11 @@ impl BackgroundService for Controller {
         let source_task = tokio::spawn(source.run(tx));
         let health = tokio::spawn(health_loop(self.shared.clone()));
         let dns = tokio::spawn(dns_loop(self.shared.clone()));
-        // Pools of the initial config: resolve ExternalNames right away.
+        // The initial config: build its certificate keys in the background,
+        // resolve ExternalNames right away.
         {
             let runtime = self.shared.runtime.load_full();
+            crate::tls::warm_up(runtime.clone());
             for p in runtime
                 .pools
                 .values()

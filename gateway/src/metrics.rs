@@ -1,7 +1,19 @@
 //! Prometheus metrics. Labels are bounded by the config (tenant, route and
 //! pool names), never raw hosts or paths. Per-route handles are resolved when
 //! a config is compiled, so the request path only bumps atomics.
+//!
+//! Request counters are not `prometheus` series: a registered series carries
+//! its own descriptor and label strings (about 1 KB each), and five per route
+//! made 50k series at 10k hosts, which cost memory and, spread over the heap,
+//! a cache miss per request. [`RouteCounters`] is five atomics in one
+//! allocation per (tenant, route); [`RequestCounters`] renders them at scrape.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -15,7 +27,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
+    requests: Arc<RequestCounters>,
     upstream_latency: HistogramVec,
     pub active_requests: IntGauge,
     config_info: IntGaugeVec,
@@ -37,10 +49,120 @@ pub struct Metrics {
     pub guard: GuardMetrics,
 }
 
+/// Requests of one (tenant, route) by status class.
+#[derive(Debug, Default)]
+pub struct RouteCounters([AtomicU64; 5]);
+
+impl RouteCounters {
+    /// Requests counted for a status class (index into `CLASSES`).
+    pub fn get(&self, class: usize) -> u64 {
+        self.0.get(class).map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+/// `vestibule_requests_total`: the counters of every live (tenant, route),
+/// rendered at scrape time. Classes never counted are left out, so a config
+/// with 10k idle routes does not print 50k zero lines.
+pub struct RequestCounters {
+    desc: Desc,
+    /// tenant -> route -> counters; hash maps, since a compile looks up
+    /// every route of the config (`gather` sorts the output anyway).
+    routes: Mutex<Map<Map<Arc<RouteCounters>>>>,
+}
+
+type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
+
+impl RequestCounters {
+    fn new() -> Self {
+        let desc = Desc::new(
+            "vestibule_requests_total".into(),
+            "Requests by tenant, route and status class".into(),
+            vec!["class".into(), "route".into(), "tenant".into()],
+            Default::default(),
+        )
+        .unwrap_or_else(|_| unreachable!());
+        RequestCounters {
+            desc,
+            routes: Mutex::default(),
+        }
+    }
+
+    /// The counters of (tenant, route): the live ones if the route already
+    /// exists, so counts carry over config swaps.
+    fn get(&self, tenant: &str, route: &str) -> Arc<RouteCounters> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = routes.get(tenant).and_then(|t| t.get(route)) {
+            return c.clone();
+        }
+        let c = Arc::new(RouteCounters::default());
+        routes
+            .entry(tenant.into())
+            .or_default()
+            .insert(route.into(), c.clone());
+        c
+    }
+
+    fn remove(&self, tenant: &str, route: &str) {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = routes.get_mut(tenant) {
+            t.remove(route);
+            if t.is_empty() {
+                routes.remove(tenant);
+            }
+        }
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+impl Collector for RequestCounters {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut metrics = Vec::new();
+        let all = routes
+            .iter()
+            .flat_map(|(t, r)| r.iter().map(move |(r, c)| (t, r, c)));
+        for (tenant, route, counters) in all {
+            for (i, class) in CLASSES.iter().enumerate() {
+                let n = counters.get(i);
+                if n == 0 {
+                    continue;
+                }
+                let mut counter = Counter::default();
+                counter.set_value(n as f64);
+                let mut m = Metric::default();
+                // Sorted by name, as the encoder expects.
+                m.set_label(vec![
+                    label("class", class),
+                    label("route", route),
+                    label("tenant", tenant),
+                ]);
+                m.set_counter(counter);
+                metrics.push(m);
+            }
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::COUNTER);
+        family.set_metric(metrics);
+        vec![family]
+    }
+}
+
 /// Counter and histogram handles of one (tenant, route).
 #[derive(Clone)]
 pub struct RouteStats {
-    classes: [IntCounter; 5],
+    counters: Arc<RouteCounters>,
     latency: Histogram,
 }
 
@@ -48,12 +170,27 @@ impl RouteStats {
     #[inline]
     pub fn count(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.classes[class].inc();
+        if let Some(c) = self.counters.0.get(class) {
+            c.fetch_add(1, Relaxed);
+        }
     }
 
     #[inline]
     pub fn observe_upstream(&self, seconds: f64) {
         self.latency.observe(seconds);
+    }
+}
+
+/// Registers an `Arc`ed collector the metrics keep a handle to.
+struct SharedCollector<C>(Arc<C>);
+
+impl<C: Collector> Collector for SharedCollector<C> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
     }
 }
 
@@ -66,17 +203,8 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let requests = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "vestibule_requests_total",
-                    "Requests by tenant, route and status class",
-                ),
-                &["tenant", "route", "class"],
-            )
-            .unwrap_or_else(|_| unreachable!()),
-        );
+        let requests = Arc::new(RequestCounters::new());
+        let _ = r.register(Box::new(SharedCollector(requests.clone())));
         let upstream_latency = reg(
             &r,
             HistogramVec::new(
@@ -158,7 +286,7 @@ impl Metrics {
             .unwrap_or_else(|_| unreachable!()),
         );
         let unmatched = RouteStats {
-            classes: CLASSES.map(|c| requests.with_label_values(&["", "", c])),
+            counters: requests.get("", ""),
             latency: upstream_latency.with_label_values(&[""]),
         };
         let tls = tls_metrics(&r);
@@ -228,7 +356,7 @@ impl Metrics {
     /// Handles for one (tenant, route); call while compiling, not per request.
     pub fn route_stats(&self, tenant: &str, route: &str) -> RouteStats {
         RouteStats {
-            classes: CLASSES.map(|c| self.requests.with_label_values(&[tenant, route, c])),
+            counters: self.requests.get(tenant, route),
             latency: self.upstream_latency.with_label_values(&[tenant]),
         }
     }
@@ -236,9 +364,7 @@ impl Metrics {
     /// Drops the series of routes that left the config, so label sets stay
     /// bounded by the live config rather than growing with churn.
     pub fn forget_route(&self, tenant: &str, route: &str) {
-        for c in CLASSES {
-            let _ = self.requests.remove_label_values(&[tenant, route, c]);
-        }
+        self.requests.remove(tenant, route);
     }
 
     pub fn forget_tenant(&self, tenant: &str) {

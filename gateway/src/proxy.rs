@@ -21,10 +21,14 @@ use crate::runtime::{RouteTarget, Runtime, Shared};
 use crate::tls::{same_cert, TlsConn};
 use crate::upstream::Endpoint;
 
+// Header names as `&'static str` in their wire case: Pingora keeps the case
+// of each name it inserts, and a `HeaderName` argument would cost one more
+// copy per header and request.
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_TENANT_ID_CASED: &str = "X-Tenant-Id";
+const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
 
 /// Listener-level settings of the proxy.
 #[derive(Clone, Debug)]
@@ -230,7 +234,7 @@ impl ProxyHttp for Gateway {
         // Always drop the client's value: only the gateway names tenants.
         upstream.remove_header(&X_TENANT_ID);
         if let Some(tenant) = &ctx.tenant_header {
-            upstream.insert_header(X_TENANT_ID.clone(), tenant.clone())?;
+            upstream.insert_header(X_TENANT_ID_CASED, tenant.clone())?;
         }
         // The edge is the first trusted hop: client-sent forwarding headers
         // are replaced, not extended.
@@ -243,11 +247,11 @@ impl ProxyHttp for Gateway {
                 cursor.position() as usize
             };
             if let Ok(v) = HeaderValue::from_bytes(&ip[..n]) {
-                upstream.insert_header(X_FORWARDED_FOR.clone(), v)?;
+                upstream.insert_header(X_FORWARDED_FOR, v)?;
             }
         }
         let proto = if self.settings.tls { "https" } else { "http" };
-        upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
+        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
         let req = session.req_header();
         let host = match req.headers.get(HOST) {
             Some(host) => Some(host.clone()),
@@ -258,9 +262,9 @@ impl ProxyHttp for Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         match host {
-            Some(host) => upstream.insert_header(X_FORWARDED_HOST.clone(), host)?,
+            Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
             None => {
-                upstream.remove_header(&X_FORWARDED_HOST);
+                upstream.remove_header(X_FORWARDED_HOST);
             }
         }
         Ok(())

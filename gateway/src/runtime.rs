@@ -265,9 +265,7 @@ impl Shared {
     /// (errors, days to expiry at this moment) published first.
     pub fn render_metrics(&self) -> Vec<u8> {
         let runtime = self.runtime.load();
-        self.metrics
-            .tls
-            .publish(&runtime.certs.report, unix_now() as i64);
+        self.metrics.tls.publish(&runtime.certs, unix_now() as i64);
         self.metrics.render()
     }
 

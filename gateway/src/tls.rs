@@ -86,19 +86,28 @@ impl std::fmt::Display for CertProblem {
     }
 }
 
-/// A parsed certificate: what the handshake serves, plus the validity window
-/// (Unix seconds) checked on every compile, since time moves between swaps.
+/// A certificate read from its PEMs: the validity window (Unix seconds,
+/// checked on every compile since time moves between swaps) and the signing
+/// key, which is built only when first needed.
+///
+/// Building a key is the expensive part (ring derives and checks the public
+/// key: ~30 µs for P-256, far more for RSA), so a cold start with 10k tenants
+/// does not pay it up front: the first handshake for a host builds its key,
+/// and [`warm_up`] builds the rest in the background right after a swap, so
+/// a key that doesn't match its certificate still shows in the metrics soon.
 #[derive(Debug)]
 pub struct ParsedCert {
-    pub key: Arc<CertifiedKey>,
     pub not_before: i64,
     pub not_after: i64,
+    /// The chain and the key until the signing key is built.
+    pending: Mutex<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>>,
+    key: OnceLock<Result<Arc<CertifiedKey>, CertProblem>>,
 }
 
 impl ParsedCert {
-    /// Parses a PEM chain (leaf first, intermediates after; all are served)
-    /// and a PEM private key (PKCS#8, PKCS#1 or SEC1: RSA, ECDSA P-256/P-384,
-    /// Ed25519), and checks that the key belongs to the leaf.
+    /// Decodes a PEM chain (leaf first, intermediates after; all are
+    /// served) and a PEM private key (PKCS#8, PKCS#1 or SEC1), and reads the
+    /// leaf's validity. The key itself is checked by [`ParsedCert::key`].
     pub fn parse(cert_pem: &[u8], key_pem: &[u8]) -> Result<ParsedCert, CertProblem> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<_, _>>()
@@ -113,20 +122,42 @@ impl ParsedCert {
         );
         // The pki-types error names the PEM section, never its contents.
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| CertProblem::BadKey)?;
-        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(|_| CertProblem::UnsupportedKey)?;
-        let key = CertifiedKey::new(chain, signer);
-        match key.keys_match() {
-            // Unknown: the signer can't tell its public key; rustls itself
-            // accepts that, and the handshake would fail visibly anyway.
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => return Err(CertProblem::KeyMismatch),
-        }
         Ok(ParsedCert {
-            key: Arc::new(key),
             not_before,
             not_after,
+            pending: Mutex::new(Some((chain, key))),
+            key: OnceLock::new(),
         })
+    }
+
+    /// Parses and builds the key at once (the default certificate, tests).
+    pub fn parse_now(cert_pem: &[u8], key_pem: &[u8]) -> Result<ParsedCert, CertProblem> {
+        let parsed = Self::parse(cert_pem, key_pem)?;
+        parsed.key()?;
+        Ok(parsed)
+    }
+
+    /// The signing key for handshakes (RSA, ECDSA P-256/P-384, Ed25519),
+    /// built on first use and checked against the leaf.
+    pub fn key(&self) -> Result<&Arc<CertifiedKey>, CertProblem> {
+        self.key
+            .get_or_init(|| {
+                let pending = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                // `get_or_init` runs this once, and `pending` is only taken here.
+                let (chain, key) = pending.ok_or(CertProblem::BadKey)?;
+                build_key(chain, &key).map(Arc::new)
+            })
+            .as_ref()
+            .map_err(|p| *p)
+    }
+
+    /// The key's problem, once it was built and failed.
+    pub fn key_problem(&self) -> Option<CertProblem> {
+        self.key.get().and_then(|k| k.as_ref().err().copied())
     }
 
     /// `Ok` when `now` (Unix seconds) is inside the validity window.
@@ -138,6 +169,42 @@ impl ParsedCert {
         } else {
             Ok(())
         }
+    }
+}
+
+fn build_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, CertProblem> {
+    let signer = rustls::crypto::ring::sign::any_supported_type(key)
+        .map_err(|_| CertProblem::UnsupportedKey)?;
+    let key = CertifiedKey::new(chain, signer);
+    match key.keys_match() {
+        // Unknown: the signer can't tell its public key; rustls itself
+        // accepts that, and the handshake would fail visibly anyway.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(key),
+        Err(_) => Err(CertProblem::KeyMismatch),
+    }
+}
+
+/// Builds every signing key `store` may serve that no handshake built yet,
+/// on a thread of its own, a batch at a time, so the listeners keep the CPU.
+pub fn warm_up(store: Arc<crate::runtime::Runtime>) {
+    if store.certs.used.iter().all(|(_, c)| c.key.get().is_some()) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cert-warm-up".into())
+        .spawn(move || {
+            for (i, (_, cert)) in store.certs.used.iter().enumerate() {
+                let _ = cert.key();
+                if i % 64 == 63 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the certificate warm-up; keys are built at first use");
     }
 }
 
@@ -261,7 +328,7 @@ fn parse_all(items: &[(&CertId, &Certificate, u64)]) -> Vec<Result<Arc<ParsedCer
 /// file and the reason, never the content.
 pub fn load_default_cert(cache: &CertCache, cert: &Path, key: &Path) -> Result<(), String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let parsed = ParsedCert::parse(&read(cert)?, &read(key)?).map_err(|problem| {
+    let parsed = ParsedCert::parse_now(&read(cert)?, &read(key)?).map_err(|problem| {
         format!(
             "default certificate {} / {} is unusable: {problem}",
             cert.display(),
@@ -271,7 +338,10 @@ pub fn load_default_cert(cache: &CertCache, cert: &Path, key: &Path) -> Result<(
     parsed
         .check_dates(crate::runtime::unix_now() as i64)
         .map_err(|problem| format!("default certificate {}: {problem}", cert.display()))?;
-    cache.set_default(parsed.key);
+    let key = parsed
+        .key()
+        .map_err(|p| format!("default certificate: {p}"))?;
+    cache.set_default(key.clone());
     Ok(())
 }
 
@@ -292,12 +362,16 @@ pub struct CertReport {
 pub struct CertStore {
     /// `None`: the host is configured but has no usable certificate (plain
     /// host, `Unavailable`, or rejected certificate) -> default certificate.
-    exact: Map<Option<Arc<CertifiedKey>>>,
+    exact: Map<Option<Arc<ParsedCert>>>,
     /// Keyed by the suffix after the wildcard label (`*.a.com` -> `a.com`).
-    wildcard: Map<Option<Arc<CertifiedKey>>>,
+    wildcard: Map<Option<Arc<ParsedCert>>>,
     /// Distinct certificates served.
     served: usize,
+    /// Problems known at compile time (dates, PEM, missing Secrets).
     pub report: CertReport,
+    /// (tenant, certificate) of every host served a certificate; a key found
+    /// broken when built adds to the report at scrape time.
+    used: Vec<(Box<str>, Arc<ParsedCert>)>,
 }
 
 impl CertStore {
@@ -337,7 +411,8 @@ impl CertStore {
                     match checked {
                         Ok(c) => {
                             served.insert(id);
-                            Some(c.key.clone())
+                            store.used.push((tenant.into(), c.clone()));
+                            Some(c.clone())
                         }
                         Err(problem) => {
                             store.report_error(tenant, problem);
@@ -385,9 +460,22 @@ impl CertStore {
             self.wildcard.get(parent)
         });
         match found {
-            Some(Some(cert)) => Some(cert),
+            // A key that fails to build is served like no certificate.
+            Some(Some(cert)) => cert.key().ok().or(default),
             _ => default,
         }
+    }
+
+    /// Hosts not served their certificate, by (tenant, reason): the
+    /// compile-time report plus keys that failed when built.
+    pub fn errors(&self) -> BTreeMap<(String, CertProblem), i64> {
+        let mut errors = self.report.errors.clone();
+        for (tenant, cert) in &self.used {
+            if let Some(problem) = cert.key_problem() {
+                *errors.entry((tenant.to_string(), problem)).or_insert(0) += 1;
+            }
+        }
+        errors
     }
 
     /// Distinct certificates this runtime serves.
@@ -552,9 +640,10 @@ impl TlsMetrics {
 
     /// Publishes the certificate state of the live runtime; days left are
     /// computed at scrape time so the gauge falls without config changes.
-    pub fn publish(&self, report: &CertReport, now: i64) {
+    pub fn publish(&self, store: &CertStore, now: i64) {
+        let report = &store.report;
         self.cert_errors.reset();
-        for ((tenant, problem), n) in &report.errors {
+        for ((tenant, problem), n) in &store.errors() {
             self.cert_errors
                 .with_label_values(&[tenant.as_str(), problem.as_str()])
                 .set(*n);
@@ -685,12 +774,17 @@ mod tests {
                 .unwrap()
                 .self_signed(&key)
                 .unwrap();
-            let parsed = ParsedCert::parse(c.pem().as_bytes(), key.serialize_pem().as_bytes());
+            let parsed = ParsedCert::parse_now(c.pem().as_bytes(), key.serialize_pem().as_bytes());
             assert!(parsed.is_ok(), "{alg:?}");
         }
         let a = cert(&["a.test"]);
         let b = cert(&["b.test"]);
-        let mismatch = ParsedCert::parse(a.cert_pem.as_bytes(), b.key_pem.as_bytes());
+        // The key is checked when first built, not when the PEMs are read.
+        let lazy = ParsedCert::parse(a.cert_pem.as_bytes(), b.key_pem.as_bytes()).unwrap();
+        assert_eq!(lazy.key_problem(), None);
+        assert_eq!(lazy.key().unwrap_err(), CertProblem::KeyMismatch);
+        assert_eq!(lazy.key_problem(), Some(CertProblem::KeyMismatch));
+        let mismatch = ParsedCert::parse_now(a.cert_pem.as_bytes(), b.key_pem.as_bytes());
         assert_eq!(mismatch.unwrap_err(), CertProblem::KeyMismatch);
         let garbage = ParsedCert::parse(b"nope", a.key_pem.as_bytes());
         assert_eq!(garbage.unwrap_err(), CertProblem::BadCertificate);

@@ -528,6 +528,19 @@ async fn cert_problems_stay_per_host_and_swaps_change_certs_live() {
     let gw = Gateway::start(&["--config", path.to_str().unwrap()], &[]).await;
     let client = pki.client(&[b"http/1.1"], false);
 
+    // Keys are built lazily, but the background warm-up finds the
+    // mismatched one before any handshake asks for it.
+    let mismatch = "vestibule_tls_cert_errors{reason=\"key_mismatch\",tenant=\"broken\"}";
+    let found = eventually(Duration::from_secs(3), || {
+        let gw = &gw;
+        async move { metric(&gw.admin_get("/metrics").await.body, mismatch) == Some(1.0) }
+    })
+    .await;
+    assert!(
+        found.is_some(),
+        "the warm-up never reported the key mismatch"
+    );
+
     // The good tenant works; every broken one fails its handshake (no
     // default certificate), as do unknown names and a missing SNI.
     let mut good_conn = BufReader::new(
