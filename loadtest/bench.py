@@ -46,6 +46,12 @@ COLS = ["proxy", "hosts", "test", "requests", "rps", "p50_ms", "p99_ms", "p999_m
         "changes", "ttl_p50_ms", "ttl_max_ms", "note"]
 
 
+# Idle memory is read this long after the last host serves, the same for
+# every proxy: steady state, after allocators return what the load freed
+# (mimalloc purges freed pages after a 1 s delay).
+SETTLE_S = 2.5
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -722,7 +728,7 @@ class Bench:
             if cold is None:
                 self.emit({"proxy": name, "hosts": n, "test": "http", "note": "did not start"})
                 return
-            time.sleep(0.5)
+            time.sleep(SETTLE_S)
             idle, idle_pss = rss_mb(proc.pids()), pss_mb(proc.pids())
             run_wrk(port, script, 1, a.connections, self.load_cpu)  # warm-up
             cpu0 = cpu_seconds(proc.pids())
@@ -753,7 +759,7 @@ class Bench:
                 why = "exited" if proc.p.poll() is not None else f"no TLS 200 from {host(n)} in {a.start_timeout} s"
                 self.emit({"proxy": name, "hosts": n, "test": "tls_h1", "note": f"TLS not serving ({why})"})
                 return
-            time.sleep(0.5)
+            time.sleep(SETTLE_S)
             idle, idle_pss = rss_mb(proc.pids()), pss_mb(proc.pids())
             base = {"proxy": name, "hosts": n, "idle_rss_mb": round(idle, 1), "idle_pss_mb": round(idle_pss, 1),
                     "cold_start_s": round(cold, 3)}

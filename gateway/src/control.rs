@@ -70,7 +70,7 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
     let summary = next.summary.clone();
     let version = next.version.clone();
     shared.swap(next);
-    crate::tls::warm_up(shared.runtime.load_full());
+    settle(shared.runtime.load_full());
     let took = started.elapsed();
     shared.metrics.swap_duration.observe(took.as_secs_f64());
     tracing::info!(
@@ -82,6 +82,58 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
         "config live"
     );
     true
+}
+
+/// After a swap, off the request path: build the new runtime's certificate
+/// keys, then let the allocator return the pages the load freed.
+///
+/// mimalloc returns freed pages to the OS only after its purge delay (1 s),
+/// and only when some page is freed after that; a config load frees tens of
+/// MB at once and then the process may sit idle, so those pages would stay
+/// resident. Freeing one block larger than mimalloc's largest size class
+/// (512 KiB) once the delay has passed releases its own page, which runs the
+/// due purges.
+fn settle(runtime: Arc<Runtime>) {
+    static WORKER: std::sync::OnceLock<std::sync::mpsc::Sender<Arc<Runtime>>> =
+        std::sync::OnceLock::new();
+    let tx = WORKER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Runtime>>();
+        let spawned = std::thread::Builder::new()
+            .name("settle".into())
+            .spawn(move || settle_loop(rx));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the settle thread; keys are built at first use");
+        }
+        tx
+    });
+    let _ = tx.send(runtime);
+}
+
+fn settle_loop(rx: std::sync::mpsc::Receiver<Arc<Runtime>>) {
+    const PURGE_DELAY: Duration = Duration::from_millis(1100);
+    let mut purge_due: Option<Instant> = None;
+    loop {
+        let next = match purge_due {
+            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(mut runtime) => {
+                // Only the newest runtime matters.
+                while let Ok(newer) = rx.try_recv() {
+                    runtime = newer;
+                }
+                crate::tls::warm_up(&runtime);
+                drop(runtime);
+                purge_due = Some(Instant::now() + PURGE_DELAY);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                purge_due = None;
+                drop(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 /// One pass over the live pools: re-admit expired ejections, probe when
@@ -148,7 +200,7 @@ impl BackgroundService for Controller {
         // resolve ExternalNames right away.
         {
             let runtime = self.shared.runtime.load_full();
-            crate::tls::warm_up(runtime.clone());
+            settle(runtime.clone());
             for p in runtime
                 .pools
                 .values()

@@ -187,24 +187,15 @@ fn build_key(
     }
 }
 
-/// Builds every signing key `store` may serve that no handshake built yet,
-/// on a thread of its own, a batch at a time, so the listeners keep the CPU.
-pub fn warm_up(store: Arc<crate::runtime::Runtime>) {
-    if store.certs.used.iter().all(|(_, c)| c.key.get().is_some()) {
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name("cert-warm-up".into())
-        .spawn(move || {
-            for (i, (_, cert)) in store.certs.used.iter().enumerate() {
-                let _ = cert.key();
-                if i % 64 == 63 {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the certificate warm-up; keys are built at first use");
+/// Builds every signing key `runtime` may serve that no handshake built
+/// yet, a batch at a time, so the listeners keep the CPU. Run off the
+/// request path (see [`crate::control`]).
+pub fn warm_up(runtime: &crate::runtime::Runtime) {
+    for (i, (_, cert)) in runtime.certs.used.iter().enumerate() {
+        let _ = cert.key();
+        if i % 64 == 63 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 
