@@ -131,6 +131,11 @@ fn host_of(req: &RequestHeader) -> &[u8] {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// No downstream modules. Pingora's default adds a (disabled) response
+    /// compression module, whose per-request context and header checks cost
+    /// CPU on every request; the gateway passes bodies through unchanged.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             start: Instant::now(),
