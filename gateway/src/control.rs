@@ -115,7 +115,9 @@ fn settle_loop(rx: std::sync::mpsc::Receiver<Arc<Runtime>>) {
     loop {
         let next = match purge_due {
             Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+            None => rx
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
         };
         match next {
             Ok(mut runtime) => {

@@ -11,10 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{route, vhost, write_config, Gateway, TempDir};
+use common::{one_host_config, write_config, Gateway, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vestibule_config::model::{Endpoint, GatewayConfig, PathMatch, Pool, PoolId};
 
 /// A TCP upstream that records every byte it receives and answers each
 /// request head with a fixed 200 (it does not parse bodies: whatever the
@@ -92,23 +91,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<String> {
 }
 
 async fn gateway(rec: &Recorder, dir: &TempDir) -> Gateway {
-    let config = GatewayConfig {
-        hosts: vec![vhost(
-            "a.test",
-            None,
-            vec![route("r", PathMatch::prefix("/"), "p")],
-        )],
-        pools: [(
-            PoolId::new("p"),
-            Pool::Endpoints(vec![Endpoint {
-                address: rec.addr,
-                weight: 1,
-            }]),
-        )]
-        .into(),
-        ..Default::default()
-    }
-    .seal();
+    let config = one_host_config("a.test", rec.addr);
     let file = dir.0.join("config.json");
     write_config(&file, &config);
     Gateway::start(&["--config", file.to_str().unwrap()], &[]).await

@@ -11,12 +11,12 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{pool, route, vhost, write_config, Client, Gateway, TempDir, Upstream};
+use common::{
+    one_host_config, pool, route, vhost, write_config, Client, Gateway, TempDir, Upstream,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vestibule_config::model::{
-    Endpoint, GatewayConfig, PathMatch, Pool, PoolId, RateLimit, Tenant, TenantId,
-};
+use vestibule_config::model::{GatewayConfig, PathMatch, PoolId, RateLimit, Tenant, TenantId};
 use vestibule_config::HostPattern;
 
 fn config(up: &Upstream) -> GatewayConfig {
@@ -443,23 +443,7 @@ async fn holding_upstream() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_connection_cap_refuses_with_503_instead_of_queueing() {
     let (addr, release) = holding_upstream().await;
-    let config = GatewayConfig {
-        hosts: vec![vhost(
-            "a.test",
-            None,
-            vec![route("r", PathMatch::prefix("/"), "p")],
-        )],
-        pools: [(
-            PoolId::new("p"),
-            Pool::Endpoints(vec![Endpoint {
-                address: addr,
-                weight: 1,
-            }]),
-        )]
-        .into(),
-        ..Default::default()
-    }
-    .seal();
+    let config = one_host_config("a.test", addr);
     let dir = TempDir::new("poolcap");
     let (gw, _) = start(&dir, &config, &["--max-pool-connections", "4"]).await;
     let mut waiting = Vec::new();

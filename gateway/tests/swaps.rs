@@ -10,63 +10,20 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod pki;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use pki::Pki;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use vestibule_config::model::{Certificate, GatewayConfig, HostTls, PathMatch, PoolId};
-
-struct Pki {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    ca_pem: String,
-    roots: Arc<RootCertStore>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = params.self_signed(&key).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
-        Pki {
-            ca_pem: ca.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-            roots: Arc::new(roots),
-        }
-    }
-
-    fn issue(&self, name: &str) -> Certificate {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        let leaf = params.signed_by(&key, &self.issuer).unwrap();
-        Certificate {
-            cert_pem: format!("{}{}", leaf.pem(), self.ca_pem),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    fn client(&self) -> Arc<ClientConfig> {
-        let mut c =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(self.roots.clone())
-                .with_no_client_auth();
-        c.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // A fresh handshake every time: no resumption hides a cert swap.
-        c.resumption = rustls::client::Resumption::disabled();
-        Arc::new(c)
-    }
-}
 
 async fn tls_get(
     addr: std::net::SocketAddr,
@@ -102,7 +59,9 @@ async fn swaps_under_load(swaps: usize) {
     let up1 = Upstream::start("one").await;
     let up2 = Upstream::start("two").await;
     let pki = Pki::new();
-    let certs: Vec<Certificate> = (0..4).map(|_| pki.issue("secure.test")).collect();
+    let certs: Vec<Certificate> = (0..4)
+        .map(|_| pki.issue(&["secure.test"], &rcgen::PKCS_ECDSA_P256_SHA256))
+        .collect();
     let build = |i: usize| {
         let mut config = GatewayConfig::default();
         let cert = &certs[i % certs.len()];
@@ -152,7 +111,7 @@ async fn swaps_under_load(swaps: usize) {
     let mut clients = Vec::new();
     for kind in 0..3 {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let (http, https, tls) = (gw.http, gw.https, pki.client());
+        let (http, https, tls) = (gw.http, gw.https, pki.fresh_client());
         clients.push(tokio::spawn(async move {
             let mut keepalive = Client::new(http);
             while !stop.load(Ordering::Relaxed) {

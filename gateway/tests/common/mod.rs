@@ -298,6 +298,27 @@ pub fn vhost(host: &str, tenant: Option<&str>, routes: Vec<Route>) -> VirtualHos
     }
 }
 
+/// `host` -> one Prefix `/` route -> a pool of the one endpoint `addr`.
+pub fn one_host_config(host: &str, addr: SocketAddr) -> GatewayConfig {
+    GatewayConfig {
+        hosts: vec![vhost(
+            host,
+            None,
+            vec![route("r", PathMatch::prefix("/"), "p")],
+        )],
+        pools: [(
+            PoolId::new("p"),
+            Pool::Endpoints(vec![Endpoint {
+                address: addr,
+                weight: 1,
+            }]),
+        )]
+        .into(),
+        ..Default::default()
+    }
+    .seal()
+}
+
 /// Writes a config atomically (write + rename), as a config manager would.
 pub fn write_config(path: &Path, config: &GatewayConfig) {
     let tmp = path.with_extension("tmp");
