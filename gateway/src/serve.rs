@@ -171,7 +171,7 @@ pub fn run(cli: Cli) -> ExitCode {
     );
     https
         .endpoints()
-        .set_pre_tls_callback(tls::connection_counter(&shared));
+        .set_pre_tls_callback(tls::hello_gate(&shared, limits.header_timeout));
     // Over-cap clients are refused before the handshake costs anything.
     https.set_connection_filter(Arc::new(CapFilter(guard.clone())));
     https.add_listener(

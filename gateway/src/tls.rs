@@ -521,9 +521,10 @@ impl ResolvesServerCert for CertResolver {
             .select(sni, self.shared.cert_cache.default_cert())
             .cloned();
         if cert.is_none() {
-            // rustls answers `None` with a fatal `access_denied` alert (its
-            // resolver API can't choose `unrecognized_name`); counted here
-            // because no later hook sees this handshake.
+            // Only reached without SNI (a name without certificate was
+            // refused by [`HelloGate`]); rustls answers `None` with a fatal
+            // `access_denied` alert. Counted here because no later hook
+            // sees this handshake.
             self.shared.metrics.tls.no_certificate.inc();
         }
         cert
@@ -567,18 +568,107 @@ impl TlsAccept for HandshakeObserver {
     }
 }
 
-/// Counts connections accepted by the TLS listener before the handshake:
-/// failed handshakes are this count minus the completed ones (Pingora has
-/// no hook for a failed handshake).
-#[derive(Clone)]
-pub struct ConnectionCounter {
+/// Reads each TLS connection's ClientHello before the handshake, then puts
+/// it back for rustls. It
+/// - counts the connection (failed handshakes are this count minus the
+///   completed ones: Pingora has no hook for a failed handshake);
+/// - bounds the time a client may take to send its hello (the header
+///   timeout), where Pingora alone waits 60 s;
+/// - refuses a server name that has no certificate (and no default) with the
+///   `unrecognized_name` alert of RFC 6066. A rustls resolver can only
+///   decline, which rustls answers with `access_denied`.
+///
+/// The hello is parsed by rustls' own `Acceptor`; anything it can't parse
+/// (or a hello larger than [`MAX_HELLO`]) is passed on untouched for the
+/// real handshake to fail as it would have.
+pub struct HelloGate {
     shared: Arc<Shared>,
+    timeout: std::time::Duration,
+}
+
+/// Bytes read while looking for a complete ClientHello (one full record,
+/// large post-quantum key shares included, fits several times over).
+const MAX_HELLO: usize = 64 * 1024;
+
+/// TLS alert record: fatal (2), unrecognized_name (112), TLS 1.2 framing.
+const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
+
+/// What the ClientHello said.
+enum Hello {
+    /// Parsed; the server name if the client sent one.
+    Parsed(Option<String>),
+    /// Not a ClientHello rustls could read, or the peer went away.
+    Unreadable,
+}
+
+/// Reads from `stream` until rustls' `Acceptor` has a whole ClientHello.
+/// Returns every byte read (to be put back) and what was found.
+async fn read_hello(stream: &mut L4Stream) -> (Vec<u8>, Hello) {
+    use tokio::io::AsyncReadExt;
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return (seen, Hello::Unreadable),
+            Ok(n) => n,
+        };
+        seen.extend_from_slice(&buf[..n]);
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            if !matches!(acceptor.read_tls(&mut rest), Ok(1..)) {
+                return (seen, Hello::Unreadable);
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let name = accepted.client_hello().server_name().map(str::to_string);
+                return (seen, Hello::Parsed(name));
+            }
+            Ok(None) if seen.len() < MAX_HELLO => continue,
+            _ => return (seen, Hello::Unreadable),
+        }
+    }
+}
+
+impl HelloGate {
+    /// Whether the handshake would find a certificate for `name`.
+    fn has_certificate(&self, name: &str) -> bool {
+        let mut buf = HostBuf::new();
+        let name = normalize_host(name.as_bytes(), &mut buf);
+        let runtime = self.shared.runtime.load();
+        runtime
+            .certs
+            .select(name, self.shared.cert_cache.default_cert())
+            .is_some()
+    }
 }
 
 #[async_trait]
-impl PreTlsProcess for ConnectionCounter {
-    async fn process(&self, _stream: &mut L4Stream) -> pingora_core::Result<()> {
+impl PreTlsProcess for HelloGate {
+    async fn process(&self, stream: &mut L4Stream) -> pingora_core::Result<()> {
+        use pingora_core::{Error, ErrorType};
+        use tokio::io::AsyncWriteExt;
         self.shared.metrics.tls.connections.inc();
+        let Ok((seen, hello)) = tokio::time::timeout(self.timeout, read_hello(stream)).await else {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "no ClientHello within the header timeout",
+            ));
+        };
+        if let Hello::Parsed(Some(name)) = &hello {
+            if !self.has_certificate(name) {
+                self.shared.metrics.tls.no_certificate.inc();
+                // Best effort: the connection is dropped either way.
+                let _ = stream.write_all(&UNRECOGNIZED_NAME).await;
+                let _ = stream.flush().await;
+                return Err(Error::explain(
+                    ErrorType::HandshakeError,
+                    "no certificate for the requested server name",
+                ));
+            }
+        }
+        stream.rewind(&seen);
         Ok(())
     }
 }
@@ -600,10 +690,12 @@ pub fn listener_settings(shared: &Arc<Shared>) -> pingora_core::Result<TlsSettin
     Ok(settings)
 }
 
-/// The pre-handshake connection counter of the HTTPS listener.
-pub fn connection_counter(shared: &Arc<Shared>) -> Arc<ConnectionCounter> {
-    Arc::new(ConnectionCounter {
+/// The pre-handshake ClientHello gate of the HTTPS listener; `timeout`
+/// bounds the wait for the hello.
+pub fn hello_gate(shared: &Arc<Shared>, timeout: std::time::Duration) -> Arc<HelloGate> {
+    Arc::new(HelloGate {
         shared: shared.clone(),
+        timeout,
     })
 }
 

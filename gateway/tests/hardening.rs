@@ -125,6 +125,18 @@ async fn slowloris_slow_body_idle_keepalive_and_per_ip_cap_are_cut() {
     assert!(eof, "silent connection kept");
     assert!(started.elapsed() < Duration::from_secs(3));
 
+    // On the TLS port, a client that never finishes its ClientHello is cut
+    // at the same deadline (Pingora alone waits 60 s for a handshake).
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.https).await.unwrap();
+    // The first bytes of a handshake record, then nothing.
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let (_, eof) = read_until_close(&mut s, Duration::from_secs(4)).await;
+    assert!(eof, "stalled ClientHello kept");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
     // Slow body: the head is fine, the body stalls: cut by --client-timeout.
     let started = Instant::now();
     let mut s = TcpStream::connect(gw.http).await.unwrap();

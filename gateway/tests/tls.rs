@@ -492,12 +492,15 @@ async fn cert_problems_stay_per_host_and_swaps_change_certs_live() {
         let err = connect(gw.https, client.clone(), Some(sni), sni)
             .await
             .unwrap_err();
-        // rustls servers answer an unresolved certificate with `access_denied`.
-        assert!(err.to_string().contains("AccessDenied"), "{sni}: {err}");
+        // RFC 6066: a server name without certificate is refused with
+        // `unrecognized_name`.
+        assert!(err.to_string().contains("UnrecognisedName"), "{sni}: {err}");
     }
-    assert!(connect(gw.https, client.clone(), None, "good.test")
+    // No SNI and no default certificate: rustls' own refusal.
+    let err = connect(gw.https, client.clone(), None, "good.test")
         .await
-        .is_err());
+        .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
     // Never downgraded: plain HTTP to a broken TLS host still redirects.
     let r = gw.client().get("broken.test", "/").await.unwrap();
     assert_eq!(r.status, 308);
