@@ -4,6 +4,7 @@
 //! hosts are routed only from the tenant's namespaces).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -371,7 +372,7 @@ prop_compose! {
 
 /// Keeps the first object of each (namespace, name): the API server never
 /// holds two, and with two the translator may pick either.
-fn unique<T>(objects: Vec<T>, meta: impl Fn(&T) -> &ObjectMeta) -> Vec<T> {
+fn unique<T>(objects: Vec<T>, meta: impl Fn(&T) -> &ObjectMeta) -> Vec<Arc<T>> {
     let mut seen = BTreeSet::new();
     objects
         .into_iter()
@@ -379,6 +380,7 @@ fn unique<T>(objects: Vec<T>, meta: impl Fn(&T) -> &ObjectMeta) -> Vec<T> {
             let m = meta(o);
             seen.insert((m.namespace.clone(), m.name.clone()))
         })
+        .map(Arc::new)
         .collect()
 }
 
@@ -485,8 +487,8 @@ proptest! {
         options in options(),
     ) {
         // Same-named objects too: the loader can see them in two files.
-        snapshot.ingresses.extend(extra_ingresses);
-        snapshot.tenants.extend(extra_tenants);
+        snapshot.ingresses.extend(extra_ingresses.into_iter().map(Arc::new));
+        snapshot.tenants.extend(extra_tenants.into_iter().map(Arc::new));
         let t = translate(&snapshot, &options);
         prop_assert!(t.config.validate().is_ok());
     }

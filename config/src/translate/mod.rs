@@ -13,6 +13,7 @@ pub mod tenants;
 pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -794,8 +795,8 @@ fn tenant_ref(name: &str) -> ObjectRef {
 
 /// Objects oldest first; objects without a creationTimestamp (files) count
 /// as newest; ties go by namespace/name.
-fn by_age<T>(objects: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
-    let mut sorted: Vec<&T> = objects.iter().collect();
+fn by_age<T>(objects: &[Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
+    let mut sorted: Vec<&T> = objects.iter().map(|o| &**o).collect();
     let key = |o: &&T| -> (bool, Option<Time>, Option<String>, Option<String>) {
         let m = meta(o);
         (

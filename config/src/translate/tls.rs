@@ -5,6 +5,7 @@
 //! parses each distinct certificate once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use rustls_pki_types::pem::PemObject;
@@ -22,11 +23,11 @@ pub struct SecretIndex<'a> {
 }
 
 impl<'a> SecretIndex<'a> {
-    pub fn new(secrets: &'a [Secret]) -> Self {
+    pub fn new(secrets: &'a [Arc<Secret>]) -> Self {
         let mut by_name = BTreeMap::new();
         for s in secrets {
             if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
-                by_name.entry((ns.as_str(), name.as_str())).or_insert(s);
+                by_name.entry((ns.as_str(), name.as_str())).or_insert(&**s);
             }
         }
         SecretIndex { secrets: by_name }

@@ -1,10 +1,12 @@
 //! `--manifests DIR`: Kubernetes YAML translated in process, watched.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
-use vestibule_config::{load_paths, translate, GatewayConfig, Options};
+use vestibule_config::manifests::ManifestCache;
+use vestibule_config::{translate, GatewayConfig, Options};
 
 use super::watch::reload_on_change;
 use super::{ConfigSource, SourceError, SourceEvent};
@@ -12,6 +14,8 @@ use super::{ConfigSource, SourceError, SourceEvent};
 pub struct ManifestsSource {
     dir: PathBuf,
     options: Options,
+    /// Parsed files from the last load: a change re-parses only what changed.
+    cache: Mutex<ManifestCache>,
 }
 
 /// The embedded controller's options: our controller name, no strict tenancy.
@@ -24,6 +28,7 @@ impl ManifestsSource {
         ManifestsSource {
             dir: dir.into(),
             options: default_options(),
+            cache: Mutex::new(ManifestCache::new()),
         }
     }
 
@@ -37,7 +42,11 @@ impl ManifestsSource {
                 self.dir.display()
             )));
         }
-        let loaded = load_paths(std::slice::from_ref(&self.dir));
+        let loaded = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .load(std::slice::from_ref(&self.dir));
         if !loaded.errors.is_empty() {
             let msgs: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
             return Err(SourceError(msgs.join("; ")));
