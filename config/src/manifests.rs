@@ -797,6 +797,26 @@ mod cache_tests {
     }
 
     #[test]
+    fn tells_files_rewritten_in_place_from_replaced_and_new_ones() {
+        let dir = Scratch::new("inplace");
+        dir.write("a.yaml", &service("a"));
+        dir.write("b.yaml", &service("b"));
+        let mut cache = ManifestCache::new();
+        cache.load(&[&dir.0]);
+        assert!(cache.rewritten_in_place().is_empty());
+        dir.write("a.yaml", &service("a2"));
+        dir.write(".b.tmp", &service("b2"));
+        std::fs::rename(dir.0.join(".b.tmp"), dir.0.join("b.yaml")).unwrap();
+        dir.write("c.yaml", &service("c"));
+        let loaded = cache.load(&[&dir.0]);
+        assert_eq!(names(&loaded), ["a2", "b2", "c"]);
+        assert_eq!(cache.rewritten_in_place(), [dir.0.join("a.yaml")]);
+        // Unchanged since: nothing rewritten.
+        cache.load(&[&dir.0]);
+        assert!(cache.rewritten_in_place().is_empty());
+    }
+
+    #[test]
     fn files_with_errors_are_reported_every_time_and_never_kept() {
         let dir = Scratch::new("errors");
         dir.write("a.yaml", &service("a"));

@@ -8,7 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use vestibule_config::manifests::ManifestCache;
 use vestibule_config::{translate, GatewayConfig, Options};
 
-use super::watch::reload_on_change;
+use super::watch::{reload_on_change, Edge};
 use super::{ConfigSource, SourceError, SourceEvent};
 
 pub struct ManifestsSource {
@@ -35,18 +35,29 @@ impl ManifestsSource {
     /// Loads and translates the directory. A document that does not parse
     /// fails the whole load, so a half-written file never drops its routes
     /// from the live config; translation problems are statuses, not errors.
-    fn load(&self) -> Result<GatewayConfig, SourceError> {
+    /// On the leading edge of a burst, a file rewritten in place (rather
+    /// than renamed into place) may be half-written even if it parses, so
+    /// the load waits for the burst to end.
+    fn load(&self, edge: Edge) -> Result<GatewayConfig, SourceError> {
         if !self.dir.is_dir() {
             return Err(SourceError(format!(
                 "{}: not a directory",
                 self.dir.display()
             )));
         }
-        let loaded = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .load(std::slice::from_ref(&self.dir));
+        let loaded = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let loaded = cache.load(std::slice::from_ref(&self.dir));
+            if edge == Edge::Leading {
+                if let Some(file) = cache.rewritten_in_place().first() {
+                    return Err(SourceError(format!(
+                        "{}: rewritten in place; waiting for writes to stop",
+                        file.display()
+                    )));
+                }
+            }
+            loaded
+        };
         if !loaded.errors.is_empty() {
             let msgs: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
             return Err(SourceError(msgs.join("; ")));
@@ -73,12 +84,12 @@ impl ConfigSource for ManifestsSource {
     }
 
     fn initial(&self) -> Result<Option<GatewayConfig>, SourceError> {
-        self.load().map(Some)
+        self.load(Edge::Trailing).map(Some)
     }
 
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
         let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
         let relevant = |p: &Path| vestibule_config::manifests::is_manifest_file(p) || p.is_dir();
-        reload_on_change(&dir, true, relevant, || self.load(), events).await;
+        reload_on_change(&dir, true, relevant, |edge| self.load(edge), events).await;
     }
 }
