@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -108,8 +108,9 @@ impl<'a> ServiceIndex<'a> {
                 }),
             );
         };
-        let spec = service.spec.clone().unwrap_or_default();
-        let ports = spec.ports.unwrap_or_default();
+        let no_spec = Default::default();
+        let spec: &ServiceSpec = service.spec.as_ref().unwrap_or(&no_spec);
+        let ports = spec.ports.as_deref().unwrap_or_default();
         let service_port = ports.iter().find(|p| match port {
             PortRef::Number(n) => p.port == *n,
             PortRef::Name(s) => p.name.as_deref() == Some(s.as_str()),

@@ -15,7 +15,7 @@ pub mod tls;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass, IngressSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::hostname::HostPattern;
@@ -290,7 +290,8 @@ impl<'a> Translator<'a> {
         // Routes (and the default backend) this Ingress serves, and hosts it sets TLS for.
         let mut served = 0usize;
         let mut tls_hosts = 0usize;
-        let spec = ingress.spec.clone().unwrap_or_default();
+        let no_spec = Default::default();
+        let spec: &IngressSpec = ingress.spec.as_ref().unwrap_or(&no_spec);
 
         // Rule hosts, for TLS entries that list none.
         let mut rule_hosts = Vec::new();
@@ -738,9 +739,8 @@ impl<'a> Translator<'a> {
             .collect();
         let pools = self
             .pools
-            .iter()
+            .into_iter()
             .filter(|(id, _)| used_pools.contains(id))
-            .map(|(id, p)| (id.clone(), p.clone()))
             .collect();
         let used_certs: BTreeSet<&CertId> = hosts
             .iter()
@@ -748,9 +748,8 @@ impl<'a> Translator<'a> {
             .collect();
         let certificates = self
             .certificates
-            .iter()
+            .into_iter()
             .filter(|(id, _)| used_certs.contains(id))
-            .map(|(id, c)| (id.clone(), c.clone()))
             .collect();
         let tenants = self
             .tenants
