@@ -24,7 +24,9 @@ use vestibule_config::model::RateLimit;
 use vestibule_config::tenant::{
     SecretRef, Tenant, TenantBackend, TenantSpec, TenantTls, WeightedService,
 };
-use vestibule_config::translate::{translate, Options, CONTROLLER_NAME};
+use vestibule_config::translate::{
+    translate, translate_with, CertificateMemo, Options, CONTROLLER_NAME,
+};
 use vestibule_config::{HostPattern, Snapshot};
 
 // === value pools: small, so objects collide on hosts, paths and names;
@@ -476,6 +478,21 @@ proptest! {
             serde_json::to_string(&first).unwrap(),
             serde_json::to_string(&second).unwrap()
         );
+    }
+
+    /// Reusing an earlier translation's Secret checks changes nothing, with
+    /// Secrets shared from before, new ones, and ones gone.
+    #[test]
+    fn certificate_memo_changes_nothing(before in snapshot(), after in snapshot(), options in options()) {
+        let mut memo = CertificateMemo::default();
+        let _ = translate_with(&before, &options, &mut memo);
+        let mut mixed = after.clone();
+        mixed.secrets.extend(before.secrets.iter().cloned());
+        let plain = serde_json::to_string(&translate(&mixed, &options)).unwrap();
+        for _ in 0..2 {
+            let memoized = translate_with(&mixed, &options, &mut memo);
+            prop_assert_eq!(&serde_json::to_string(&memoized).unwrap(), &plain);
+        }
     }
 
     /// Arbitrary combinations, duplicates included, never panic.

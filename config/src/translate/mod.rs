@@ -29,6 +29,7 @@ use crate::tenant::Tenant;
 use backend::{merge_weighted, PortRef, ServiceIndex, Unresolved};
 pub use status::{Condition, ConditionType, ObjectKind, ObjectRef, ObjectStatus, Reason};
 use tenants::{AcceptedTenant, Ownership};
+pub use tls::CertificateMemo;
 use tls::SecretIndex;
 
 /// The `spec.controller` of IngressClasses Vestibule serves.
@@ -63,7 +64,18 @@ pub struct Translation {
 
 /// Translates a snapshot. Never fails: problems become statuses.
 pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
-    let mut t = Translator::new(snapshot, options);
+    translate_with(snapshot, options, &mut CertificateMemo::default())
+}
+
+/// [`translate`], reusing the TLS Secret checks of the previous translation
+/// for the Secret objects it sees again (shared `Arc`s). The output is the
+/// same; `memo` is left holding this translation's checks.
+pub fn translate_with(
+    snapshot: &Snapshot,
+    options: &Options,
+    memo: &mut CertificateMemo,
+) -> Translation {
+    let mut t = Translator::new(snapshot, options, std::mem::take(memo));
     t.accept_tenants();
     for ingress in by_age(&snapshot.ingresses, |i| &i.metadata) {
         if t.is_ours(ingress) {
@@ -71,7 +83,9 @@ pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
         }
     }
     t.add_tenant_backends_and_tls();
-    t.finish()
+    let (translation, next) = t.finish();
+    *memo = next;
+    translation
 }
 
 /// A route as collected, before vhosts are assembled.
@@ -103,10 +117,13 @@ struct Translator<'a> {
     pools: BTreeMap<PoolId, Pool>,
     certificates: BTreeMap<CertId, Certificate>,
     statuses: BTreeMap<ObjectRef, ObjectStatus>,
+    /// Secret checks of the previous translation, and of this one.
+    memo_previous: CertificateMemo,
+    memo_next: CertificateMemo,
 }
 
 impl<'a> Translator<'a> {
-    fn new(snapshot: &'a Snapshot, options: &'a Options) -> Self {
+    fn new(snapshot: &'a Snapshot, options: &'a Options, memo: CertificateMemo) -> Self {
         let classes: Vec<&IngressClass> = by_age(&snapshot.ingress_classes, |c| &c.metadata)
             .into_iter()
             .filter(|c| {
@@ -139,6 +156,8 @@ impl<'a> Translator<'a> {
             pools: BTreeMap::new(),
             certificates: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            memo_previous: memo,
+            memo_next: CertificateMemo::default(),
         }
     }
 
@@ -543,9 +562,14 @@ impl<'a> Translator<'a> {
         name: &str,
         conditions: &mut Vec<Condition>,
     ) -> HostTls {
-        match self.secrets.certificate(namespace, name) {
-            Ok(cert) => {
-                let id = cert.id();
+        let checked = self.secrets.certificate_memo(
+            namespace,
+            name,
+            &mut self.memo_previous,
+            &mut self.memo_next,
+        );
+        match checked {
+            Ok((cert, id)) => {
                 self.certificates.entry(id.clone()).or_insert(cert);
                 HostTls::Certificate(id)
             }
@@ -689,7 +713,7 @@ impl<'a> Translator<'a> {
 
     // === Output ===
 
-    fn finish(self) -> Translation {
+    fn finish(self) -> (Translation, CertificateMemo) {
         let mut hosts = Vec::with_capacity(self.routes.len());
         for (host, routes) in self.routes {
             let tenant = self
@@ -777,10 +801,11 @@ impl<'a> Translator<'a> {
             tenants,
         }
         .seal();
-        Translation {
+        let translation = Translation {
             config,
             statuses: self.statuses.into_values().collect(),
-        }
+        };
+        (translation, self.memo_next)
     }
 }
 

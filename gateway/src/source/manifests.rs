@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 use vestibule_config::manifests::ManifestCache;
-use vestibule_config::{translate, GatewayConfig, Options};
+use vestibule_config::{translate_with, CertificateMemo, GatewayConfig, Options};
 
 use super::watch::{reload_on_change, Edge};
 use super::{ConfigSource, SourceError, SourceEvent};
@@ -16,6 +16,9 @@ pub struct ManifestsSource {
     options: Options,
     /// Parsed files from the last load: a change re-parses only what changed.
     cache: Mutex<ManifestCache>,
+    /// TLS Secret checks from the last translation, for the Secrets the
+    /// cache hands back unchanged.
+    certificates: Mutex<CertificateMemo>,
 }
 
 /// The embedded controller's options: our controller name, no strict tenancy.
@@ -29,6 +32,7 @@ impl ManifestsSource {
             dir: dir.into(),
             options: default_options(),
             cache: Mutex::new(ManifestCache::new()),
+            certificates: Mutex::new(CertificateMemo::default()),
         }
     }
 
@@ -66,8 +70,9 @@ impl ManifestsSource {
         // take the watcher (and with it every later change) down.
         let options = &self.options;
         let snapshot = &loaded.snapshot;
+        let mut memo = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
         let translation = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            translate(snapshot, options)
+            translate_with(snapshot, options, &mut memo)
         }))
         .map_err(|_| SourceError("translator panicked; see the log".to_string()))?;
         for status in &translation.statuses {
