@@ -30,6 +30,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    pub fn is_empty(&self) -> bool {
+        self.ingress_classes.is_empty()
+            && self.ingresses.is_empty()
+            && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
+            && self.secrets.is_empty()
+            && self.tenants.is_empty()
+    }
+
     /// Appends `other`'s objects (shared, not copied).
     pub fn extend_from(&mut self, other: &Snapshot) {
         self.ingress_classes
@@ -106,6 +115,8 @@ pub struct ManifestCache {
     files: HashMap<PathBuf, CachedFile>,
     /// Files the last load found changed in place (same file, new content).
     rewritten: Vec<PathBuf>,
+    /// Whether the last load found anything different from the one before.
+    changed: bool,
 }
 
 #[derive(Debug)]
@@ -194,6 +205,14 @@ impl ManifestCache {
         &self.rewritten
     }
 
+    /// Whether the last load could differ from the one before it: a file
+    /// with objects (or skipped documents, or errors) was added, changed or
+    /// removed, or something could not be read. A file that appeared empty
+    /// (created, not written yet) changes nothing.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
     /// Number of files whose objects are kept.
     pub fn len(&self) -> usize {
         self.files.len()
@@ -278,6 +297,7 @@ fn load_with<P: AsRef<Path>>(paths: &[P], mut cache: Option<&mut ManifestCache>)
 
     let mut kept = HashMap::new();
     let mut rewritten = Vec::new();
+    let mut changed = !loaded.errors.is_empty();
     for (file, fate) in files.into_iter().zip(fates) {
         match fate {
             FileLoad::Cached { parsed: p, refresh } => {
@@ -303,6 +323,13 @@ fn load_with<P: AsRef<Path>>(paths: &[P], mut cache: Option<&mut ManifestCache>)
                 if in_place {
                     rewritten.push(file.clone());
                 }
+                let was_known = cache
+                    .as_deref()
+                    .is_some_and(|c| c.files.contains_key(&file));
+                changed |= was_known
+                    || !result.errors.is_empty()
+                    || !result.skipped.is_empty()
+                    || !result.snapshot.is_empty();
                 match key {
                     Some(key) if cache.is_some() && result.errors.is_empty() => {
                         let p = Arc::new(Parsed {
@@ -325,12 +352,21 @@ fn load_with<P: AsRef<Path>>(paths: &[P], mut cache: Option<&mut ManifestCache>)
                     _ => loaded.append(result),
                 }
             }
-            FileLoad::Failed(e) => loaded.errors.push(e),
+            FileLoad::Failed(e) => {
+                changed = true;
+                loaded.errors.push(e);
+            }
         }
     }
     if let Some(cache) = cache {
+        // What is left was not seen this time: gone.
+        changed |= cache
+            .files
+            .values()
+            .any(|f| !f.parsed.snapshot.is_empty() || !f.parsed.skipped.is_empty());
         cache.files = kept;
         cache.rewritten = rewritten;
+        cache.changed = changed;
     }
     loaded
 }
@@ -826,6 +862,34 @@ mod cache_tests {
         // Unchanged since: nothing rewritten.
         cache.load(&[&dir.0]);
         assert!(cache.rewritten_in_place().is_empty());
+    }
+
+    #[test]
+    fn tells_whether_a_load_changed_anything() {
+        let dir = Scratch::new("changed");
+        dir.write("a.yaml", &service("a"));
+        let mut cache = ManifestCache::new();
+        cache.load(&[&dir.0]);
+        assert!(cache.changed());
+        cache.load(&[&dir.0]);
+        assert!(!cache.changed());
+        // Created, not written yet: no change.
+        dir.write("b.yaml", "");
+        cache.load(&[&dir.0]);
+        assert!(!cache.changed());
+        dir.write("b.yaml", &service("b"));
+        cache.load(&[&dir.0]);
+        assert!(cache.changed());
+        // Emptied (truncated) and removed files are changes.
+        dir.write("b.yaml", "");
+        cache.load(&[&dir.0]);
+        assert!(cache.changed());
+        std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
+        cache.load(&[&dir.0]);
+        assert!(cache.changed());
+        std::fs::remove_file(dir.0.join("b.yaml")).unwrap();
+        cache.load(&[&dir.0]);
+        assert!(!cache.changed());
     }
 
     #[test]

@@ -59,6 +59,10 @@ impl ManifestsSource {
                         file.display()
                     )));
                 }
+                // A file created but not written yet: nothing to translate.
+                if !cache.changed() {
+                    return Err(SourceError("no change yet".to_string()));
+                }
             }
             loaded
         };
