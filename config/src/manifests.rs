@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -485,10 +486,12 @@ fn load_document(path: &Path, index: usize, doc: &str, loaded: &mut Loaded) {
 /// Below this much YAML, threads cost more than they save.
 const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 const MAX_THREADS: usize = 8;
+/// Runs per thread: enough for the threads to finish close together.
+const RUNS_PER_THREAD: usize = 16;
 
 /// Parses files, one [`Loaded`] per file in the same order, spreading their
-/// documents over the available cores in contiguous runs so the merged
-/// result is in the same order as a sequential parse.
+/// documents over the available cores in contiguous runs that are merged
+/// back in order, so the result is the same as a sequential parse.
 fn parse_files(files: &[(&Path, &str)]) -> Vec<Loaded> {
     // (file, 1-based index, text) of every document.
     let mut docs: Vec<(usize, usize, &str)> = Vec::new();
@@ -522,31 +525,33 @@ fn parse_files(files: &[(&Path, &str)]) -> Vec<Loaded> {
     let runs: Vec<Vec<(usize, Loaded)>> = if threads == 1 {
         vec![parse_run(&docs)]
     } else {
-        // Cut the documents into runs of about equal bytes.
-        let per_thread = total.div_ceil(threads);
-        let mut bounds = Vec::with_capacity(threads + 1);
-        bounds.push(0);
-        let mut acc = 0;
-        for (i, d) in docs.iter().enumerate() {
-            acc += d.2.len();
-            if acc >= per_thread * bounds.len() && bounds.len() < threads {
-                bounds.push(i + 1);
-            }
-        }
-        bounds.push(docs.len());
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = bounds
-                .windows(2)
-                .map(|w| {
-                    let run = &docs[w[0]..w[1]];
-                    scope.spawn(move || parse_run(run))
+        // Many small runs handed out in turn: documents differ a lot in cost
+        // per byte (flow-style Ingresses vs. PEM block scalars), so equal
+        // shares up front leave one thread idle early.
+        let per_run = docs.len().div_ceil(threads * RUNS_PER_THREAD).max(1);
+        let runs: Vec<&[(usize, usize, &str)]> = docs.chunks(per_run).collect();
+        let next = AtomicUsize::new(0);
+        let mut done: Vec<(usize, Vec<(usize, Loaded)>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(run) = runs.get(i) else { break };
+                            mine.push((i, parse_run(run)));
+                        }
+                        mine
+                    })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
-        })
+        });
+        done.sort_unstable_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, run)| run).collect()
     };
 
     let mut out: Vec<Loaded> = files.iter().map(|_| Loaded::default()).collect();
