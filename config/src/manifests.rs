@@ -1,6 +1,8 @@
 //! Loads files and directories of multi-document Kubernetes YAML into a
 //! [`Snapshot`] of typed objects. A broken document is reported with its file
-//! and index; the other documents still load.
+//! and index; the other documents still load. Documents are parsed on all
+//! cores; [`ManifestCache`] keeps parsed files so a reload re-parses only the
+//! files that changed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,9 @@
 //! Editors and `kubectl cp`-style tools write a file in several steps (write,
 //! rename, chmod); the debounce waits for a short quiet period so one edit is
 //! one reload, with an upper bound so a steady stream of writes still reloads.
+//! The first event after an idle period loads at once (a file renamed into
+//! place is complete); a load there that fails or sees a file still being
+//! written is retried after the quiet period instead of being reported.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
