@@ -533,24 +533,26 @@ fn parse_files(files: &[(&Path, &str)]) -> Vec<Loaded> {
         let per_run = docs.len().div_ceil(threads * RUNS_PER_THREAD).max(1);
         let runs: Vec<&[(usize, usize, &str)]> = docs.chunks(per_run).collect();
         let next = AtomicUsize::new(0);
+        let work = || {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(run) = runs.get(i) else { break };
+                mine.push((i, parse_run(run)));
+            }
+            mine
+        };
         let mut done: Vec<(usize, Vec<(usize, Loaded)>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(run) = runs.get(i) else { break };
-                            mine.push((i, parse_run(run)));
-                        }
-                        mine
-                    })
-                })
+            // This thread works too; a thread that cannot be started (a
+            // process limit) leaves its share to the others.
+            let helpers: Vec<_> = (1..threads)
+                .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, work).ok())
                 .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+            let mut all = work();
+            for h in helpers {
+                all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            all
         });
         done.sort_unstable_by_key(|(i, _)| *i);
         done.into_iter().map(|(_, run)| run).collect()
