@@ -64,7 +64,7 @@ pub struct Translation {
 
 /// Translates a snapshot. Never fails: problems become statuses.
 pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
-    translate_with(snapshot, options, &mut CertificateMemo::default())
+    run(snapshot, options, None).0
 }
 
 /// [`translate`], reusing the TLS Secret checks of the previous translation
@@ -75,7 +75,18 @@ pub fn translate_with(
     options: &Options,
     memo: &mut CertificateMemo,
 ) -> Translation {
-    let mut t = Translator::new(snapshot, options, std::mem::take(memo));
+    let (translation, next) = run(snapshot, options, Some(std::mem::take(memo)));
+    *memo = next.unwrap_or_default();
+    translation
+}
+
+/// A translation, with a memo (`Some`) or without (`None`: nothing recorded).
+fn run(
+    snapshot: &Snapshot,
+    options: &Options,
+    memo: Option<CertificateMemo>,
+) -> (Translation, Option<CertificateMemo>) {
+    let mut t = Translator::new(snapshot, options, memo);
     t.accept_tenants();
     for ingress in by_age(&snapshot.ingresses, |i| &i.metadata) {
         if t.is_ours(ingress) {
@@ -83,9 +94,7 @@ pub fn translate_with(
         }
     }
     t.add_tenant_backends_and_tls();
-    let (translation, next) = t.finish();
-    *memo = next;
-    translation
+    t.finish()
 }
 
 /// A route as collected, before vhosts are assembled.
@@ -117,13 +126,13 @@ struct Translator<'a> {
     pools: BTreeMap<PoolId, Pool>,
     certificates: BTreeMap<CertId, Certificate>,
     statuses: BTreeMap<ObjectRef, ObjectStatus>,
-    /// Secret checks of the previous translation, and of this one.
-    memo_previous: CertificateMemo,
-    memo_next: CertificateMemo,
+    /// Secret checks of the previous translation, and of this one (`None`:
+    /// not remembering).
+    memo: Option<(CertificateMemo, CertificateMemo)>,
 }
 
 impl<'a> Translator<'a> {
-    fn new(snapshot: &'a Snapshot, options: &'a Options, memo: CertificateMemo) -> Self {
+    fn new(snapshot: &'a Snapshot, options: &'a Options, memo: Option<CertificateMemo>) -> Self {
         let classes: Vec<&IngressClass> = by_age(&snapshot.ingress_classes, |c| &c.metadata)
             .into_iter()
             .filter(|c| {
@@ -156,8 +165,7 @@ impl<'a> Translator<'a> {
             pools: BTreeMap::new(),
             certificates: BTreeMap::new(),
             statuses: BTreeMap::new(),
-            memo_previous: memo,
-            memo_next: CertificateMemo::default(),
+            memo: memo.map(|previous| (previous, CertificateMemo::default())),
         }
     }
 
@@ -562,12 +570,15 @@ impl<'a> Translator<'a> {
         name: &str,
         conditions: &mut Vec<Condition>,
     ) -> HostTls {
-        let checked = self.secrets.certificate_memo(
-            namespace,
-            name,
-            &mut self.memo_previous,
-            &mut self.memo_next,
-        );
+        let checked = match &mut self.memo {
+            Some((previous, next)) => self
+                .secrets
+                .certificate_memo(namespace, name, previous, next),
+            None => self.secrets.certificate(namespace, name).map(|c| {
+                let id = c.id();
+                (c, id)
+            }),
+        };
         match checked {
             Ok((cert, id)) => {
                 self.certificates.entry(id.clone()).or_insert(cert);
@@ -713,7 +724,7 @@ impl<'a> Translator<'a> {
 
     // === Output ===
 
-    fn finish(self) -> (Translation, CertificateMemo) {
+    fn finish(self) -> (Translation, Option<CertificateMemo>) {
         let mut hosts = Vec::with_capacity(self.routes.len());
         for (host, routes) in self.routes {
             let tenant = self
@@ -805,7 +816,7 @@ impl<'a> Translator<'a> {
             config,
             statuses: self.statuses.into_values().collect(),
         };
-        (translation, self.memo_next)
+        (translation, self.memo.map(|(_, next)| next))
     }
 }
 
