@@ -12,4 +12,4 @@ pub mod translate;
 pub use hostname::{HostPattern, Hostname};
 pub use manifests::{load_paths, Loaded, Snapshot};
 pub use model::GatewayConfig;
-pub use translate::{translate, Options, Translation};
+pub use translate::{translate, translate_with, CertificateMemo, Options, Translation};

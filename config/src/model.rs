@@ -63,9 +63,15 @@ impl GatewayConfig {
             certificates: &self.certificates,
             tenants: &self.tenants,
         };
-        // Serializing plain data with string keys cannot fail.
-        let bytes = serde_json::to_vec(&unsealed).unwrap_or_default();
-        let digest = Sha256::digest(&bytes);
+        // Streamed into the hash: no buffer the size of every PEM. Plain
+        // data with string keys cannot fail to serialize.
+        let mut hasher = Sha256::new();
+        {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
+            let _ = serde_json::to_writer(&mut out, &unsealed);
+            let _ = std::io::Write::flush(&mut out);
+        }
+        let digest = hasher.finalize();
         ConfigVersion(hex::encode(&digest[..8]))
     }
 

@@ -4,6 +4,7 @@
 //! hosts are routed only from the tenant's namespaces).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -23,7 +24,9 @@ use vestibule_config::model::RateLimit;
 use vestibule_config::tenant::{
     SecretRef, Tenant, TenantBackend, TenantSpec, TenantTls, WeightedService,
 };
-use vestibule_config::translate::{translate, Options, CONTROLLER_NAME};
+use vestibule_config::translate::{
+    translate, translate_with, CertificateMemo, Options, CONTROLLER_NAME,
+};
 use vestibule_config::{HostPattern, Snapshot};
 
 // === value pools: small, so objects collide on hosts, paths and names;
@@ -371,7 +374,7 @@ prop_compose! {
 
 /// Keeps the first object of each (namespace, name): the API server never
 /// holds two, and with two the translator may pick either.
-fn unique<T>(objects: Vec<T>, meta: impl Fn(&T) -> &ObjectMeta) -> Vec<T> {
+fn unique<T>(objects: Vec<T>, meta: impl Fn(&T) -> &ObjectMeta) -> Vec<Arc<T>> {
     let mut seen = BTreeSet::new();
     objects
         .into_iter()
@@ -379,6 +382,7 @@ fn unique<T>(objects: Vec<T>, meta: impl Fn(&T) -> &ObjectMeta) -> Vec<T> {
             let m = meta(o);
             seen.insert((m.namespace.clone(), m.name.clone()))
         })
+        .map(Arc::new)
         .collect()
 }
 
@@ -476,6 +480,21 @@ proptest! {
         );
     }
 
+    /// Reusing an earlier translation's Secret checks changes nothing, with
+    /// Secrets shared from before, new ones, and ones gone.
+    #[test]
+    fn certificate_memo_changes_nothing(before in snapshot(), after in snapshot(), options in options()) {
+        let mut memo = CertificateMemo::default();
+        let _ = translate_with(&before, &options, &mut memo);
+        let mut mixed = after.clone();
+        mixed.secrets.extend(before.secrets.iter().cloned());
+        let plain = serde_json::to_string(&translate(&mixed, &options)).unwrap();
+        for _ in 0..2 {
+            let memoized = translate_with(&mixed, &options, &mut memo);
+            prop_assert_eq!(&serde_json::to_string(&memoized).unwrap(), &plain);
+        }
+    }
+
     /// Arbitrary combinations, duplicates included, never panic.
     #[test]
     fn translation_never_panics(
@@ -485,8 +504,8 @@ proptest! {
         options in options(),
     ) {
         // Same-named objects too: the loader can see them in two files.
-        snapshot.ingresses.extend(extra_ingresses);
-        snapshot.tenants.extend(extra_tenants);
+        snapshot.ingresses.extend(extra_ingresses.into_iter().map(Arc::new));
+        snapshot.tenants.extend(extra_tenants.into_iter().map(Arc::new));
         let t = translate(&snapshot, &options);
         prop_assert!(t.config.validate().is_ok());
     }

@@ -105,3 +105,52 @@ async fn not_ready_endpoints_are_excluded_and_edits_go_live() {
     assert_eq!(gw.client().get("new.test", "/").await.unwrap().status, 200);
     drop(b);
 }
+
+/// The first event of a burst loads at once; a file caught half-written
+/// there is retried after the quiet period, not reported as a config error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_written_file_is_not_a_config_error() {
+    let up = Upstream::start_on("half", "127.0.0.2:0").await;
+    let dir = TempDir::new("manifests-half");
+    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 200);
+
+    let errors = || async {
+        let m = gw.admin_get("/metrics").await.body;
+        m.lines()
+            .find(|l| l.starts_with("vestibule_config_errors_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    for round in 0..3 {
+        let host = format!("half{round}.test");
+        let full = CLASS_AND_INGRESS
+            .split("---")
+            .nth(1)
+            .unwrap()
+            .replace(
+                "name: app, namespace",
+                &format!("name: half{round}, namespace"),
+            )
+            .replace("app.test", &host);
+        let file = dir.0.join(format!("half-{round}.yaml"));
+        // Cut inside a flow mapping: not valid YAML until completed.
+        let cut = full.find("namespace: prod").unwrap();
+        std::fs::write(&file, &full[..cut]).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        std::fs::write(&file, &full).unwrap();
+        eventually(Duration::from_secs(2), || {
+            let mut c = gw.client();
+            let host = host.clone();
+            async move { c.get(&host, "/").await.is_ok_and(|r| r.status == 200) }
+        })
+        .await
+        .expect("completed file not live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(errors().await, 0.0, "a half-written file was reported");
+    }
+    let config = gw.admin_get("/config").await.body;
+    assert!(!config.contains("half-0.yaml"), "{config}");
+}

@@ -147,11 +147,12 @@ impl Stores {
     }
 }
 
-fn owned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
-    store.state().iter().map(|o| K::clone(o)).collect()
+/// The store's objects, shared with it (no copy).
+fn owned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Arc<K>> {
+    store.state()
 }
 
-fn owned_all<K: Resource<DynamicType = ()> + Clone>(stores: &[Store<K>]) -> Vec<K> {
+fn owned_all<K: Resource<DynamicType = ()> + Clone>(stores: &[Store<K>]) -> Vec<Arc<K>> {
     stores.iter().flat_map(owned).collect()
 }
 

@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -59,11 +60,11 @@ pub struct ServiceIndex<'a> {
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 impl<'a> ServiceIndex<'a> {
-    pub fn new(services: &'a [Service], slices: &'a [EndpointSlice]) -> Self {
+    pub fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>]) -> Self {
         let mut by_name = BTreeMap::new();
         for s in services {
             if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
-                by_name.entry((ns.as_str(), name.as_str())).or_insert(s);
+                by_name.entry((ns.as_str(), name.as_str())).or_insert(&**s);
             }
         }
         let mut by_service: BTreeMap<_, Vec<&EndpointSlice>> = BTreeMap::new();
@@ -77,7 +78,7 @@ impl<'a> ServiceIndex<'a> {
                 by_service
                     .entry((ns.as_str(), svc.as_str()))
                     .or_default()
-                    .push(slice);
+                    .push(&**slice);
             }
         }
         for list in by_service.values_mut() {
@@ -107,8 +108,9 @@ impl<'a> ServiceIndex<'a> {
                 }),
             );
         };
-        let spec = service.spec.clone().unwrap_or_default();
-        let ports = spec.ports.unwrap_or_default();
+        let no_spec = Default::default();
+        let spec: &ServiceSpec = service.spec.as_ref().unwrap_or(&no_spec);
+        let ports = spec.ports.as_deref().unwrap_or_default();
         let service_port = ports.iter().find(|p| match port {
             PortRef::Number(n) => p.port == *n,
             PortRef::Name(s) => p.name.as_deref() == Some(s.as_str()),

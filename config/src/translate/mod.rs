@@ -13,8 +13,9 @@ pub mod tenants;
 pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass, IngressSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::hostname::HostPattern;
@@ -28,6 +29,7 @@ use crate::tenant::Tenant;
 use backend::{merge_weighted, PortRef, ServiceIndex, Unresolved};
 pub use status::{Condition, ConditionType, ObjectKind, ObjectRef, ObjectStatus, Reason};
 use tenants::{AcceptedTenant, Ownership};
+pub use tls::CertificateMemo;
 use tls::SecretIndex;
 
 /// The `spec.controller` of IngressClasses Vestibule serves.
@@ -62,7 +64,29 @@ pub struct Translation {
 
 /// Translates a snapshot. Never fails: problems become statuses.
 pub fn translate(snapshot: &Snapshot, options: &Options) -> Translation {
-    let mut t = Translator::new(snapshot, options);
+    run(snapshot, options, None).0
+}
+
+/// [`translate`], reusing the TLS Secret checks of the previous translation
+/// for the Secret objects it sees again (shared `Arc`s). The output is the
+/// same; `memo` is left holding this translation's checks.
+pub fn translate_with(
+    snapshot: &Snapshot,
+    options: &Options,
+    memo: &mut CertificateMemo,
+) -> Translation {
+    let (translation, next) = run(snapshot, options, Some(std::mem::take(memo)));
+    *memo = next.unwrap_or_default();
+    translation
+}
+
+/// A translation, with a memo (`Some`) or without (`None`: nothing recorded).
+fn run(
+    snapshot: &Snapshot,
+    options: &Options,
+    memo: Option<CertificateMemo>,
+) -> (Translation, Option<CertificateMemo>) {
+    let mut t = Translator::new(snapshot, options, memo);
     t.accept_tenants();
     for ingress in by_age(&snapshot.ingresses, |i| &i.metadata) {
         if t.is_ours(ingress) {
@@ -102,10 +126,13 @@ struct Translator<'a> {
     pools: BTreeMap<PoolId, Pool>,
     certificates: BTreeMap<CertId, Certificate>,
     statuses: BTreeMap<ObjectRef, ObjectStatus>,
+    /// Secret checks of the previous translation, and of this one (`None`:
+    /// not remembering).
+    memo: Option<(CertificateMemo, CertificateMemo)>,
 }
 
 impl<'a> Translator<'a> {
-    fn new(snapshot: &'a Snapshot, options: &'a Options) -> Self {
+    fn new(snapshot: &'a Snapshot, options: &'a Options, memo: Option<CertificateMemo>) -> Self {
         let classes: Vec<&IngressClass> = by_age(&snapshot.ingress_classes, |c| &c.metadata)
             .into_iter()
             .filter(|c| {
@@ -138,6 +165,7 @@ impl<'a> Translator<'a> {
             pools: BTreeMap::new(),
             certificates: BTreeMap::new(),
             statuses: BTreeMap::new(),
+            memo: memo.map(|previous| (previous, CertificateMemo::default())),
         }
     }
 
@@ -289,7 +317,8 @@ impl<'a> Translator<'a> {
         // Routes (and the default backend) this Ingress serves, and hosts it sets TLS for.
         let mut served = 0usize;
         let mut tls_hosts = 0usize;
-        let spec = ingress.spec.clone().unwrap_or_default();
+        let no_spec = Default::default();
+        let spec: &IngressSpec = ingress.spec.as_ref().unwrap_or(&no_spec);
 
         // Rule hosts, for TLS entries that list none.
         let mut rule_hosts = Vec::new();
@@ -541,9 +570,17 @@ impl<'a> Translator<'a> {
         name: &str,
         conditions: &mut Vec<Condition>,
     ) -> HostTls {
-        match self.secrets.certificate(namespace, name) {
-            Ok(cert) => {
-                let id = cert.id();
+        let checked = match &mut self.memo {
+            Some((previous, next)) => self
+                .secrets
+                .certificate_memo(namespace, name, previous, next),
+            None => self.secrets.certificate(namespace, name).map(|c| {
+                let id = c.id();
+                (c, id)
+            }),
+        };
+        match checked {
+            Ok((cert, id)) => {
                 self.certificates.entry(id.clone()).or_insert(cert);
                 HostTls::Certificate(id)
             }
@@ -687,7 +724,7 @@ impl<'a> Translator<'a> {
 
     // === Output ===
 
-    fn finish(self) -> Translation {
+    fn finish(self) -> (Translation, Option<CertificateMemo>) {
         let mut hosts = Vec::with_capacity(self.routes.len());
         for (host, routes) in self.routes {
             let tenant = self
@@ -737,9 +774,8 @@ impl<'a> Translator<'a> {
             .collect();
         let pools = self
             .pools
-            .iter()
+            .into_iter()
             .filter(|(id, _)| used_pools.contains(id))
-            .map(|(id, p)| (id.clone(), p.clone()))
             .collect();
         let used_certs: BTreeSet<&CertId> = hosts
             .iter()
@@ -747,9 +783,8 @@ impl<'a> Translator<'a> {
             .collect();
         let certificates = self
             .certificates
-            .iter()
+            .into_iter()
             .filter(|(id, _)| used_certs.contains(id))
-            .map(|(id, c)| (id.clone(), c.clone()))
             .collect();
         let tenants = self
             .tenants
@@ -777,10 +812,11 @@ impl<'a> Translator<'a> {
             tenants,
         }
         .seal();
-        Translation {
+        let translation = Translation {
             config,
             statuses: self.statuses.into_values().collect(),
-        }
+        };
+        (translation, self.memo.map(|(_, next)| next))
     }
 }
 
@@ -794,8 +830,8 @@ fn tenant_ref(name: &str) -> ObjectRef {
 
 /// Objects oldest first; objects without a creationTimestamp (files) count
 /// as newest; ties go by namespace/name.
-fn by_age<T>(objects: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
-    let mut sorted: Vec<&T> = objects.iter().collect();
+fn by_age<T>(objects: &[Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
+    let mut sorted: Vec<&T> = objects.iter().map(|o| &**o).collect();
     let key = |o: &&T| -> (bool, Option<Time>, Option<String>, Option<String>) {
         let m = meta(o);
         (

@@ -4,13 +4,14 @@
 //! the chain and the certificate's dates are checked by the gateway, which
 //! parses each distinct certificate once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::model::Certificate;
+use crate::model::{CertId, Certificate};
 use crate::translate::backend::Unresolved;
 use crate::translate::status::Reason;
 
@@ -18,11 +19,33 @@ const TLS_TYPE: &str = "kubernetes.io/tls";
 
 /// Secrets by `namespace/name`.
 pub struct SecretIndex<'a> {
-    secrets: BTreeMap<(&'a str, &'a str), &'a Secret>,
+    secrets: BTreeMap<(&'a str, &'a str), &'a Arc<Secret>>,
+}
+
+/// The outcome of checking a TLS Secret, remembered between translations
+/// for as long as the same (shared, unchanged) Secret object comes back, as
+/// it does from the manifest cache: a reload that changed one file checks
+/// one file's Secrets, not all of them. Holds no key material: a remembered
+/// good Secret's PEM is copied out of the Secret again.
+#[derive(Debug, Default)]
+pub struct CertificateMemo {
+    /// By the Secret's address; the `Arc` held here keeps the address from
+    /// being reused by another object.
+    checked: HashMap<usize, (Arc<Secret>, Result<CertId, Unresolved>)>,
+}
+
+impl CertificateMemo {
+    pub fn len(&self) -> usize {
+        self.checked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checked.is_empty()
+    }
 }
 
 impl<'a> SecretIndex<'a> {
-    pub fn new(secrets: &'a [Secret]) -> Self {
+    pub fn new(secrets: &'a [Arc<Secret>]) -> Self {
         let mut by_name = BTreeMap::new();
         for s in secrets {
             if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
@@ -30,6 +53,54 @@ impl<'a> SecretIndex<'a> {
             }
         }
         SecretIndex { secrets: by_name }
+    }
+
+    /// Like [`SecretIndex::certificate`], with the certificate's id, reusing
+    /// `previous` checks and recording this one in `next`.
+    pub fn certificate_memo(
+        &self,
+        namespace: &str,
+        name: &str,
+        previous: &mut CertificateMemo,
+        next: &mut CertificateMemo,
+    ) -> Result<(Certificate, CertId), Unresolved> {
+        let check = || {
+            self.certificate(namespace, name).map(|c| {
+                let id = c.id();
+                (c, id)
+            })
+        };
+        let Some(secret) = self.secrets.get(&(namespace, name)) else {
+            return check();
+        };
+        let addr = Arc::as_ptr(secret) as usize;
+        let remembered = previous
+            .checked
+            .remove(&addr)
+            .or_else(|| next.checked.remove(&addr))
+            .filter(|(s, _)| Arc::ptr_eq(s, secret));
+        let checked = match remembered {
+            Some((_, Ok(id))) => {
+                let data = secret.data.as_ref();
+                let field = |key: &str| {
+                    data.and_then(|d| d.get(key))
+                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                };
+                match (field("tls.crt"), field("tls.key")) {
+                    (Some(cert_pem), Some(key_pem)) => Ok((Certificate { cert_pem, key_pem }, id)),
+                    // Cannot happen for a Secret that passed; check again.
+                    _ => check(),
+                }
+            }
+            Some((_, Err(u))) => Err(u),
+            None => check(),
+        };
+        let verdict = checked
+            .as_ref()
+            .map(|(_, id)| id.clone())
+            .map_err(Clone::clone);
+        next.checked.insert(addr, (Arc::clone(secret), verdict));
+        checked
     }
 
     /// The certificate in Secret `namespace/name`, or why there is none. The

@@ -1,26 +1,55 @@
 //! `--config FILE`: a compiled GatewayConfig (YAML or JSON), watched.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
 use vestibule_config::GatewayConfig;
 
-use super::watch::{parent_dir, reload_on_change};
+use super::watch::{parent_dir, reload_on_change, Edge};
 use super::{ConfigSource, SourceError, SourceEvent};
 
 pub struct FileSource {
     path: PathBuf,
+    /// Identity (device, inode) of the file last loaded.
+    loaded_id: Mutex<Option<(u64, u64)>>,
 }
 
 impl FileSource {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileSource { path: path.into() }
+        FileSource {
+            path: path.into(),
+            loaded_id: Mutex::new(None),
+        }
     }
 
-    fn load(&self) -> Result<GatewayConfig, SourceError> {
-        load_file(&self.path)
+    /// On the leading edge of a burst, only a file renamed into place is
+    /// known to be complete; one rewritten in place waits for the burst to end.
+    fn load(&self, edge: Edge) -> Result<GatewayConfig, SourceError> {
+        let id = file_id(&self.path);
+        let mut loaded_id = self.loaded_id.lock().unwrap_or_else(|p| p.into_inner());
+        if edge == Edge::Leading && (id.is_none() || id == *loaded_id) {
+            return Err(SourceError(format!(
+                "{}: rewritten in place; waiting for writes to stop",
+                self.path.display()
+            )));
+        }
+        let config = load_file(&self.path)?;
+        *loaded_id = id;
+        Ok(config)
     }
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 pub fn load_file(path: &Path) -> Result<GatewayConfig, SourceError> {
@@ -45,7 +74,7 @@ impl ConfigSource for FileSource {
     }
 
     fn initial(&self) -> Result<Option<GatewayConfig>, SourceError> {
-        self.load().map(Some)
+        self.load(Edge::Trailing).map(Some)
     }
 
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
@@ -59,6 +88,6 @@ impl ConfigSource for FileSource {
             return;
         };
         let relevant = move |p: &Path| p.file_name() == Some(name.as_os_str());
-        reload_on_change(&dir, false, relevant, || self.load(), events).await;
+        reload_on_change(&dir, false, relevant, |edge| self.load(edge), events).await;
     }
 }

@@ -1,17 +1,24 @@
 //! `--manifests DIR`: Kubernetes YAML translated in process, watched.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc::UnboundedSender;
-use vestibule_config::{load_paths, translate, GatewayConfig, Options};
+use vestibule_config::manifests::ManifestCache;
+use vestibule_config::{translate_with, CertificateMemo, GatewayConfig, Options};
 
-use super::watch::reload_on_change;
+use super::watch::{reload_on_change, Edge};
 use super::{ConfigSource, SourceError, SourceEvent};
 
 pub struct ManifestsSource {
     dir: PathBuf,
     options: Options,
+    /// Parsed files from the last load: a change re-parses only what changed.
+    cache: Mutex<ManifestCache>,
+    /// TLS Secret checks from the last translation, for the Secrets the
+    /// cache hands back unchanged.
+    certificates: Mutex<CertificateMemo>,
 }
 
 /// The embedded controller's options: our controller name, no strict tenancy.
@@ -24,20 +31,41 @@ impl ManifestsSource {
         ManifestsSource {
             dir: dir.into(),
             options: default_options(),
+            cache: Mutex::new(ManifestCache::new()),
+            certificates: Mutex::new(CertificateMemo::default()),
         }
     }
 
     /// Loads and translates the directory. A document that does not parse
     /// fails the whole load, so a half-written file never drops its routes
     /// from the live config; translation problems are statuses, not errors.
-    fn load(&self) -> Result<GatewayConfig, SourceError> {
+    /// On the leading edge of a burst, a file rewritten in place (rather
+    /// than renamed into place) may be half-written even if it parses, so
+    /// the load waits for the burst to end.
+    fn load(&self, edge: Edge) -> Result<GatewayConfig, SourceError> {
         if !self.dir.is_dir() {
             return Err(SourceError(format!(
                 "{}: not a directory",
                 self.dir.display()
             )));
         }
-        let loaded = load_paths(std::slice::from_ref(&self.dir));
+        let loaded = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let loaded = cache.load(std::slice::from_ref(&self.dir));
+            if edge == Edge::Leading {
+                if let Some(file) = cache.rewritten_in_place().first() {
+                    return Err(SourceError(format!(
+                        "{}: rewritten in place; waiting for writes to stop",
+                        file.display()
+                    )));
+                }
+                // A file created but not written yet: nothing to translate.
+                if !cache.changed() {
+                    return Err(SourceError("no change yet".to_string()));
+                }
+            }
+            loaded
+        };
         if !loaded.errors.is_empty() {
             let msgs: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
             return Err(SourceError(msgs.join("; ")));
@@ -46,8 +74,9 @@ impl ManifestsSource {
         // take the watcher (and with it every later change) down.
         let options = &self.options;
         let snapshot = &loaded.snapshot;
+        let mut memo = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
         let translation = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            translate(snapshot, options)
+            translate_with(snapshot, options, &mut memo)
         }))
         .map_err(|_| SourceError("translator panicked; see the log".to_string()))?;
         for status in &translation.statuses {
@@ -64,12 +93,12 @@ impl ConfigSource for ManifestsSource {
     }
 
     fn initial(&self) -> Result<Option<GatewayConfig>, SourceError> {
-        self.load().map(Some)
+        self.load(Edge::Trailing).map(Some)
     }
 
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
         let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
         let relevant = |p: &Path| vestibule_config::manifests::is_manifest_file(p) || p.is_dir();
-        reload_on_change(&dir, true, relevant, || self.load(), events).await;
+        reload_on_change(&dir, true, relevant, |edge| self.load(edge), events).await;
     }
 }

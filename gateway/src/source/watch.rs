@@ -3,6 +3,9 @@
 //! Editors and `kubectl cp`-style tools write a file in several steps (write,
 //! rename, chmod); the debounce waits for a short quiet period so one edit is
 //! one reload, with an upper bound so a steady stream of writes still reloads.
+//! The first event after an idle period loads at once (a file renamed into
+//! place is complete); a load there that fails or sees a file still being
+//! written is retried after the quiet period instead of being reported.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,13 +59,9 @@ pub fn watch_dir(
     Ok((watcher, rx))
 }
 
-/// Waits for the next burst of events and its quiet period. Returns `false`
+/// Waits until no event came for [`QUIET`], or `deadline`. Returns `false`
 /// when the watcher is gone.
-pub async fn next_burst(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
-    if rx.recv().await.is_none() {
-        return false;
-    }
-    let deadline = Instant::now() + MAX_DELAY;
+async fn quiet_until(rx: &mut mpsc::UnboundedReceiver<()>, deadline: Instant) -> bool {
     loop {
         let quiet_end = (Instant::now() + QUIET).min(deadline);
         match timeout_at(quiet_end, rx.recv()).await {
@@ -82,13 +81,28 @@ pub fn parent_dir(file: &Path) -> PathBuf {
     }
 }
 
-/// The loop of a file-backed source: watch `dir`, and after each debounced
-/// burst of relevant events send what `load` makes of the files now.
+/// When a load runs, relative to the burst of events that asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edge {
+    /// At the first event of a burst, with writes possibly still under way.
+    /// An `Err` here is not reported: the load is retried once the burst is
+    /// over. A source also returns `Err` when it sees a file being rewritten
+    /// in place, which could parse while half-written.
+    Leading,
+    /// After the quiet period that ends a burst: the result stands.
+    Trailing,
+}
+
+/// The loop of a file-backed source: watch `dir`, and send what `load` makes
+/// of the files. An event after an idle period loads at once (leading edge:
+/// a file renamed into place goes live without waiting); events during a
+/// burst are coalesced into one load after its quiet period (trailing edge),
+/// which is also where a failed leading load is retried and reported.
 pub async fn reload_on_change(
     dir: &Path,
     recursive: bool,
     relevant: impl Fn(&Path) -> bool + Send + 'static,
-    load: impl Fn() -> Result<GatewayConfig, SourceError>,
+    load: impl Fn(Edge) -> Result<GatewayConfig, SourceError>,
     events: mpsc::UnboundedSender<SourceEvent>,
 ) {
     let (_watcher, mut rx) = match watch_dir(dir, recursive, relevant) {
@@ -101,11 +115,44 @@ pub async fn reload_on_change(
             return;
         }
     };
-    while next_burst(&mut rx).await {
-        let event = match load() {
+    // When the last load finished; `None` before the first.
+    let mut last_load: Option<Instant> = None;
+    loop {
+        if rx.recv().await.is_none() {
+            return;
+        }
+        let first = Instant::now();
+        let idle = last_load.is_none_or(|t| first.duration_since(t) >= QUIET);
+        if idle {
+            // Events already queued belong to what this load will see.
+            while rx.try_recv().is_ok() {}
+            let leading = load(Edge::Leading);
+            last_load = Some(Instant::now());
+            match leading {
+                Ok(config) => {
+                    if events.send(SourceEvent::Config(Arc::new(config))).is_err() {
+                        return;
+                    }
+                    // Done unless the burst goes on.
+                    match timeout_at(Instant::now() + QUIET, rx.recv()).await {
+                        Err(_) => continue,
+                        Ok(None) => return,
+                        Ok(Some(())) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e.0, "files still changing; retrying after the quiet period")
+                }
+            }
+        }
+        if !quiet_until(&mut rx, first + MAX_DELAY).await {
+            return;
+        }
+        let event = match load(Edge::Trailing) {
             Ok(config) => SourceEvent::Config(Arc::new(config)),
             Err(e) => SourceEvent::Error(e.0),
         };
+        last_load = Some(Instant::now());
         if events.send(event).is_err() {
             return;
         }
