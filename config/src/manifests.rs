@@ -181,13 +181,26 @@ impl FileKey {
         }
     }
 
+    /// Was the file written or its inode changed within [`RACY_WINDOW`]?
+    /// The change time counts too: a writer may set an old mtime back
+    /// (`rsync -t --inplace`, `touch -r`), but it can't set the ctime.
     fn is_recent(&self) -> bool {
-        match self.modified {
-            Some(m) => SystemTime::now()
-                .duration_since(m)
-                .map_or(true, |age| age < RACY_WINDOW),
-            None => true,
+        let recent = |t: SystemTime| {
+            SystemTime::now()
+                .duration_since(t)
+                .map_or(true, |age| age < RACY_WINDOW)
+        };
+        #[cfg(unix)]
+        {
+            let (secs, nanos) = self.changed;
+            let ctime = u64::try_from(secs).ok().map(|s| {
+                SystemTime::UNIX_EPOCH + Duration::new(s, nanos.clamp(0, 999_999_999) as u32)
+            });
+            if ctime.is_none_or(recent) {
+                return true;
+            }
         }
+        self.modified.is_none_or(recent)
     }
 }
 

@@ -112,20 +112,31 @@ fn settle(runtime: Arc<Runtime>) {
 fn settle_loop(rx: std::sync::mpsc::Receiver<Arc<Runtime>>) {
     const PURGE_DELAY: Duration = Duration::from_millis(1100);
     let mut purge_due: Option<Instant> = None;
+    // A runtime that arrived while an older one was being warmed up.
+    let mut newer: Option<Arc<Runtime>> = None;
     loop {
-        let next = match purge_due {
-            Some(due) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
-            None => rx
+        let next = match (newer.take(), purge_due) {
+            (Some(runtime), _) => Ok(runtime),
+            (None, Some(due)) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            (None, None) => rx
                 .recv()
                 .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
         };
         match next {
             Ok(mut runtime) => {
                 // Only the newest runtime matters.
-                while let Ok(newer) = rx.try_recv() {
-                    runtime = newer;
+                while let Ok(latest) = rx.try_recv() {
+                    runtime = latest;
                 }
-                crate::tls::warm_up(&runtime);
+                // Stop as soon as a newer one comes: holding this one would
+                // keep a whole superseded config in memory.
+                crate::tls::warm_up(&runtime, || match rx.try_recv() {
+                    Ok(latest) => {
+                        newer = Some(latest);
+                        false
+                    }
+                    Err(_) => true,
+                });
                 drop(runtime);
                 purge_due = Some(Instant::now() + PURGE_DELAY);
             }

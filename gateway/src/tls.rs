@@ -190,13 +190,19 @@ fn build_key(
 /// Builds every signing key `runtime` may serve that no handshake built
 /// yet, a batch at a time, so the listeners keep the CPU. Run off the
 /// request path (see [`crate::control`]).
-pub fn warm_up(runtime: &crate::runtime::Runtime) {
+/// Stops early, returning `false`, as soon as `go_on` (asked between
+/// batches) says so: a newer runtime makes this one's keys moot.
+pub fn warm_up(runtime: &crate::runtime::Runtime, mut go_on: impl FnMut() -> bool) -> bool {
     for (i, (_, cert)) in runtime.certs.used.iter().enumerate() {
         let _ = cert.key();
         if i % 64 == 63 {
             std::thread::sleep(std::time::Duration::from_millis(1));
+            if !go_on() {
+                return false;
+            }
         }
     }
+    true
 }
 
 // === impl CertCache ===

@@ -154,3 +154,51 @@ async fn a_half_written_file_is_not_a_config_error() {
     let config = gw.admin_get("/config").await.body;
     assert!(!config.contains("half-0.yaml"), "{config}");
 }
+
+/// A new file written in two steps whose first part parses on its own (a
+/// whole document, the next one missing) never goes live half-written: a
+/// file created or written in place waits for the quiet period, and only
+/// the complete file is swapped in.
+#[tokio::test]
+async fn a_new_file_goes_live_only_when_complete() {
+    let up = Upstream::start_on("whole", "127.0.0.2:0").await;
+    let dir = TempDir::new("manifests-whole");
+    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 200);
+    let swaps = || async {
+        let body = gw.admin_get("/config").await.body;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["swaps"].as_u64().unwrap()
+    };
+    let before = swaps().await;
+
+    let ingress = |name: &str, host: &str| {
+        CLASS_AND_INGRESS
+            .split("---")
+            .nth(1)
+            .unwrap()
+            .replace("name: app, namespace", &format!("name: {name}, namespace"))
+            .replace("app.test", host)
+    };
+    let first = ingress("one", "one.test");
+    let whole = format!("{first}\n---\n{}", ingress("two", "two.test"));
+    let file = dir.0.join("pair.yaml");
+    std::fs::write(&file, &first).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    std::fs::write(&file, &whole).unwrap();
+    eventually(Duration::from_secs(2), || {
+        let mut c = gw.client();
+        async move { c.get("two.test", "/").await.is_ok_and(|r| r.status == 200) }
+    })
+    .await
+    .expect("completed file not live");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        swaps().await,
+        before + 1,
+        "the half-written file was swapped in before the complete one"
+    );
+    assert_eq!(gw.client().get("one.test", "/").await.unwrap().status, 200);
+}

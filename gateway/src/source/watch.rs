@@ -3,9 +3,11 @@
 //! Editors and `kubectl cp`-style tools write a file in several steps (write,
 //! rename, chmod); the debounce waits for a short quiet period so one edit is
 //! one reload, with an upper bound so a steady stream of writes still reloads.
-//! The first event after an idle period loads at once (a file renamed into
-//! place is complete); a load there that fails or sees a file still being
-//! written is retried after the quiet period instead of being reported.
+//! The first event after an idle period loads at once when it renamed a file
+//! into place or removed one (the file is complete); a file created or
+//! written in place waits for the quiet period. A load at the first event
+//! that fails or sees a file still being written is retried after the quiet
+//! period instead of being reported.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,13 +27,26 @@ pub const QUIET: Duration = Duration::from_millis(30);
 /// A burst never delays a reload longer than this.
 pub const MAX_DELAY: Duration = Duration::from_millis(300);
 
-/// Watches `dir` and yields once per debounced burst of events accepted by
-/// `relevant`. Keep the returned watcher alive while receiving.
+/// Whether an event leaves its file complete: a file renamed into place or
+/// removed. A created or modified file may still be being written, however
+/// new its inode (`cp`, `kubectl ... > file`, an editor writing in place).
+fn completes_a_file(kind: &EventKind) -> bool {
+    use notify::event::{ModifyKind, RenameMode};
+    matches!(
+        kind,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Remove(_)
+    )
+}
+
+/// Watches `dir` and sends one message per event accepted by `relevant`:
+/// `true` when the event leaves its file complete (see
+/// [`completes_a_file`]). Keep the returned watcher alive while receiving.
 pub fn watch_dir(
     dir: &Path,
     recursive: bool,
     relevant: impl Fn(&Path) -> bool + Send + 'static,
-) -> notify::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+) -> notify::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<bool>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         match res {
@@ -41,12 +56,12 @@ pub fn watch_dir(
                     return;
                 }
                 if ev.paths.iter().any(|p| relevant(p)) {
-                    let _ = tx.send(());
+                    let _ = tx.send(completes_a_file(&ev.kind));
                 }
             }
-            // Overflow and friends: reload to be safe.
+            // Overflow and friends: reload to be safe, after the quiet period.
             Err(_) => {
-                let _ = tx.send(());
+                let _ = tx.send(false);
             }
         }
     })?;
@@ -61,11 +76,11 @@ pub fn watch_dir(
 
 /// Waits until no event came for [`QUIET`], or `deadline`. Returns `false`
 /// when the watcher is gone.
-async fn quiet_until(rx: &mut mpsc::UnboundedReceiver<()>, deadline: Instant) -> bool {
+async fn quiet_until(rx: &mut mpsc::UnboundedReceiver<bool>, deadline: Instant) -> bool {
     loop {
         let quiet_end = (Instant::now() + QUIET).min(deadline);
         match timeout_at(quiet_end, rx.recv()).await {
-            Ok(Some(())) if Instant::now() < deadline => continue,
+            Ok(Some(_)) if Instant::now() < deadline => continue,
             Ok(None) => return false,
             _ => return true,
         }
@@ -118,14 +133,19 @@ pub async fn reload_on_change(
     // When the last load finished; `None` before the first.
     let mut last_load: Option<Instant> = None;
     loop {
-        if rx.recv().await.is_none() {
+        let Some(mut complete) = rx.recv().await else {
             return;
-        }
+        };
         let first = Instant::now();
         let idle = last_load.is_none_or(|t| first.duration_since(t) >= QUIET);
-        if idle {
-            // Events already queued belong to what this load will see.
-            while rx.try_recv().is_ok() {}
+        // Events already queued belong to what a load now would see.
+        while let Ok(c) = rx.try_recv() {
+            complete &= c;
+        }
+        // The leading load runs only when every event so far left its file
+        // complete (renamed into place, or removed); anything else may be a
+        // file still being written, which could parse while half-written.
+        if idle && complete {
             let leading = load(Edge::Leading);
             last_load = Some(Instant::now());
             match leading {
@@ -137,7 +157,7 @@ pub async fn reload_on_change(
                     match timeout_at(Instant::now() + QUIET, rx.recv()).await {
                         Err(_) => continue,
                         Ok(None) => return,
-                        Ok(Some(())) => {}
+                        Ok(Some(_)) => {}
                     }
                 }
                 Err(e) => {
