@@ -42,16 +42,27 @@ impl Snapshot {
             && self.tenants.is_empty()
     }
 
+    /// Moves `other`'s objects to the end of `self`.
+    pub fn append(&mut self, other: Snapshot) {
+        let Snapshot {
+            ingress_classes,
+            ingresses,
+            services,
+            endpoint_slices,
+            secrets,
+            tenants,
+        } = other;
+        self.ingress_classes.extend(ingress_classes);
+        self.ingresses.extend(ingresses);
+        self.services.extend(services);
+        self.endpoint_slices.extend(endpoint_slices);
+        self.secrets.extend(secrets);
+        self.tenants.extend(tenants);
+    }
+
     /// Appends `other`'s objects (shared, not copied).
     pub fn extend_from(&mut self, other: &Snapshot) {
-        self.ingress_classes
-            .extend(other.ingress_classes.iter().cloned());
-        self.ingresses.extend(other.ingresses.iter().cloned());
-        self.services.extend(other.services.iter().cloned());
-        self.endpoint_slices
-            .extend(other.endpoint_slices.iter().cloned());
-        self.secrets.extend(other.secrets.iter().cloned());
-        self.tenants.extend(other.tenants.iter().cloned());
+        self.append(other.clone());
     }
 }
 
@@ -72,13 +83,7 @@ impl Loaded {
             skipped,
             errors,
         } = other;
-        let s = &mut self.snapshot;
-        s.ingress_classes.extend(snapshot.ingress_classes);
-        s.ingresses.extend(snapshot.ingresses);
-        s.services.extend(snapshot.services);
-        s.endpoint_slices.extend(snapshot.endpoint_slices);
-        s.secrets.extend(snapshot.secrets);
-        s.tenants.extend(snapshot.tenants);
+        self.snapshot.append(snapshot);
         self.skipped.extend(skipped);
         self.errors.extend(errors);
     }

@@ -23,9 +23,8 @@ use crate::upstream::Endpoint;
 
 // Header names as `&'static str` in their wire case: Pingora keeps the case
 // of each name it inserts, and a `HeaderName` argument would cost one more
-// copy per header and request.
-static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
-const X_TENANT_ID_CASED: &str = "X-Tenant-Id";
+// copy per header and request. Removal matches any case.
+const X_TENANT_ID: &str = "X-Tenant-Id";
 const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
 const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
@@ -237,9 +236,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         // Always drop the client's value: only the gateway names tenants.
-        upstream.remove_header(&X_TENANT_ID);
+        upstream.remove_header(X_TENANT_ID);
         if let Some(tenant) = &ctx.tenant_header {
-            upstream.insert_header(X_TENANT_ID_CASED, tenant.clone())?;
+            upstream.insert_header(X_TENANT_ID, tenant.clone())?;
         }
         // The edge is the first trusted hop: client-sent forwarding headers
         // are replaced, not extended.

@@ -130,13 +130,6 @@ impl ParsedCert {
         })
     }
 
-    /// Parses and builds the key at once (the default certificate, tests).
-    pub fn parse_now(cert_pem: &[u8], key_pem: &[u8]) -> Result<ParsedCert, CertProblem> {
-        let parsed = Self::parse(cert_pem, key_pem)?;
-        parsed.key()?;
-        Ok(parsed)
-    }
-
     /// The signing key for handshakes (RSA, ECDSA P-256/P-384, Ed25519),
     /// built on first use and checked against the leaf.
     pub fn key(&self) -> Result<&Arc<CertifiedKey>, CertProblem> {
@@ -189,20 +182,19 @@ fn build_key(
 
 /// Builds every signing key `runtime` may serve that no handshake built
 /// yet, a batch at a time, so the listeners keep the CPU. Run off the
-/// request path (see [`crate::control`]).
-/// Stops early, returning `false`, as soon as `go_on` (asked between
-/// batches) says so: a newer runtime makes this one's keys moot.
-pub fn warm_up(runtime: &crate::runtime::Runtime, mut go_on: impl FnMut() -> bool) -> bool {
+/// request path (see [`crate::control`]). Stops early as soon as `go_on`
+/// (asked between batches) says so: a newer runtime makes this one's keys
+/// moot.
+pub fn warm_up(runtime: &crate::runtime::Runtime, mut go_on: impl FnMut() -> bool) {
     for (i, (_, cert)) in runtime.certs.used.iter().enumerate() {
         let _ = cert.key();
         if i % 64 == 63 {
             std::thread::sleep(std::time::Duration::from_millis(1));
             if !go_on() {
-                return false;
+                return;
             }
         }
     }
-    true
 }
 
 // === impl CertCache ===
@@ -325,20 +317,19 @@ fn parse_all(items: &[(&CertId, &Certificate, u64)]) -> Vec<Result<Arc<ParsedCer
 /// file and the reason, never the content.
 pub fn load_default_cert(cache: &CertCache, cert: &Path, key: &Path) -> Result<(), String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let parsed = ParsedCert::parse_now(&read(cert)?, &read(key)?).map_err(|problem| {
+    let unusable = |problem: CertProblem| {
         format!(
             "default certificate {} / {} is unusable: {problem}",
             cert.display(),
             key.display()
         )
-    })?;
+    };
+    let parsed = ParsedCert::parse(&read(cert)?, &read(key)?).map_err(unusable)?;
+    let signing = parsed.key().map_err(unusable)?.clone();
     parsed
         .check_dates(crate::runtime::unix_now() as i64)
         .map_err(|problem| format!("default certificate {}: {problem}", cert.display()))?;
-    let key = parsed
-        .key()
-        .map_err(|p| format!("default certificate: {p}"))?;
-    cache.set_default(key.clone());
+    cache.set_default(signing);
     Ok(())
 }
 
@@ -496,6 +487,18 @@ pub fn same_cert(a: Option<&Arc<CertifiedKey>>, b: Option<&Arc<CertifiedKey>>) -
     }
 }
 
+/// The certificate a handshake for server name `sni` gets from the live
+/// runtime: its host's (see [`CertStore::select`]), else the default one.
+fn certificate_for(shared: &Shared, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    let mut buf = HostBuf::new();
+    let name = sni.and_then(|n| normalize_host(n.as_bytes(), &mut buf));
+    let runtime = shared.runtime.load();
+    runtime
+        .certs
+        .select(name, shared.cert_cache.default_cert())
+        .cloned()
+}
+
 // === impl CertResolver ===
 
 /// The listener's certificate resolver over the live runtime.
@@ -517,15 +520,7 @@ impl std::fmt::Debug for CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let runtime = self.shared.runtime.load();
-        let mut buf = HostBuf::new();
-        let sni = hello
-            .server_name()
-            .and_then(|n| normalize_host(n.as_bytes(), &mut buf));
-        let cert = runtime
-            .certs
-            .select(sni, self.shared.cert_cache.default_cert())
-            .cloned();
+        let cert = certificate_for(&self.shared, hello.server_name());
         if cert.is_none() {
             // Only reached without SNI (a name without certificate was
             // refused by [`HelloGate`]); rustls answers `None` with a fatal
@@ -637,19 +632,6 @@ async fn read_hello(stream: &mut L4Stream) -> (Vec<u8>, Hello) {
     }
 }
 
-impl HelloGate {
-    /// Whether the handshake would find a certificate for `name`.
-    fn has_certificate(&self, name: &str) -> bool {
-        let mut buf = HostBuf::new();
-        let name = normalize_host(name.as_bytes(), &mut buf);
-        let runtime = self.shared.runtime.load();
-        runtime
-            .certs
-            .select(name, self.shared.cert_cache.default_cert())
-            .is_some()
-    }
-}
-
 #[async_trait]
 impl PreTlsProcess for HelloGate {
     async fn process(&self, stream: &mut L4Stream) -> pingora_core::Result<()> {
@@ -663,7 +645,7 @@ impl PreTlsProcess for HelloGate {
             ));
         };
         if let Hello::Parsed(Some(name)) = &hello {
-            if !self.has_certificate(name) {
+            if certificate_for(&self.shared, Some(name)).is_none() {
                 self.shared.metrics.tls.no_certificate.inc();
                 // Best effort: the connection is dropped either way.
                 let _ = stream.write_all(&UNRECOGNIZED_NAME).await;
@@ -851,6 +833,13 @@ mod tests {
         }
     }
 
+    /// Reads the PEMs and builds the key at once.
+    fn parse_now(cert_pem: &[u8], key_pem: &[u8]) -> Result<ParsedCert, CertProblem> {
+        let parsed = ParsedCert::parse(cert_pem, key_pem)?;
+        parsed.key()?;
+        Ok(parsed)
+    }
+
     #[test]
     fn key_types_and_mismatch() {
         for alg in [
@@ -863,7 +852,7 @@ mod tests {
                 .unwrap()
                 .self_signed(&key)
                 .unwrap();
-            let parsed = ParsedCert::parse_now(c.pem().as_bytes(), key.serialize_pem().as_bytes());
+            let parsed = parse_now(c.pem().as_bytes(), key.serialize_pem().as_bytes());
             assert!(parsed.is_ok(), "{alg:?}");
         }
         let a = cert(&["a.test"]);
@@ -873,7 +862,7 @@ mod tests {
         assert_eq!(lazy.key_problem(), None);
         assert_eq!(lazy.key().unwrap_err(), CertProblem::KeyMismatch);
         assert_eq!(lazy.key_problem(), Some(CertProblem::KeyMismatch));
-        let mismatch = ParsedCert::parse_now(a.cert_pem.as_bytes(), b.key_pem.as_bytes());
+        let mismatch = parse_now(a.cert_pem.as_bytes(), b.key_pem.as_bytes());
         assert_eq!(mismatch.unwrap_err(), CertProblem::KeyMismatch);
         let garbage = ParsedCert::parse(b"nope", a.key_pem.as_bytes());
         assert_eq!(garbage.unwrap_err(), CertProblem::BadCertificate);

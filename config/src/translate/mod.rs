@@ -574,10 +574,7 @@ impl<'a> Translator<'a> {
             Some((previous, next)) => self
                 .secrets
                 .certificate_memo(namespace, name, previous, next),
-            None => self.secrets.certificate(namespace, name).map(|c| {
-                let id = c.id();
-                (c, id)
-            }),
+            None => self.secrets.certificate_with_id(namespace, name),
         };
         match checked {
             Ok((cert, id)) => {

@@ -64,12 +64,7 @@ impl<'a> SecretIndex<'a> {
         previous: &mut CertificateMemo,
         next: &mut CertificateMemo,
     ) -> Result<(Certificate, CertId), Unresolved> {
-        let check = || {
-            self.certificate(namespace, name).map(|c| {
-                let id = c.id();
-                (c, id)
-            })
-        };
+        let check = || self.certificate_with_id(namespace, name);
         let Some(secret) = self.secrets.get(&(namespace, name)) else {
             return check();
         };
@@ -101,6 +96,18 @@ impl<'a> SecretIndex<'a> {
             .map_err(Clone::clone);
         next.checked.insert(addr, (Arc::clone(secret), verdict));
         checked
+    }
+
+    /// [`SecretIndex::certificate`] with the certificate's id.
+    pub fn certificate_with_id(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Certificate, CertId), Unresolved> {
+        self.certificate(namespace, name).map(|c| {
+            let id = c.id();
+            (c, id)
+        })
     }
 
     /// The certificate in Secret `namespace/name`, or why there is none. The
