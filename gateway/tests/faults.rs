@@ -231,24 +231,17 @@ async fn config_source_garbage_or_gone_keeps_the_last_good_config() {
     let mut c = gw.client();
     assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
 
-    let errors_now = || async {
-        let m = gw.admin_get("/metrics").await.body;
-        m.lines()
-            .find(|l| l.starts_with("vestibule_config_errors_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     for garbage in [
         &b"{ this is not: [ yaml"[..],
         b"\x00\xff\xfe binary",
         b"hosts: [{host: 'x.test', routes: [{name: r, path: {prefix: /}, backend: {pool: missing}}]}]",
         b"",
     ] {
-        let seen = errors_now().await;
+        let seen = gw.config_errors().await;
         std::fs::write(dir.0.join("tmp"), garbage).unwrap();
         std::fs::rename(dir.0.join("tmp"), &file).unwrap();
         let errors = common::eventually(Duration::from_secs(3), || async {
-            errors_now().await > seen
+            gw.config_errors().await > seen
         })
         .await;
         assert!(errors.is_some(), "garbage not noticed: {:?}", String::from_utf8_lossy(garbage));

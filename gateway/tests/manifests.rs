@@ -32,6 +32,28 @@ metadata: {name: app, namespace: prod}
 spec: {ports: [{name: web, port: 80, targetPort: http}]}
 "#;
 
+/// The `app` Ingress of [`CLASS_AND_INGRESS`], named `name`, for `host`.
+fn ingress(name: &str, host: &str) -> String {
+    CLASS_AND_INGRESS
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace("name: app, namespace", &format!("name: {name}, namespace"))
+        .replace("app.test", host)
+}
+
+/// The gateway on a directory of [`CLASS_AND_INGRESS`] and a slice of one
+/// upstream (`name`), once `app.test` answers.
+async fn app_gateway(name: &str) -> (Upstream, TempDir, Gateway) {
+    let up = Upstream::start_on(name, "127.0.0.2:0").await;
+    let dir = TempDir::new(&format!("manifests-{name}"));
+    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 200);
+    (up, dir, gw)
+}
+
 fn slice(port: u16) -> String {
     format!(
         r#"
@@ -75,13 +97,7 @@ async fn not_ready_endpoints_are_excluded_and_edits_go_live() {
     assert!(!seen.contains_key(&not_ready.name));
 
     // A new Ingress file is live within a second.
-    let other = CLASS_AND_INGRESS
-        .split("---")
-        .nth(1)
-        .unwrap()
-        .replace("name: app, namespace", "name: app2, namespace")
-        .replace("app.test", "new.test");
-    std::fs::write(dir.0.join("new.yaml"), other).unwrap();
+    std::fs::write(dir.0.join("new.yaml"), ingress("app2", "new.test")).unwrap();
     eventually(Duration::from_secs(1), || {
         let mut c = gw.client();
         async move {
@@ -110,31 +126,10 @@ async fn not_ready_endpoints_are_excluded_and_edits_go_live() {
 /// there is retried after the quiet period, not reported as a config error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_written_file_is_not_a_config_error() {
-    let up = Upstream::start_on("half", "127.0.0.2:0").await;
-    let dir = TempDir::new("manifests-half");
-    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
-    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
-    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 200);
-
-    let errors = || async {
-        let m = gw.admin_get("/metrics").await.body;
-        m.lines()
-            .find(|l| l.starts_with("vestibule_config_errors_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let (_up, dir, gw) = app_gateway("half").await;
     for round in 0..3 {
         let host = format!("half{round}.test");
-        let full = CLASS_AND_INGRESS
-            .split("---")
-            .nth(1)
-            .unwrap()
-            .replace(
-                "name: app, namespace",
-                &format!("name: half{round}, namespace"),
-            )
-            .replace("app.test", &host);
+        let full = ingress(&format!("half{round}"), &host);
         let file = dir.0.join(format!("half-{round}.yaml"));
         // Cut inside a flow mapping: not valid YAML until completed.
         let cut = full.find("namespace: prod").unwrap();
@@ -149,7 +144,11 @@ async fn a_half_written_file_is_not_a_config_error() {
         .await
         .expect("completed file not live");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(errors().await, 0.0, "a half-written file was reported");
+        assert_eq!(
+            gw.config_errors().await,
+            0.0,
+            "a half-written file was reported"
+        );
     }
     let config = gw.admin_get("/config").await.body;
     assert!(!config.contains("half-0.yaml"), "{config}");
@@ -161,12 +160,7 @@ async fn a_half_written_file_is_not_a_config_error() {
 /// the complete file is swapped in.
 #[tokio::test]
 async fn a_new_file_goes_live_only_when_complete() {
-    let up = Upstream::start_on("whole", "127.0.0.2:0").await;
-    let dir = TempDir::new("manifests-whole");
-    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
-    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
-    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 200);
+    let (_up, dir, gw) = app_gateway("whole").await;
     let swaps = || async {
         let body = gw.admin_get("/config").await.body;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -174,14 +168,6 @@ async fn a_new_file_goes_live_only_when_complete() {
     };
     let before = swaps().await;
 
-    let ingress = |name: &str, host: &str| {
-        CLASS_AND_INGRESS
-            .split("---")
-            .nth(1)
-            .unwrap()
-            .replace("name: app, namespace", &format!("name: {name}, namespace"))
-            .replace("app.test", host)
-    };
     let first = ingress("one", "one.test");
     let whole = format!("{first}\n---\n{}", ingress("two", "two.test"));
     let file = dir.0.join("pair.yaml");

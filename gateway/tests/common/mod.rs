@@ -471,6 +471,15 @@ impl Gateway {
         Client::new(self.admin).get("admin", path).await.unwrap()
     }
 
+    /// `vestibule_config_errors_total` (0 before the first error).
+    pub async fn config_errors(&self) -> f64 {
+        let m = self.admin_get("/metrics").await.body;
+        m.lines()
+            .find(|l| l.starts_with("vestibule_config_errors_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn sigterm(&self) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
