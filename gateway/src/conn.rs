@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::ConnectionFilter;
@@ -259,9 +261,15 @@ pub struct GuardedStream {
     inner: Stream,
     /// Set by the proxy through a shared reference to the stream.
     phase: AtomicU8,
-    /// The phase `deadline` was armed for.
+    /// The phase the deadline belongs to.
     armed: u8,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the armed phase ends the connection; `None` until a read first
+    /// waits in that phase (a request head that arrives in one read never
+    /// reads the clock or touches the timer).
+    deadline: Option<Instant>,
+    /// One timer per connection, moved to each new deadline: no allocation
+    /// or timer-wheel removal per request.
+    timer: Pin<Box<tokio::time::Sleep>>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
     metrics: GuardMetrics,
@@ -279,24 +287,39 @@ impl std::fmt::Debug for GuardedStream {
 impl GuardedStream {
     fn new(inner: Stream, guard: &ConnGuard) -> Self {
         let l = &guard.limits;
+        // A new connection's first head counts from the accept.
+        let deadline = Instant::now() + l.header_timeout;
         GuardedStream {
             inner,
             phase: AtomicU8::new(HEAD),
             armed: HEAD,
-            deadline: Some(Box::pin(tokio::time::sleep(l.header_timeout))),
+            deadline: Some(deadline),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             header_timeout: l.header_timeout,
             keepalive_timeout: l.keepalive_timeout,
             metrics: guard.metrics.clone(),
         }
     }
 
+    /// Starts `phase`; its deadline is set when a read first has to wait.
     fn arm(&mut self, phase: u8) {
         self.armed = phase;
-        self.deadline = match phase {
-            IDLE => Some(Box::pin(tokio::time::sleep(self.keepalive_timeout))),
-            HEAD => Some(Box::pin(tokio::time::sleep(self.header_timeout))),
-            _ => None,
+        self.deadline = None;
+    }
+
+    /// Whether the armed phase's deadline has passed (registering the
+    /// timer's wake-up when it has not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = match self.armed {
+            IDLE => self.keepalive_timeout,
+            HEAD => self.header_timeout,
+            _ => return false,
         };
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + limit);
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -341,14 +364,11 @@ impl AsyncRead for GuardedStream {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if !expired {
+                if !this.expired(cx) {
                     return Poll::Pending;
                 }
-                this.deadline = None;
+                // The connection ends here; no deadline after this one.
+                this.arm(REQUEST);
                 if phase == IDLE {
                     // A quiet keep-alive connection: end it like a client
                     // close (Pingora then drops the connection).

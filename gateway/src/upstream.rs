@@ -203,11 +203,18 @@ impl UpstreamPool {
     /// retried attempt just failed on).
     #[inline]
     pub fn select(&self, exclude: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
-        let backend = self.lb.select_with(b"", 256, |b, ready| {
+        let endpoints = self.endpoints.load();
+        // After its weighted first pick the balancer walks the endpoints in
+        // round-robin order, so a few passes over the set find any ready
+        // one. Its own bound (256 steps, each hashing the endpoint) would
+        // make every request to a pool that is down cost ~100 times a
+        // normal one: cheap load for a client aiming at it.
+        let steps = (4 * endpoints.len() + 4).min(256);
+        let backend = self.lb.select_with(b"", steps, |b, ready| {
             ready && exclude.is_none_or(|x| b.as_inet() != Some(&x))
         })?;
         let addr = *backend.as_inet()?;
-        self.endpoints.load().get(&addr).cloned()
+        endpoints.get(&addr).cloned()
     }
 
     /// Takes one of the pool's connection slots; `false` at the cap.
@@ -419,6 +426,27 @@ mod tests {
         p.release();
         assert!(p.try_acquire());
         assert_eq!(p.in_flight(), 2);
+    }
+
+    #[test]
+    fn the_one_ready_endpoint_is_found_and_a_down_pool_gives_none() {
+        let p = pool(&[3, 1, 1, 1, 1, 1, 1, 1]);
+        let eps: Vec<_> = p.endpoints.load().values().cloned().collect();
+        let ready = eps.iter().find(|e| e.addr.port() == 1005).unwrap();
+        for ep in eps.iter().filter(|e| e.addr != ready.addr) {
+            for _ in 0..3 {
+                p.record_failure(ep);
+            }
+        }
+        assert_eq!(p.health_counts(), (1, 8));
+        for _ in 0..500 {
+            assert_eq!(p.select(None).unwrap().addr, ready.addr);
+        }
+        assert!(p.select(Some(ready.addr)).is_none());
+        for _ in 0..3 {
+            p.record_failure(ready);
+        }
+        assert!(p.select(None).is_none());
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -26,6 +28,9 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// Connections that carried at least one request (not the health
+    /// checks' bare connects).
+    served: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -38,13 +43,15 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = watch::channel(false);
         let n = name.to_string();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
         tokio::spawn(async move {
             let mut stopped_accept = stopped.clone();
             loop {
                 tokio::select! {
                     conn = listener.accept() => {
                         let Ok((sock, _)) = conn else { continue };
-                        tokio::spawn(serve_conn(sock, n.clone(), stopped.clone()));
+                        tokio::spawn(serve_conn(sock, n.clone(), stopped.clone(), count.clone()));
                     }
                     _ = stopped_accept.changed() => return,
                 }
@@ -54,7 +61,13 @@ impl Upstream {
             name: name.to_string(),
             addr,
             stop,
+            served,
         }
+    }
+
+    /// Connections that have carried a request so far.
+    pub fn connections(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Closes the listener and every open connection, like a crashed process.
@@ -69,7 +82,13 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve_conn(sock: TcpStream, name: String, mut stopped: watch::Receiver<bool>) {
+async fn serve_conn(
+    sock: TcpStream,
+    name: String,
+    mut stopped: watch::Receiver<bool>,
+    served: Arc<AtomicUsize>,
+) {
+    let mut first = true;
     let mut reader = BufReader::new(sock);
     loop {
         let head = tokio::select! {
@@ -77,6 +96,9 @@ async fn serve_conn(sock: TcpStream, name: String, mut stopped: watch::Receiver<
             _ = stopped.changed() => return,
         };
         let Some((_, headers)) = head else { return };
+        if std::mem::take(&mut first) {
+            served.fetch_add(1, Ordering::Relaxed);
+        }
         let len: usize = headers
             .get("content-length")
             .and_then(|v| v.parse().ok())
