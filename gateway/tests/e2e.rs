@@ -156,15 +156,8 @@ async fn tally(c: &mut Client, host: &str, n: usize) -> HashMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_pooled_across_workers() {
     let up = Upstream::start("pooled").await;
-    let mut config = GatewayConfig::default();
-    config.pools.insert(PoolId::new("p"), pool(&[(&up, 1)]));
-    config.hosts = vec![vhost(
-        "pooled.test",
-        None,
-        vec![route("p", PathMatch::prefix("/"), "p")],
-    )];
     let dir = TempDir::new("pooled");
-    let (gw, _path) = start_with(&dir, &config).await;
+    let (gw, _path) = start_with(&dir, &one_host_config("pooled.test", up.addr)).await;
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let mut c = gw.client();
