@@ -268,7 +268,9 @@ pub struct GuardedStream {
     /// reads the clock or touches the timer).
     deadline: Option<Instant>,
     /// One timer per connection, moved to each new deadline: no allocation
-    /// or timer-wheel removal per request.
+    /// or timer-wheel removal per request. When a phase ends before its
+    /// deadline the timer stays set; its late wake-up only re-polls the
+    /// connection, which finds nothing due.
     timer: Pin<Box<tokio::time::Sleep>>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
