@@ -203,18 +203,19 @@ impl UpstreamPool {
     /// retried attempt just failed on).
     #[inline]
     pub fn select(&self, exclude: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
-        let endpoints = self.endpoints.load();
         // After its weighted first pick the balancer walks the endpoints in
         // round-robin order, so a few passes over the set find any ready
         // one. Its own bound (256 steps, each hashing the endpoint) made
         // each request to a pool that is down walk all 256: over a third of
         // the CPU of its 503, and cheap load for a client aiming at it.
-        let steps = (4 * endpoints.len() + 4).min(256);
+        let steps = (4 * self.endpoints.load().len() + 4).min(256);
         let backend = self.lb.select_with(b"", steps, |b, ready| {
             ready && exclude.is_none_or(|x| b.as_inet() != Some(&x))
         })?;
         let addr = *backend.as_inet()?;
-        endpoints.get(&addr).cloned()
+        // Loaded after the selection: `set_backends` publishes the map after
+        // the selector, so the address picked is in the map loaded now.
+        self.endpoints.load().get(&addr).cloned()
     }
 
     /// Takes one of the pool's connection slots; `false` at the cap.
