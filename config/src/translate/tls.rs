@@ -44,6 +44,11 @@ impl CertificateMemo {
     }
 }
 
+/// One field of a Secret's `data`.
+fn secret_field<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
+    secret.data.as_ref()?.get(key).map(|b| b.0.as_slice())
+}
+
 impl<'a> SecretIndex<'a> {
     pub fn new(secrets: &'a [Arc<Secret>]) -> Self {
         let mut by_name = BTreeMap::new();
@@ -76,10 +81,8 @@ impl<'a> SecretIndex<'a> {
             .filter(|(s, _)| Arc::ptr_eq(s, secret));
         let checked = match remembered {
             Some((_, Ok(id))) => {
-                let data = secret.data.as_ref();
-                let field = |key: &str| {
-                    data.and_then(|d| d.get(key))
-                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                let field = |key| {
+                    secret_field(secret, key).and_then(|b| String::from_utf8(b.to_vec()).ok())
                 };
                 match (field("tls.crt"), field("tls.key")) {
                     (Some(cert_pem), Some(key_pem)) => Ok((Certificate { cert_pem, key_pem }, id)),
@@ -129,10 +132,8 @@ impl<'a> SecretIndex<'a> {
                 return Err(invalid(&format!("type is {t:?}, want {TLS_TYPE:?}")));
             }
         }
-        let data = secret.data.as_ref();
-        let field = |key: &str| data.and_then(|d| d.get(key)).map(|b| b.0.as_slice());
-        let cert = field("tls.crt").ok_or_else(|| invalid("no tls.crt"))?;
-        let key = field("tls.key").ok_or_else(|| invalid("no tls.key"))?;
+        let cert = secret_field(secret, "tls.crt").ok_or_else(|| invalid("no tls.crt"))?;
+        let key = secret_field(secret, "tls.key").ok_or_else(|| invalid("no tls.key"))?;
         let cert_count = CertificateDer::pem_slice_iter(cert)
             .map(|c| c.map_err(|_| invalid("tls.crt is not valid PEM")))
             .collect::<Result<Vec<_>, _>>()?
