@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser, ValueEnum};
 
 use crate::conn::ClientLimits;
+use crate::edge::headers::Underscores;
 use crate::proxy::ProxySettings;
 use crate::upstream::UpstreamSettings;
 
@@ -87,6 +88,11 @@ pub struct Cli {
     /// Request line plus headers above this size get 431.
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
+    /// Pass request headers with `_` in their name to upstreams (dropped by
+    /// default, like nginx). Those that read as a tenant or forwarding
+    /// header once `_` is read as `-` are always dropped.
+    #[arg(long)]
+    pub allow_underscores_in_headers: bool,
     /// A request head (line and headers) must arrive completely within this,
     /// counted from the connection's accept or from the head's first byte;
     /// slower clients get 408 and are disconnected (slowloris).
@@ -156,6 +162,11 @@ impl Cli {
             max_header_bytes: self.max_header_bytes,
             access_log: !self.no_access_log,
             client_timeout: self.client_timeout.max(Duration::from_millis(10)),
+            underscores: if self.allow_underscores_in_headers {
+                Underscores::Allow
+            } else {
+                Underscores::Drop
+            },
         }
     }
 

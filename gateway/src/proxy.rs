@@ -1,7 +1,7 @@
 //! The `ProxyHttp` impl: each phase does one thing and delegates to the route
 //! table, the pools and the metrics. Per-request state lives in [`Ctx`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,19 +15,12 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn;
 use crate::edge;
+use crate::edge::headers::{self, Origin, Underscores};
 use crate::ratelimit::retry_after_secs;
-use crate::route::{normalize_host, HostBuf, Lookup};
+use crate::route::{normalize_host, BadHost, HostBuf, Lookup};
 use crate::runtime::{RouteTarget, Runtime, Shared};
 use crate::tls::{same_cert, TlsConn};
 use crate::upstream::Endpoint;
-
-// Header names as `&'static str` in their wire case: Pingora keeps the case
-// of each name it inserts, and a `HeaderName` argument would cost one more
-// copy per header and request. Removal matches any case.
-const X_TENANT_ID: &str = "X-Tenant-Id";
-const X_FORWARDED_FOR: &str = "X-Forwarded-For";
-const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
-const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
 
 /// Listener-level settings of the proxy.
 #[derive(Clone, Debug)]
@@ -43,6 +36,8 @@ pub struct ProxySettings {
     /// Longest pause while reading a request body or writing a response
     /// (Pingora's per-operation downstream timeouts).
     pub client_timeout: Duration,
+    /// Request headers with `_` in their name.
+    pub underscores: Underscores,
 }
 
 impl Default for ProxySettings {
@@ -53,6 +48,7 @@ impl Default for ProxySettings {
             max_header_bytes: 32 * 1024,
             access_log: true,
             client_timeout: Duration::from_secs(30),
+            underscores: Underscores::Drop,
         }
     }
 }
@@ -73,6 +69,8 @@ pub struct Ctx {
     start: Instant,
     target: Option<Arc<RouteTarget>>,
     tenant_header: Option<HeaderValue>,
+    /// The request's authority as sent (Host, or `:authority`), validated.
+    authority: Option<HeaderValue>,
     endpoint: Option<Arc<Endpoint>>,
     /// The endpoint of a failed connect, avoided by the retry.
     failed: Option<SocketAddr>,
@@ -117,40 +115,14 @@ fn tls_conn(session: &Session) -> Option<&TlsConn> {
         .get::<TlsConn>()
 }
 
-/// A client address as a header value. IPv4 is written by hand: `Display`
-/// goes through the formatter's padding logic, which costs several times
-/// as much per request.
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    let IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static(""));
-    };
-    let mut buf = [0u8; 15];
-    let mut n = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
-        }
-        if octet >= 100 {
-            buf[n] = b'0' + octet / 100;
-            n += 1;
-        }
-        if octet >= 10 {
-            buf[n] = b'0' + octet / 10 % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + octet % 10;
-        n += 1;
-    }
-    HeaderValue::from_bytes(&buf[..n]).unwrap_or(HeaderValue::from_static(""))
-}
-
-/// The request's host as sent: the Host header, else the URI authority.
-fn host_of(req: &RequestHeader) -> &[u8] {
+/// The request's authority: the URI's on HTTP/2 (`:authority`), else the
+/// Host header. [`edge::canonicalize`] turned an HTTP/1 absolute-form target
+/// into a Host header, and Pingora refused a Host that differs from the
+/// URI's authority.
+fn authority_of(req: &RequestHeader) -> Option<&[u8]> {
     match req.headers.get(HOST) {
-        Some(h) => h.as_bytes(),
-        // HTTP/2 and absolute-form requests carry the authority in the URI.
-        None => req.uri.host().map_or(&[][..], str::as_bytes),
+        Some(h) => Some(h.as_bytes()),
+        None => req.uri.authority().map(|a| a.as_str().as_bytes()),
     }
 }
 
@@ -168,6 +140,7 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             target: None,
             tenant_header: None,
+            authority: None,
             endpoint: None,
             failed: None,
             connect_retries: 0,
@@ -186,6 +159,8 @@ impl ProxyHttp for Gateway {
         conn::head_done(session.stream());
         session.set_read_timeout(Some(self.settings.client_timeout));
         session.set_write_timeout(Some(self.settings.client_timeout));
+        let checked = edge::check(session.req_header(), self.settings.max_header_bytes)
+            .and_then(|()| edge::canonicalize(session.req_header_mut()));
         let tls = if self.settings.tls {
             tls_conn(session)
         } else {
@@ -194,7 +169,11 @@ impl ProxyHttp for Gateway {
         if let Some(conn) = tls {
             self.observe_handshake(session, conn);
         }
-        match self.route(session.req_header(), tls, ctx) {
+        let decision = match checked {
+            Ok(()) => self.route(session.req_header(), tls, ctx),
+            Err(why) => Decision::Reject(why),
+        };
+        match decision {
             Decision::Proxy => Ok(false),
             Decision::Reject(why) => {
                 // The framing of whatever follows can't be trusted: close.
@@ -263,34 +242,17 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // Always drop the client's value: only the gateway names tenants.
-        upstream.remove_header(X_TENANT_ID);
-        if let Some(tenant) = &ctx.tenant_header {
-            upstream.insert_header(X_TENANT_ID, tenant.clone())?;
-        }
-        // The edge is the first trusted hop: client-sent forwarding headers
-        // are replaced, not extended.
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            upstream.insert_header(X_FORWARDED_FOR, ip_value(addr.ip()))?;
-        }
-        let proto = if self.settings.tls { "https" } else { "http" };
-        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
-        let req = session.req_header();
-        let host = match req.headers.get(HOST) {
-            Some(host) => Some(host.clone()),
-            // HTTP/2 carries the host in `:authority` only.
-            None => req
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        headers::scrub(upstream, self.settings.underscores);
+        let origin = Origin {
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: self.settings.tls,
+            authority: ctx.authority.as_ref(),
+            tenant: ctx.tenant_header.as_ref(),
         };
-        match host {
-            Some(host) => upstream.insert_header(X_FORWARDED_HOST, host)?,
-            None => {
-                upstream.remove_header(X_FORWARDED_HOST);
-            }
-        }
-        Ok(())
+        headers::set_forwarding(upstream, &origin)
     }
 
     async fn upstream_response_filter(
@@ -436,7 +398,7 @@ impl ProxyHttp for Gateway {
             target: "vestibule::access",
             tenant,
             route,
-            host = %String::from_utf8_lossy(host_of(req)),
+            host = %String::from_utf8_lossy(ctx.authority.as_ref().map_or(&[][..], |a| a.as_bytes())),
             method = %req.method,
             path = req.uri.path(),
             status,
@@ -470,12 +432,22 @@ impl Gateway {
     /// The routing decision; synchronous so the runtime guard never lives
     /// across an await.
     fn route(&self, req: &RequestHeader, tls: Option<&TlsConn>, ctx: &mut Ctx) -> Decision {
-        if let Err(why) = edge::check(req, self.settings.max_header_bytes) {
-            return Decision::Reject(why);
+        let raw = authority_of(req).unwrap_or_default();
+        let mut buf = HostBuf::new();
+        let host = match normalize_host(raw, &mut buf) {
+            Ok(host) => host,
+            Err(BadHost::Empty) => "",
+            Err(BadHost::Invalid) => {
+                return Decision::Reject(edge::Reject::BadRequest("invalid Host\n"))
+            }
+        };
+        if !raw.is_empty() {
+            ctx.authority = match req.headers.get(HOST) {
+                Some(h) => Some(h.clone()),
+                None => HeaderValue::from_bytes(raw).ok(),
+            };
         }
         let runtime = self.shared.runtime.load();
-        let mut buf = HostBuf::new();
-        let host = normalize_host(host_of(req), &mut buf).unwrap_or("");
         let lookup = runtime.routes.lookup(host, req.uri.path());
         if let Some(vhost) = lookup.vhost() {
             if vhost.tls && !self.settings.tls {
@@ -573,23 +545,6 @@ mod tests {
         let base = edge::head_bytes(&req);
         req.insert_header("x-a", "12345").unwrap();
         assert_eq!(edge::head_bytes(&req), base + 3 + 5 + 4);
-    }
-
-    #[test]
-    fn client_addresses_format_like_display() {
-        for ip in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "10.20.30.40",
-            "100.9.255.199",
-            "255.255.255.255",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-            "::ffff:10.0.0.1",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_value(ip), ip.to_string().as_str());
-        }
     }
 
     #[test]

@@ -491,7 +491,7 @@ pub fn same_cert(a: Option<&Arc<CertifiedKey>>, b: Option<&Arc<CertifiedKey>>) -
 /// runtime: its host's (see [`CertStore::select`]), else the default one.
 fn certificate_for(shared: &Shared, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
     let mut buf = HostBuf::new();
-    let name = sni.and_then(|n| normalize_host(n.as_bytes(), &mut buf));
+    let name = sni.and_then(|n| normalize_host(n.as_bytes(), &mut buf).ok());
     let runtime = shared.runtime.load();
     runtime
         .certs
@@ -560,7 +560,7 @@ impl TlsAccept for HandshakeObserver {
         let mut buf = HostBuf::new();
         let sni = tls
             .server_name()
-            .and_then(|n| normalize_host(n.as_bytes(), &mut buf))
+            .and_then(|n| normalize_host(n.as_bytes(), &mut buf).ok())
             .map(Box::from);
         Some(Arc::new(TlsConn {
             sni,

@@ -9,7 +9,7 @@
 mod host;
 mod path;
 
-pub use host::{normalize_host, HostBuf};
+pub use host::{normalize_host, wildcard_label, BadHost, HostBuf};
 pub use path::PathTable;
 
 use std::collections::HashMap;
@@ -180,7 +180,11 @@ impl<R> RouteTable<R> {
             .or_else(|| {
                 // One extra label only: `a.b.c` looks up `b.c`, so `*.b.c`
                 // never matches `x.a.b.c`.
-                let (_, parent) = host.split_once('.')?;
+                // and that label a DNS label (`-.b.c`, `*.b.c` are not).
+                let (label, parent) = host.split_once('.')?;
+                if !wildcard_label(label) {
+                    return None;
+                }
                 self.wildcard.get(parent)
             })
             .copied()

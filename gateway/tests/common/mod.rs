@@ -95,7 +95,9 @@ async fn serve_conn(
             h = read_head(&mut reader) => h,
             _ = stopped.changed() => return,
         };
-        let Some((_, headers)) = head else { return };
+        let Some((line, headers)) = head else { return };
+        // The request target as forwarded, for tests of path handling.
+        let target = line.split(' ').nth(1).unwrap_or("").to_string();
         if std::mem::take(&mut first) {
             served.fetch_add(1, Ordering::Relaxed);
         }
@@ -112,7 +114,7 @@ async fn serve_conn(
             out.push_str(&format!("{k}: {v}\n"));
         }
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nx-upstream: {name}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{out}",
+            "HTTP/1.1 200 OK\r\nx-upstream: {name}\r\nx-target: {target}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{out}",
             out.len()
         );
         if *stopped.borrow() {
