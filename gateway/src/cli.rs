@@ -110,6 +110,11 @@ pub struct Cli {
     /// refused (before the TLS handshake on the HTTPS listener).
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub max_connections_per_ip: u32,
+    /// Slowest request body accepted, in bytes per second of waiting on the
+    /// client, after a grace of --header-timeout (0: no minimum); slower
+    /// bodies are cut (slow POST).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    pub body_min_rate: u32,
     /// Concurrent upstream requests per pool on this replica (0: no cap);
     /// more get 503 with Retry-After instead of queueing.
     #[arg(long, value_name = "N", default_value_t = 1024)]
@@ -176,6 +181,7 @@ impl Cli {
             keepalive_timeout: self.keepalive_timeout.max(Duration::from_millis(10)),
             client_timeout: self.client_timeout.max(Duration::from_millis(10)),
             max_connections_per_ip: self.max_connections_per_ip,
+            body_min_rate: self.body_min_rate,
         }
     }
 }

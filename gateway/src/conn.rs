@@ -14,11 +14,18 @@
 //! - an idle deadline between requests (`--keepalive-timeout`), started when
 //!   the proxy's `logging` phase ends a request ([`request_done`]);
 //!
+//! - a minimum rate for a request body (`--body-min-rate`): the client may
+//!   keep a body read waiting at most `--header-timeout` plus the time its
+//!   bytes so far earn at that rate, so a body trickled at a byte every few
+//!   seconds is cut (408), while an upload the upstream reads slowly is not
+//!   (only time spent waiting on the client counts), from [`head_done`]
+//!   until the proxy has read the body ([`body_done`]);
+//!
 //! and caps the connections one client IP holds (`--max-connections-per-ip`),
 //! checked before the TLS handshake too (a `ConnectionFilter`). Body reads
-//! and response writes get Pingora's per-operation timeouts from the proxy
-//! (`--client-timeout`). HTTP/2 connections skip the head deadline (frames
-//! interleave; Pingora's `h2_idle_timeout` bounds them).
+//! and response writes also get Pingora's per-operation timeouts from the
+//! proxy (`--client-timeout`). HTTP/2 connections skip these deadlines
+//! (frames interleave; Pingora's `h2_idle_timeout` bounds them).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,6 +62,9 @@ pub struct ClientLimits {
     pub client_timeout: Duration,
     /// Connections one client IP may hold open (0: no cap).
     pub max_connections_per_ip: u32,
+    /// Slowest request body accepted, in bytes per second of waiting on
+    /// the client (0: no minimum).
+    pub body_min_rate: u32,
 }
 
 impl Default for ClientLimits {
@@ -64,6 +74,7 @@ impl Default for ClientLimits {
             keepalive_timeout: Duration::from_secs(60),
             client_timeout: Duration::from_secs(30),
             max_connections_per_ip: 256,
+            body_min_rate: 1024,
         }
     }
 }
@@ -74,6 +85,7 @@ pub struct GuardMetrics {
     pub rejected_per_ip: IntCounter,
     pub header_timeouts: IntCounter,
     pub idle_timeouts: IntCounter,
+    pub body_timeouts: IntCounter,
 }
 
 const SHARDS: usize = 64;
@@ -249,12 +261,40 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
 
 // === impl GuardedStream ===
 
-/// Waiting for the first byte of a request (keep-alive idle).
-const IDLE: u8 = 0;
-/// Part of a request head has arrived (or the connection is new).
-const HEAD: u8 = 1;
-/// The head was parsed; Pingora's per-operation timeouts apply.
-const REQUEST: u8 = 2;
+/// Where a connection is in its request cycle; each phase has its own
+/// deadline rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Waiting for the first byte of a request (keep-alive idle).
+    Idle = 0,
+    /// Part of a request head has arrived (or the connection is new).
+    Head = 1,
+    /// The head was parsed and its body is being read: the minimum rate.
+    Body = 2,
+    /// Body read (or none): Pingora's per-operation timeouts apply.
+    Request = 3,
+}
+
+impl Phase {
+    fn from_u8(n: u8) -> Phase {
+        match n {
+            0 => Phase::Idle,
+            1 => Phase::Head,
+            2 => Phase::Body,
+            _ => Phase::Request,
+        }
+    }
+}
+
+/// Time spent waiting on a request body's bytes, against what they earn.
+#[derive(Debug, Default)]
+struct BodyClock {
+    bytes: u64,
+    waited: Duration,
+    /// When the read now pending started waiting.
+    since: Option<Instant>,
+}
 
 /// An accepted stream with the head and idle deadlines of [`ClientLimits`].
 pub struct GuardedStream {
@@ -262,7 +302,7 @@ pub struct GuardedStream {
     /// Set by the proxy through a shared reference to the stream.
     phase: AtomicU8,
     /// The phase the deadline belongs to.
-    armed: u8,
+    armed: Phase,
     /// When the armed phase ends the connection; `None` until a read first
     /// waits in that phase (a request head that arrives in one read never
     /// reads the clock or touches the timer).
@@ -274,6 +314,8 @@ pub struct GuardedStream {
     timer: Pin<Box<tokio::time::Sleep>>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
+    body_min_rate: u32,
+    body: BodyClock,
     metrics: GuardMetrics,
 }
 
@@ -293,31 +335,47 @@ impl GuardedStream {
         let deadline = Instant::now() + l.header_timeout;
         GuardedStream {
             inner,
-            phase: AtomicU8::new(HEAD),
-            armed: HEAD,
+            phase: AtomicU8::new(Phase::Head as u8),
+            armed: Phase::Head,
             deadline: Some(deadline),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             header_timeout: l.header_timeout,
             keepalive_timeout: l.keepalive_timeout,
+            body_min_rate: l.body_min_rate,
+            body: BodyClock::default(),
             metrics: guard.metrics.clone(),
         }
     }
 
     /// Starts `phase`; its deadline is set when a read first has to wait.
-    fn arm(&mut self, phase: u8) {
+    fn arm(&mut self, phase: Phase) {
         self.armed = phase;
         self.deadline = None;
+        if phase == Phase::Body {
+            self.body = BodyClock::default();
+        }
     }
 
     /// Whether the armed phase's deadline has passed (registering the
     /// timer's wake-up when it has not).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let limit = match self.armed {
-            IDLE => self.keepalive_timeout,
-            HEAD => self.header_timeout,
-            _ => return false,
+        let deadline = match self.armed {
+            Phase::Idle => *self
+                .deadline
+                .get_or_insert_with(|| Instant::now() + self.keepalive_timeout),
+            Phase::Head => *self
+                .deadline
+                .get_or_insert_with(|| Instant::now() + self.header_timeout),
+            Phase::Body if self.body_min_rate > 0 => {
+                // The wait allowed so far: the grace plus what the bytes
+                // received earn at the minimum rate, less what was waited.
+                let earned =
+                    Duration::from_secs_f64(self.body.bytes as f64 / f64::from(self.body_min_rate));
+                let left = (self.header_timeout + earned).saturating_sub(self.body.waited);
+                *self.body.since.get_or_insert_with(Instant::now) + left
+            }
+            Phase::Body | Phase::Request => return false,
         };
-        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + limit);
         if self.timer.deadline() != deadline {
             self.timer.as_mut().reset(deadline);
         }
@@ -330,17 +388,30 @@ fn guarded(stream: Option<&Stream>) -> Option<&GuardedStream> {
     stream?.as_any().downcast_ref::<GuardedStream>()
 }
 
-/// The request head was parsed: lift the head deadline.
-pub fn head_done(stream: Option<&Stream>) {
+/// The request head was parsed: lift the head deadline; a body to read
+/// is held to the minimum rate.
+pub fn head_done(stream: Option<&Stream>, has_body: bool) {
     if let Some(g) = guarded(stream) {
-        g.phase.store(REQUEST, Relaxed);
+        let phase = if has_body {
+            Phase::Body
+        } else {
+            Phase::Request
+        };
+        g.phase.store(phase as u8, Relaxed);
+    }
+}
+
+/// The proxy has read the whole request body.
+pub fn body_done(stream: Option<&Stream>) {
+    if let Some(g) = guarded(stream) {
+        g.phase.store(Phase::Request as u8, Relaxed);
     }
 }
 
 /// The request is over: the connection idles until the next one.
 pub fn request_done(stream: Option<&Stream>) {
     if let Some(g) = guarded(stream) {
-        g.phase.store(IDLE, Relaxed);
+        g.phase.store(Phase::Idle as u8, Relaxed);
     }
 }
 
@@ -351,17 +422,27 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let phase = this.phase.load(Relaxed);
+        let phase = Phase::from_u8(this.phase.load(Relaxed));
         if phase != this.armed {
             this.arm(phase);
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if phase == IDLE && buf.filled().len() > before {
-                    // The next request started: its head has its own deadline.
-                    this.phase.store(HEAD, Relaxed);
-                    this.arm(HEAD);
+                let got = buf.filled().len() - before;
+                match phase {
+                    Phase::Idle if got > 0 => {
+                        // The next request started: its head has its own deadline.
+                        this.phase.store(Phase::Head as u8, Relaxed);
+                        this.arm(Phase::Head);
+                    }
+                    Phase::Body => {
+                        if let Some(since) = this.body.since.take() {
+                            this.body.waited += since.elapsed();
+                        }
+                        this.body.bytes += got as u64;
+                    }
+                    _ => {}
                 }
                 Poll::Ready(Ok(()))
             }
@@ -370,21 +451,28 @@ impl AsyncRead for GuardedStream {
                     return Poll::Pending;
                 }
                 // The connection ends here; no deadline after this one.
-                this.arm(REQUEST);
-                if phase == IDLE {
-                    // A quiet keep-alive connection: end it like a client
-                    // close (Pingora then drops the connection).
-                    this.metrics.idle_timeouts.inc();
-                    return Poll::Ready(Ok(()));
-                }
-                this.metrics.header_timeouts.inc();
-                // Best effort: tell the client why, without waiting on it.
-                let _ = Pin::new(&mut this.inner).poll_write(cx, TIMEOUT_408);
-                let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request head not received in time",
-                )))
+                this.arm(Phase::Request);
+                let why = match phase {
+                    Phase::Idle => {
+                        // A quiet keep-alive connection: end it like a client
+                        // close (Pingora then drops the connection).
+                        this.metrics.idle_timeouts.inc();
+                        return Poll::Ready(Ok(()));
+                    }
+                    Phase::Body => {
+                        // Pingora answers the failed body read itself (408).
+                        this.metrics.body_timeouts.inc();
+                        "request body slower than the minimum rate"
+                    }
+                    Phase::Head | Phase::Request => {
+                        this.metrics.header_timeouts.inc();
+                        // Best effort: tell the client why, without waiting on it.
+                        let _ = Pin::new(&mut this.inner).poll_write(cx, TIMEOUT_408);
+                        let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                        "request head not received in time"
+                    }
+                };
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
             }
             other => other,
         }

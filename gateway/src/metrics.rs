@@ -322,7 +322,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "vestibule_downstream_timeouts_total",
-                    "Client connections closed by the head or keep-alive deadline",
+                    "Client connections closed by the head, keep-alive or body-rate deadline",
                 ),
                 &["kind"],
             )
@@ -332,6 +332,7 @@ impl Metrics {
             rejected_per_ip: rejected.with_label_values(&["per_ip_cap"]),
             header_timeouts: timeouts.with_label_values(&["header"]),
             idle_timeouts: timeouts.with_label_values(&["keepalive"]),
+            body_timeouts: timeouts.with_label_values(&["body"]),
         };
         Metrics {
             rate_limited,

@@ -115,6 +115,15 @@ fn tls_conn(session: &Session) -> Option<&TlsConn> {
         .get::<TlsConn>()
 }
 
+/// Whether a request body follows the head (HTTP/1 framing).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// The request's authority: the URI's on HTTP/2 (`:authority`), else the
 /// Host header. [`edge::canonicalize`] turned an HTTP/1 absolute-form target
 /// into a Host header, and Pingora refused a Host that differs from the
@@ -156,7 +165,7 @@ impl ProxyHttp for Gateway {
         ctx.counted_active = true;
         // The head is in: lift its deadline; the body and the response get
         // per-operation timeouts instead of Pingora's 60 s / none.
-        conn::head_done(session.stream());
+        conn::head_done(session.stream(), has_body(session.req_header()));
         session.set_read_timeout(Some(self.settings.client_timeout));
         session.set_write_timeout(Some(self.settings.client_timeout));
         let checked = edge::check(session.req_header(), self.settings.max_header_bytes)
@@ -214,6 +223,19 @@ impl ProxyHttp for Gateway {
                 respond(session, 429, "rate limit exceeded\n", Some(retry)).await
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if end_of_stream {
+            conn::body_done(session.stream());
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -151,6 +151,56 @@ async fn slowloris_slow_body_idle_keepalive_and_per_ip_cap_are_cut() {
         started.elapsed()
     );
 
+    // Trickled body: a byte every 400 ms never trips the per-operation
+    // timeout, but falls far below the minimum body rate (1 KiB/s after a
+    // grace of --header-timeout): cut at ~1 s, not after the 40 s it asks.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.http).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let mut cut = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        if s.write_all(b"x").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut probe = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            cut = n == 0 || probe.starts_with(b"HTTP/1.1 408");
+            if cut {
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(cut, "trickled body never cut");
+    assert!(
+        took < Duration::from_secs(4),
+        "trickled body cut after {took:?}"
+    );
+    let metrics = gw.admin_get("/metrics").await.body;
+    // The stalled body above may have been cut by the rate rule too.
+    let body_cuts: f64 = metrics
+        .lines()
+        .find(|l| l.contains("kind=\"body\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        body_cuts >= 1.0,
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("kind="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
     // Idle keep-alive: a served connection that goes quiet is closed.
     let mut s = TcpStream::connect(gw.http).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
