@@ -31,18 +31,21 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::listeners::ConnectionFilter;
+use pingora_core::protocols::http::ServerSession;
 
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
@@ -90,12 +93,38 @@ pub struct GuardMetrics {
 
 const SHARDS: usize = 64;
 
+/// Open connections that make a flood worth giving memory back after.
+const FLOOD: usize = 512;
+
+/// mimalloc decommits the pages that connections freed only after its
+/// purge delay, and only when the owning thread later allocates or frees a
+/// page in the same segment, or frees into the arena; after a flood the
+/// worker may sit idle, so that memory would stay resident. Once the delay
+/// has passed, a large block (its own page, in this thread's segments) and
+/// a huge one (past mimalloc's 512 KiB size classes, from the arena) run the
+/// due purges, as `control::settle` does after a config load.
+async fn give_memory_back() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drop(std::hint::black_box(vec![1u8; 200 * 1024]));
+    drop(std::hint::black_box(vec![1u8; 1 << 20]));
+}
+
 /// Open connections per client IP, sharded so accepts on different cores
 /// rarely meet on one lock (touched per connection, never per request).
 pub struct ConnGuard {
     limits: ClientLimits,
     shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
     hasher: ahash::RandomState,
+    /// TLS connections from their ClientHello gate to the end of the
+    /// handshake, each holding a slot of its IP. Pingora gives the pre-TLS
+    /// hook no way to hand state to the app, so the slot is found again by
+    /// peer address; one whose handshake failed is known by its dropped
+    /// socket digest and released by [`ConnGuard::sweep_handshakes`].
+    handshakes: Mutex<HashMap<SocketAddr, Weak<SocketDigest>>>,
+    handshakes_begun: AtomicU32,
+    /// Connections open now, and the most since the last flood ended.
+    open: AtomicUsize,
+    peak: AtomicUsize,
     metrics: GuardMetrics,
 }
 
@@ -105,6 +134,10 @@ impl ConnGuard {
             limits,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: ahash::RandomState::new(),
+            handshakes: Mutex::default(),
+            handshakes_begun: AtomicU32::new(0),
+            open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             metrics,
         })
     }
@@ -123,15 +156,101 @@ impl ConnGuard {
         let Some(ip) = ip.filter(|_| max > 0) else {
             return Some(Permit(None));
         };
-        let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            drop(map);
+        // Slots of failed handshakes may be what stands in the way.
+        let taken = self.take_slot(ip) || {
+            self.sweep_handshakes();
+            self.take_slot(ip)
+        };
+        if !taken {
             self.metrics.rejected_per_ip.inc();
             return None;
         }
-        *n += 1;
         Some(Permit(Some((self.clone(), ip))))
+    }
+
+    /// The connection slot of `stream`: the one its TLS handshake took, if
+    /// it took one, else a new one.
+    pub fn acquire_for(self: &Arc<Self>, stream: &Stream) -> Option<Permit> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let adopted = peer.and_then(|peer| {
+            let mut map = self.handshakes.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(&peer).map(|_| peer.ip())
+        });
+        match adopted {
+            Some(ip) => Some(Permit(Some((self.clone(), ip)))),
+            None => self.acquire(peer.map(|p| p.ip())),
+        }
+    }
+
+    /// Counts a TLS connection in its IP's slots from its first bytes, so
+    /// connections stalled in the handshake can't exceed the cap; false when
+    /// the IP holds its cap.
+    pub fn begin_handshake(&self, stream: &L4Stream) -> bool {
+        let max = self.limits.max_connections_per_ip;
+        let Some(digest) = stream.get_socket_digest() else {
+            return true;
+        };
+        let Some(peer) = digest.peer_addr().and_then(|a| a.as_inet()).copied() else {
+            return true;
+        };
+        if max == 0 {
+            return true;
+        }
+        // Failed handshakes are found by sweeping; now and then, and
+        // whenever their slots are what stands in the way.
+        if self
+            .handshakes_begun
+            .fetch_add(1, Relaxed)
+            .is_multiple_of(64)
+            || self.at_cap(peer.ip())
+        {
+            self.sweep_handshakes();
+        }
+        if !self.take_slot(peer.ip()) {
+            self.metrics.rejected_per_ip.inc();
+            return false;
+        }
+        let old = self
+            .handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Arc::downgrade(&digest));
+        if old.is_some() {
+            // A dead entry for a reused port: its slot goes back.
+            self.release(peer.ip());
+        }
+        true
+    }
+
+    /// Releases the slots of handshakes that ended without a connection.
+    fn sweep_handshakes(&self) {
+        let mut dead = Vec::new();
+        self.handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|peer, digest| {
+                let alive = digest.strong_count() > 0;
+                if !alive {
+                    dead.push(peer.ip());
+                }
+                alive
+            });
+        for ip in dead {
+            self.release(ip);
+        }
+    }
+
+    fn take_slot(&self, ip: IpAddr) -> bool {
+        let max = self.limits.max_connections_per_ip;
+        let mut map = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
     }
 
     /// Whether `ip` already holds its cap (the pre-handshake check).
@@ -154,6 +273,25 @@ impl ConnGuard {
                 map.remove(&ip);
             }
         }
+    }
+
+    /// Counts a connection in; see [`ConnGuard::connection_closed`].
+    fn connection_opened(&self) {
+        let open = self.open.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(open, Relaxed);
+    }
+
+    /// Counts a connection out; true when that ends a flood: at least
+    /// [`FLOOD`] connections were open and three quarters are gone.
+    fn connection_closed(&self) -> bool {
+        let open = self.open.fetch_sub(1, Relaxed).saturating_sub(1);
+        let peak = self.peak.load(Relaxed);
+        peak >= FLOOD
+            && open <= peak / 4
+            && self
+                .peak
+                .compare_exchange(peak, open, Relaxed, Relaxed)
+                .is_ok()
     }
 
     /// Open connections held by `ip` (tests, debugging).
@@ -224,17 +362,17 @@ const TIMEOUT_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
+impl<A> ServerApp for Edge<A>
+where
+    A: HttpServerApp + ServerApp + Send + Sync + 'static,
+{
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let Some(permit) = self.guard.acquire(ip) else {
+        let Some(permit) = self.guard.acquire_for(&stream) else {
             if !h2 {
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     let _ = stream.write_all(TOO_MANY).await;
@@ -244,18 +382,87 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Edge<A> {
             }
             return None;
         };
-        let stream: Stream = if h2 {
-            stream
+        self.guard.connection_opened();
+        let out = if h2 {
+            self.app.process_new(stream, shutdown).await
         } else {
-            Box::new(GuardedStream::new(stream, &self.guard))
+            self.serve_http1(GuardedStream::new(stream, &self.guard), shutdown)
+                .await
         };
-        let out = self.app.process_new(stream, shutdown).await;
         drop(permit);
+        if self.guard.connection_closed() {
+            tokio::spawn(give_memory_back());
+        }
         out
     }
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+impl<A> Edge<A>
+where
+    A: HttpServerApp + ServerApp + Send + Sync + 'static,
+{
+    /// Pingora's HTTP/1 keep-alive loop, with the wait for each request's
+    /// first bytes taken out of it: Pingora waits inside a session, holding
+    /// its 4 KiB head buffer and the whole proxy future (~40 KiB an idle
+    /// connection); here a connection between requests holds only its
+    /// stream. Returns `None`: the connection is done when this returns.
+    async fn serve_http1(
+        self: &Arc<Self>,
+        stream: GuardedStream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limits = &self.guard.limits;
+        let mut stream = Box::new(stream);
+        // A new connection's head is due within the header timeout.
+        match stream
+            .wait_for_request(limits.header_timeout, shutdown)
+            .await
+        {
+            Wait::Request => {}
+            Wait::Closed => return None,
+            Wait::TimedOut => {
+                self.guard.metrics.header_timeouts.inc();
+                return None;
+            }
+        }
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        loop {
+            let mut session = ServerSession::new_http1(stream);
+            match persistent.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // As Pingora's own loop sets up a connection's first session.
+                    session.set_keepalive((!*shutdown.borrow()).then_some(60));
+                    session.set_keepalive_reuses_remaining(
+                        self.app
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let reused = self.app.process_new_http(session, shutdown).await?;
+            let (next, settings) = reused.consume();
+            // Pingora hands back the stream it was given. (HTTP/1.1
+            // pipelining is off, so no bytes of the next request are
+            // waiting in `settings`.)
+            stream = next.into_any().downcast::<GuardedStream>().ok()?;
+            match stream
+                .wait_for_request(limits.keepalive_timeout, shutdown)
+                .await
+            {
+                Wait::Request => {}
+                Wait::Closed => return None,
+                Wait::TimedOut => {
+                    self.guard.metrics.idle_timeouts.inc();
+                    return None;
+                }
+            }
+            persistent = settings;
+        }
     }
 }
 
@@ -287,6 +494,15 @@ impl Phase {
     }
 }
 
+/// How the wait for a request's first bytes ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Request,
+    /// The client closed or failed, or the server is shutting down.
+    Closed,
+    TimedOut,
+}
+
 /// Time spent waiting on a request body's bytes, against what they earn.
 #[derive(Debug, Default)]
 struct BodyClock {
@@ -316,6 +532,12 @@ pub struct GuardedStream {
     keepalive_timeout: Duration,
     body_min_rate: u32,
     body: BodyClock,
+    /// The first bytes of the next request, read by [`wait_for_request`]
+    /// while no session existed; served before the socket's.
+    ///
+    /// [`wait_for_request`]: GuardedStream::wait_for_request
+    early: Vec<u8>,
+    early_pos: usize,
     metrics: GuardMetrics,
 }
 
@@ -343,7 +565,36 @@ impl GuardedStream {
             keepalive_timeout: l.keepalive_timeout,
             body_min_rate: l.body_min_rate,
             body: BodyClock::default(),
+            early: Vec::new(),
+            early_pos: 0,
             metrics: guard.metrics.clone(),
+        }
+    }
+
+    /// Waits, holding no buffer, until the client sends the first bytes of
+    /// a request, which are kept for the session.
+    async fn wait_for_request(&mut self, within: Duration, shutdown: &ShutdownWatch) -> Wait {
+        if *shutdown.borrow() {
+            return Wait::Closed;
+        }
+        let mut shutdown = shutdown.clone();
+        let read = std::future::poll_fn(|cx| {
+            // On the stack for the poll only: nothing is held while waiting.
+            let mut tmp = [0u8; 4096];
+            let mut buf = ReadBuf::new(&mut tmp);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.early = buf.filled().to_vec();
+                    self.early_pos = 0;
+                    Poll::Ready(Wait::Request)
+                }
+                Poll::Ready(_) => Poll::Ready(Wait::Closed),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        tokio::select! {
+            got = tokio::time::timeout(within, read) => got.unwrap_or(Wait::TimedOut),
+            _ = shutdown.changed() => Wait::Closed,
         }
     }
 
@@ -427,7 +678,19 @@ impl AsyncRead for GuardedStream {
             this.arm(phase);
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let read = if this.early_pos < this.early.len() {
+            let n = buf.remaining().min(this.early.len() - this.early_pos);
+            buf.put_slice(&this.early[this.early_pos..this.early_pos + n]);
+            this.early_pos += n;
+            if this.early_pos == this.early.len() {
+                this.early = Vec::new();
+                this.early_pos = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
+        match read {
             Poll::Ready(Ok(())) => {
                 let got = buf.filled().len() - before;
                 match phase {
@@ -565,6 +828,12 @@ impl GetSocketDigest for GuardedStream {
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let early = &self.early[self.early_pos..];
+        if early.len() >= buf.len() {
+            buf.copy_from_slice(&early[..buf.len()]);
+            return Ok(true);
+        }
+        // Pingora peeks only for an h2c preface (off here), on new streams.
         self.inner.try_peek(buf).await
     }
 }

@@ -39,11 +39,12 @@ pub fn init_logging(format: LogFormat) {
 
 /// Client connections' socket buffers. Pingora's default read buffer is
 /// 64 KiB, allocated at accept: 2,000 idle or slow connections would pin
-/// 128 MiB. Request heads are parsed from Pingora's own (4 KiB, growing)
-/// buffer, and large body reads bypass a small buffer, so 4 KiB costs no
-/// extra syscalls for typical requests.
+/// 128 MiB. None at all: request heads are parsed from Pingora's own
+/// (4 KiB, growing) buffer, which exists only while a request is read, and
+/// body reads go straight to the caller's buffer, so an idle connection
+/// holds no read buffer and no extra syscall is made.
 fn downstream_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(4 * 1024, DEFAULT_L4_WRITE_BUFFER_SIZE)
+    L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
 
 /// Fails early, with the address in the message, when a listener can't bind
@@ -175,9 +176,11 @@ pub fn run(cli: Cli) -> ExitCode {
             ..cli.proxy_settings()
         },
     );
-    https
-        .endpoints()
-        .set_pre_tls_callback(tls::hello_gate(&shared, limits.header_timeout));
+    https.endpoints().set_pre_tls_callback(tls::hello_gate(
+        &shared,
+        guard.clone(),
+        limits.header_timeout,
+    ));
     // Over-cap clients are refused before the handshake costs anything.
     https.set_connection_filter(Arc::new(CapFilter(guard.clone())));
     https.add_listener(

@@ -584,6 +584,8 @@ impl TlsAccept for HandshakeObserver {
 /// real handshake to fail as it would have.
 pub struct HelloGate {
     shared: Arc<Shared>,
+    /// Counts a handshaking connection in its client's slots.
+    guard: Arc<crate::conn::ConnGuard>,
     timeout: std::time::Duration,
 }
 
@@ -638,6 +640,12 @@ impl PreTlsProcess for HelloGate {
         use pingora_core::{Error, ErrorType};
         use tokio::io::AsyncWriteExt;
         self.shared.metrics.tls.connections.inc();
+        if !self.guard.begin_handshake(stream) {
+            return Err(Error::explain(
+                ErrorType::ConnectRefused,
+                "client at its connection cap",
+            ));
+        }
         let Ok((seen, hello)) = tokio::time::timeout(self.timeout, read_hello(stream)).await else {
             return Err(Error::explain(
                 ErrorType::ReadTimedout,
@@ -680,9 +688,14 @@ pub fn listener_settings(shared: &Arc<Shared>) -> pingora_core::Result<TlsSettin
 
 /// The pre-handshake ClientHello gate of the HTTPS listener; `timeout`
 /// bounds the wait for the hello.
-pub fn hello_gate(shared: &Arc<Shared>, timeout: std::time::Duration) -> Arc<HelloGate> {
+pub fn hello_gate(
+    shared: &Arc<Shared>,
+    guard: Arc<crate::conn::ConnGuard>,
+    timeout: std::time::Duration,
+) -> Arc<HelloGate> {
     Arc::new(HelloGate {
         shared: shared.clone(),
+        guard,
         timeout,
     })
 }

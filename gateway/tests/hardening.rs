@@ -2,11 +2,13 @@
 //! sockets: slowloris (a head trickled byte by byte), a stalled body, an
 //! idle keep-alive connection, too many connections from one IP, the RSS of
 //! the gateway holding 2,000 slow connections, a tenant's token bucket
-//! (429 + Retry-After, state kept across swaps) and a pool's concurrent
-//! connection cap (503 + Retry-After, never a queue).
+//! (429 + Retry-After, state kept across swaps), a pool's concurrent
+//! connection cap (503 + Retry-After, never a queue), trickled bodies,
+//! handshakes stalled mid-way, and the memory of idle connections.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod pki;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -531,4 +533,141 @@ async fn pool_connection_cap_refuses_with_503_instead_of_queueing() {
     }
     let m = gw.admin_get("/metrics").await.body;
     assert_eq!(metric(&m, "vestibule_pool_overloaded_total"), 1.0);
+}
+
+/// Idle keep-alive connections hold no buffers: each costs little while it
+/// waits for its next request, and the memory of a flood of them goes back
+/// to the OS once they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_cost_little_and_memory_returns() {
+    const N: usize = 2_000;
+    let up = Upstream::start("up").await;
+    let dir = TempDir::new("idle-rss");
+    let (gw, _) = start(
+        &dir,
+        &config(&up),
+        // One worker, as deployed (one per core): the memory given back is
+        // that of the worker where the flood ended.
+        &[
+            "--keepalive-timeout",
+            "60s",
+            "--max-connections-per-ip",
+            "0",
+            "--threads",
+            "1",
+        ],
+    )
+    .await;
+    let pid = gw.child.id();
+    let mut c = gw.client();
+    for _ in 0..50 {
+        assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
+    }
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = rss_kb(pid);
+    let mut idle = Vec::with_capacity(N);
+    for i in 0..N {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let s = sock.connect(gw.http).await.unwrap();
+        let mut r = tokio::io::BufReader::new(s);
+        r.get_mut()
+            .write_all(format!("GET /{i} HTTP/1.1\r\nhost: a.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(common::read_response(&mut r).await.unwrap().status, 200);
+        idle.push(r);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = rss_kb(pid);
+    let per_conn = held.saturating_sub(before) * 1024 / N as u64;
+    // Each is still open and usable.
+    for r in idle.iter_mut().step_by(97) {
+        r.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(common::read_response(r).await.unwrap().status, 200);
+    }
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let after = rss_kb(pid);
+    eprintln!(
+        "{N} idle keep-alive connections: RSS {before} KiB -> {held} KiB ({per_conn} B each) -> {after} KiB after they closed"
+    );
+    assert!(per_conn < 8 * 1024, "{per_conn} B per idle connection");
+    assert!(
+        after < before + (held - before.min(held)) / 2,
+        "RSS stayed at {after} KiB after the flood (before {before}, peak {held})"
+    );
+}
+
+/// TLS connections stalled after their ClientHello hold slots of their
+/// client's per-IP cap, and give them back when they go away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_count_against_the_per_ip_cap() {
+    let up = Upstream::start("up").await;
+    let pki = pki::Pki::new();
+    let cert = pki.issue(&["a.test"], &rcgen::PKCS_ECDSA_P256_SHA256);
+    let mut config = config(&up);
+    config.certificates.insert(cert.id(), cert.clone());
+    config.hosts[0].tls = Some(vestibule_config::model::HostTls::Certificate(cert.id()));
+    let dir = TempDir::new("handshakes");
+    let (gw, _) = start(&dir, &config.seal(), &["--max-connections-per-ip", "3"]).await;
+    let client = pki.client(&[b"http/1.1"], false);
+    let hello = || {
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let mut bytes = Vec::new();
+        conn.write_tls(&mut bytes).unwrap();
+        bytes
+    };
+    // From their own address: the harness's readiness probes come from
+    // 127.0.0.1.
+    let connect = |to: SocketAddr| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+        sock.connect(to).await.unwrap()
+    };
+    let plain = |http: SocketAddr| async move {
+        let mut s = connect(http).await;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        read_until_close(&mut s, Duration::from_secs(1)).await.0
+    };
+    // Three clients send their ClientHello and never finish the handshake.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect(gw.https).await;
+        s.write_all(&hello()).await.unwrap();
+        stalled.push(s);
+    }
+    // The gateway has taken the three hellos (and the harness's probe).
+    let seen = common::eventually(Duration::from_secs(3), || async {
+        let m = gw.admin_get("/metrics").await.body;
+        metric(&m, "vestibule_tls_connections_total") >= 4.0
+    })
+    .await;
+    assert!(seen.is_some(), "hellos not taken");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let http = gw.http;
+    let got = plain(http).await;
+    assert!(
+        got.starts_with("HTTP/1.1 503"),
+        "a fourth connection got in: {got:?}"
+    );
+    // A fourth handshake is refused before it costs anything.
+    let mut s = connect(gw.https).await;
+    let _ = s.write_all(&hello()).await;
+    let (got, eof) = read_until_close(&mut s, Duration::from_secs(2)).await;
+    assert!(eof && got.is_empty(), "{got:?}");
+    // Gone handshakes give their slots back.
+    drop(stalled);
+    let back = common::eventually(Duration::from_secs(3), || async move {
+        plain(http).await.starts_with("HTTP/1.1 308")
+    })
+    .await;
+    assert!(back.is_some(), "slots of failed handshakes not released");
 }

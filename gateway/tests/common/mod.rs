@@ -435,18 +435,14 @@ impl Gateway {
                 https
             }
         };
+        if !extra.contains(&"--threads") {
+            cmd.args(["--threads", "2"]);
+        }
         let child = cmd
             .args(source)
             .args(["--http", &http.to_string()])
             .args(["--admin", &admin.to_string()])
-            .args([
-                "--threads",
-                "2",
-                "--health-interval",
-                "200ms",
-                "--drain-seconds",
-                "1",
-            ])
+            .args(["--health-interval", "200ms", "--drain-seconds", "1"])
             .args(extra)
             .env(
                 "RUST_LOG",
