@@ -1,0 +1,154 @@
+//! The `ServerApp` Pingora runs for each listener: takes the client's
+//! connection slot, then runs HTTP/1 keep-alive itself so that a connection
+//! between requests holds only its stream (HTTP/2 goes to Pingora).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+
+use super::stream::{GuardedStream, Wait};
+use super::ConnGuard;
+
+/// mimalloc decommits the pages that connections freed only after its
+/// purge delay, and only when the owning thread later allocates or frees a
+/// page in the same segment, or frees into the arena; after a flood the
+/// worker may sit idle, so that memory would stay resident. Once the delay
+/// has passed, a large block (its own page, in this thread's segments) and
+/// a huge one (past mimalloc's 512 KiB size classes, from the arena) run the
+/// due purges, as `control::settle` does after a config load.
+async fn give_memory_back() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drop(std::hint::black_box(vec![1u8; 200 * 1024]));
+    drop(std::hint::black_box(vec![1u8; 1 << 20]));
+}
+
+// === impl Edge ===
+
+/// The `ServerApp` Pingora runs: takes the connection slot, wraps the
+/// stream, hands it to the proxy.
+pub struct Edge<A> {
+    app: Arc<A>,
+    guard: Arc<ConnGuard>,
+}
+
+impl<A> Edge<A> {
+    pub fn new(app: A, guard: Arc<ConnGuard>) -> Self {
+        Edge {
+            app: Arc::new(app),
+            guard,
+        }
+    }
+}
+
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 36\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections from this client";
+
+#[async_trait]
+impl<A> ServerApp for Edge<A>
+where
+    A: HttpServerApp + ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let Some(permit) = self.guard.acquire_for(&stream) else {
+            if !h2 {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = stream.write_all(TOO_MANY).await;
+                    let _ = stream.flush().await;
+                })
+                .await;
+            }
+            return None;
+        };
+        self.guard.connection_opened();
+        let out = if h2 {
+            self.app.process_new(stream, shutdown).await
+        } else {
+            self.serve_http1(GuardedStream::new(stream, &self.guard), shutdown)
+                .await
+        };
+        drop(permit);
+        if self.guard.connection_closed() {
+            tokio::spawn(give_memory_back());
+        }
+        out
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+impl<A> Edge<A>
+where
+    A: HttpServerApp + ServerApp + Send + Sync + 'static,
+{
+    /// Pingora's HTTP/1 keep-alive loop, with the wait for each request's
+    /// first bytes taken out of it: Pingora waits inside a session, holding
+    /// its 4 KiB head buffer and the whole proxy future (~40 KiB an idle
+    /// connection); here a connection between requests holds only its
+    /// stream. Returns `None`: the connection is done when this returns.
+    async fn serve_http1(
+        self: &Arc<Self>,
+        stream: GuardedStream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limits = &self.guard.limits;
+        let mut stream = Box::new(stream);
+        // A new connection's head is due within the header timeout.
+        match stream
+            .wait_for_request(limits.header_timeout, shutdown)
+            .await
+        {
+            Wait::Request => {}
+            Wait::Closed => return None,
+            Wait::TimedOut => {
+                self.guard.metrics.header_timeouts.inc();
+                return None;
+            }
+        }
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        loop {
+            let mut session = ServerSession::new_http1(stream);
+            match persistent.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // As Pingora's own loop sets up a connection's first session.
+                    session.set_keepalive((!*shutdown.borrow()).then_some(60));
+                    session.set_keepalive_reuses_remaining(
+                        self.app
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let reused = self.app.process_new_http(session, shutdown).await?;
+            let (next, settings) = reused.consume();
+            // Pingora hands back the stream it was given. (HTTP/1.1
+            // pipelining is off, so no bytes of the next request are
+            // waiting in `settings`.)
+            stream = next.into_any().downcast::<GuardedStream>().ok()?;
+            match stream
+                .wait_for_request(limits.keepalive_timeout, shutdown)
+                .await
+            {
+                Wait::Request => {}
+                Wait::Closed => return None,
+                Wait::TimedOut => {
+                    self.guard.metrics.idle_timeouts.inc();
+                    return None;
+                }
+            }
+            persistent = settings;
+        }
+    }
+}
