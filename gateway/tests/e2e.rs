@@ -337,6 +337,10 @@ async fn tls_host_redirects_and_empty_pool_is_503() {
     let r = c.get("empty.test", "/").await.unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "1");
+    // Every 503 has one shape: a reason, Retry-After, and the connection
+    // closed (the request body may be unread).
+    assert_eq!(r.body, "no healthy upstream\n");
+    assert_eq!(r.headers["connection"], "close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

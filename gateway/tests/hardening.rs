@@ -522,6 +522,8 @@ async fn pool_connection_cap_refuses_with_503_instead_of_queueing() {
     let r = gw.client().get("a.test", "/").await.unwrap();
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.body, "upstream at its connection limit\n");
+    assert_eq!(r.headers["connection"], "close");
     assert!(started.elapsed() < Duration::from_millis(500), "queued");
     release.send(true).unwrap();
     for w in waiting {

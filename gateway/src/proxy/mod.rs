@@ -1,9 +1,13 @@
 //! The `ProxyHttp` impl: each phase does one thing and delegates to the route
-//! table, the pools and the metrics. Per-request state lives in [`Ctx`].
+//! table, the pools and the metrics. `request_filter` routes the request or
+//! answers it (400/414/431, 308, 421, 404, 429); `upstream_peer` picks the
+//! endpoint and takes the pool slot (every 503 comes from there, answered
+//! by `fail_to_proxy` in one shape); per-request state lives in [`Ctx`].
 
-use std::net::SocketAddr;
+mod ctx;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,9 +22,10 @@ use crate::edge;
 use crate::edge::headers::{self, Origin, Underscores};
 use crate::ratelimit::retry_after_secs;
 use crate::route::{normalize_host, BadHost, HostBuf, Lookup};
-use crate::runtime::{RouteTarget, Runtime, Shared};
+use crate::runtime::{Runtime, Shared};
 use crate::tls::{same_cert, TlsConn};
-use crate::upstream::Endpoint;
+
+pub use ctx::{Ctx, NoUpstream, Routed};
 
 /// Listener-level settings of the proxy.
 #[derive(Clone, Debug)]
@@ -64,30 +69,14 @@ impl Gateway {
     }
 }
 
-/// Per-request state.
-pub struct Ctx {
-    start: Instant,
-    target: Option<Arc<RouteTarget>>,
-    tenant_header: Option<HeaderValue>,
-    /// The request's authority as sent (Host, or `:authority`), validated.
-    authority: Option<HeaderValue>,
-    endpoint: Option<Arc<Endpoint>>,
-    /// The endpoint of a failed connect, avoided by the retry.
-    failed: Option<SocketAddr>,
-    connect_retries: u8,
-    upstream_start: Option<Instant>,
-    counted_active: bool,
-    /// Holds one of the pool's connection slots (released in `logging`).
-    pool_slot: bool,
-}
-
 /// Sends a short plain-text response from a filter.
 async fn respond(
     session: &mut Session,
     status: u16,
-    body: &'static str,
+    body: impl Into<Bytes>,
     extra: Option<(HeaderName, HeaderValue)>,
 ) -> Result<bool> {
+    let body: Bytes = body.into();
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -98,9 +87,7 @@ async fn respond(
         .write_response_header(Box::new(resp), body.is_empty())
         .await?;
     if !body.is_empty() {
-        session
-            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(true)
 }
@@ -145,24 +132,12 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            target: None,
-            tenant_header: None,
-            authority: None,
-            endpoint: None,
-            failed: None,
-            connect_retries: 0,
-            upstream_start: None,
-            counted_active: false,
-            pool_slot: false,
-        }
+        Ctx::new(&self.shared.metrics.active_requests)
     }
 
-    /// Routes the request, or answers it: 431, 308 to https, 421, 404, 503.
+    /// Routes the request, or answers it: 400/414/431, 308 to https, 421,
+    /// 404, 429.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.shared.metrics.active_requests.inc();
-        ctx.counted_active = true;
         // The head is in: lift its deadline; the body and the response get
         // per-operation timeouts instead of Pingora's 60 s / none.
         conn::head_done(session.stream(), has_body(session.req_header()));
@@ -202,21 +177,6 @@ impl ProxyHttp for Gateway {
             Decision::NotFound => {
                 respond(session, 404, "no route for this host and path\n", None).await
             }
-            Decision::Unavailable => {
-                let retry = (http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                respond(session, 503, "no healthy upstream\n", Some(retry)).await
-            }
-            Decision::Overloaded => {
-                self.shared.metrics.pool_overloaded.inc();
-                let retry = (http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                respond(
-                    session,
-                    503,
-                    "upstream at its connection limit\n",
-                    Some(retry),
-                )
-                .await
-            }
             Decision::RateLimited(secs) => {
                 self.shared.metrics.rate_limited.inc();
                 let retry = (http::header::RETRY_AFTER, HeaderValue::from(secs));
@@ -238,24 +198,23 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Picks the endpoint and takes the pool slot; a retry after a failed
+    /// connect picks another endpoint. No endpoint or no slot is a 503
+    /// (`fail_to_proxy`).
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let ep = match ctx.endpoint.take() {
-            Some(ep) if ctx.failed != Some(ep.addr) => ep,
-            _ => {
-                // A retry after a connect failure: another endpoint.
-                let target = ctx
-                    .target
-                    .as_ref()
-                    .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
-                target.pool.select(ctx.failed).ok_or_else(|| {
-                    Error::explain(ErrorType::HTTPStatus(503), "no other endpoint to retry")
-                })?
+        let routed = ctx
+            .routed
+            .as_mut()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
+        match routed.start_attempt() {
+            Ok(attempt) => Ok(attempt.endpoint.peer()),
+            Err(why) => {
+                if why == NoUpstream::AtCapacity {
+                    self.shared.metrics.pool_overloaded.inc();
+                }
+                Error::e_explain(ErrorType::HTTPStatus(503), why.body())
             }
-        };
-        let peer = ep.peer();
-        ctx.endpoint = Some(ep);
-        ctx.upstream_start = Some(Instant::now());
-        Ok(peer)
+        }
     }
 
     async fn upstream_request_filter(
@@ -286,15 +245,19 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
-        if let (Some(target), Some(ep)) = (&ctx.target, &ctx.endpoint) {
+        if let Some(Routed {
+            target,
+            attempt: Some(attempt),
+            ..
+        }) = &ctx.routed
+        {
             if resp.status.is_server_error() {
-                target.pool.record_failure(ep);
+                target.pool.record_failure(&attempt.endpoint);
             } else {
-                target.pool.record_success(ep);
+                target.pool.record_success(&attempt.endpoint);
             }
-            if let Some(t) = ctx.upstream_start {
-                target.stats.observe_upstream(t.elapsed().as_secs_f64());
-            }
+            let took = attempt.started.elapsed().as_secs_f64();
+            target.stats.observe_upstream(took);
         }
         Ok(())
     }
@@ -306,15 +269,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(target), Some(ep)) = (&ctx.target, &ctx.endpoint) {
-            target.pool.record_failure(ep);
+        let Some(routed) = ctx.routed.as_mut() else {
+            return e;
+        };
+        if let Some(attempt) = routed.attempt.take() {
+            routed.target.pool.record_failure(&attempt.endpoint);
         }
-        ctx.failed = peer.address().as_inet().copied();
         // Nothing was sent, so any method may go to one other endpoint.
-        if ctx.connect_retries == 0 {
-            ctx.connect_retries += 1;
+        if routed.failed.is_none() {
             e.set_retry(true);
         }
+        routed.failed = peer.address().as_inet().copied();
         e
     }
 
@@ -329,8 +294,13 @@ impl ProxyHttp for Gateway {
         // A broken reused keepalive connection says nothing about the
         // endpoint's health; a fresh one failing does.
         if !client_reused {
-            if let (Some(target), Some(ep)) = (&ctx.target, &ctx.endpoint) {
-                target.pool.record_failure(ep);
+            if let Some(Routed {
+                target,
+                attempt: Some(attempt),
+                ..
+            }) = &ctx.routed
+            {
+                target.pool.record_failure(&attempt.endpoint);
             }
         }
         // Pingora's default policy: never retry a non-idempotent request
@@ -366,19 +336,17 @@ impl ProxyHttp for Gateway {
         };
         // Once a response header went out, the connection can only be closed.
         if code > 0 && session.response_written().is_none() {
-            let mut resp = ResponseHeader::build(code, Some(3));
-            if let Ok(resp) = resp.as_mut() {
-                let _ = resp.insert_header(http::header::CONTENT_LENGTH, 0);
-                let _ = resp.insert_header(http::header::CONNECTION, "close");
-                if retry {
-                    let _ = resp.insert_header(http::header::RETRY_AFTER, "1");
-                }
-            }
+            // The request body may be unread: the connection can't be reused.
             session.set_keepalive(None);
-            if let Ok(resp) = resp {
-                if let Err(err) = session.write_response_header(Box::new(resp), true).await {
-                    tracing::debug!(error = %err, "cannot send the error response");
-                }
+            // A 503 of `upstream_peer` says why (a `NoUpstream` body).
+            let body = match (code, e.etype(), &e.context) {
+                (503, HTTPStatus(_), Some(why)) => Bytes::from(why.as_str().to_string()),
+                (503, _, _) => Bytes::from_static(b"no upstream endpoint reachable\n"),
+                _ => Bytes::new(),
+            };
+            let retry = retry.then(|| (http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+            if let Err(err) = respond(session, code, body, retry).await {
+                tracing::debug!(error = %err, "cannot send the error response");
             }
         }
         FailToProxy {
@@ -388,34 +356,21 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.counted_active {
-            self.shared.metrics.active_requests.dec();
-        }
-        if ctx.pool_slot {
-            ctx.pool_slot = false;
-            if let Some(target) = &ctx.target {
-                target.pool.release();
-            }
-        }
         // The connection now idles until its next request (or closes).
         conn::request_done(session.stream());
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let stats = ctx
-            .target
-            .as_ref()
-            .map_or(&self.shared.metrics.unmatched, |t| &t.stats);
+        let target = ctx.routed.as_ref().map(|r| &r.target);
+        let stats = target.map_or(&self.shared.metrics.unmatched, |t| &t.stats);
         stats.count(if status == 0 { 502 } else { status });
         if !self.settings.access_log {
             return;
         }
         let req = session.req_header();
-        let tenant = ctx
-            .target
-            .as_ref()
+        let tenant = target
             .and_then(|t| t.tenant.as_ref())
             .map_or("", |t| t.as_str());
-        let route = ctx.target.as_ref().map_or("", |t| t.name.as_str());
-        let upstream = ctx.endpoint.as_ref().map(|e| e.addr);
+        let route = target.map_or("", |t| t.name.as_str());
+        let upstream = ctx.endpoint().map(|e| e.addr);
         tracing::info!(
             target: "vestibule::access",
             tenant,
@@ -443,9 +398,6 @@ enum Decision {
     /// connections (HTTP/2) opens one for that host instead.
     Misdirected,
     NotFound,
-    Unavailable,
-    /// The pool holds its connection cap.
-    Overloaded,
     /// The tenant is over its rate; retry after this many seconds.
     RateLimited(u64),
 }
@@ -486,24 +438,12 @@ impl Gateway {
             Lookup::Route { route, .. } | Lookup::Default { route, .. } => route.clone(),
             Lookup::NoRoute { .. } | Lookup::NoHost => return Decision::NotFound,
         };
-        if let Some(limiter) = &target.limiter {
-            if let Err(wait) = limiter.check() {
-                ctx.target = Some(target);
-                return Decision::RateLimited(retry_after_secs(wait));
-            }
+        let limited = target.limiter.as_ref().and_then(|l| l.check().err());
+        ctx.routed = Some(Routed::new(target));
+        match limited {
+            Some(wait) => Decision::RateLimited(retry_after_secs(wait)),
+            None => Decision::Proxy,
         }
-        ctx.endpoint = target.pool.select(None);
-        let decision = if ctx.endpoint.is_none() {
-            Decision::Unavailable
-        } else if target.pool.try_acquire() {
-            ctx.pool_slot = true;
-            Decision::Proxy
-        } else {
-            ctx.endpoint = None;
-            Decision::Overloaded
-        };
-        ctx.target = Some(target);
-        decision
     }
 
     /// Whether `host` (a configured vhost) would be presented a different

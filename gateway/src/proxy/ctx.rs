@@ -1,0 +1,138 @@
+//! Per-request state of the proxy, typed by what the request has reached:
+//! routed to a target, then holding a pool slot and an endpoint. What a
+//! request holds is given back when its state is dropped, whatever path the
+//! request took.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+use prometheus::IntGauge;
+
+use crate::runtime::RouteTarget;
+use crate::upstream::{Endpoint, UpstreamPool};
+
+/// Per-request state.
+pub struct Ctx {
+    pub start: Instant,
+    /// Counts the request in `vestibule_active_requests` while it lives.
+    _in_flight: InFlight,
+    /// The request's authority as sent (Host, or `:authority`), validated.
+    pub authority: Option<HeaderValue>,
+    /// The `X-Tenant-Id` of the matched host, if a tenant owns it.
+    pub tenant_header: Option<HeaderValue>,
+    pub routed: Option<Routed>,
+}
+
+impl Ctx {
+    pub fn new(active: &IntGauge) -> Self {
+        Ctx {
+            start: Instant::now(),
+            _in_flight: InFlight::new(active),
+            authority: None,
+            tenant_header: None,
+            routed: None,
+        }
+    }
+
+    /// The endpoint of the current attempt, if one was picked.
+    pub fn endpoint(&self) -> Option<&Arc<Endpoint>> {
+        self.routed.as_ref()?.attempt.as_ref().map(|a| &a.endpoint)
+    }
+}
+
+/// A request with a route target.
+pub struct Routed {
+    pub target: Arc<RouteTarget>,
+    /// The pool slot, taken with the first endpoint and kept across a retry.
+    slot: Option<PoolSlot>,
+    /// The current upstream attempt.
+    pub attempt: Option<Attempt>,
+    /// The endpoint of a failed connect, avoided by the one retry.
+    pub failed: Option<SocketAddr>,
+}
+
+/// One try at one endpoint.
+pub struct Attempt {
+    pub endpoint: Arc<Endpoint>,
+    pub started: Instant,
+}
+
+/// Why no upstream attempt could start (all 503, with `Retry-After`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoUpstream {
+    /// The pool has no ready endpoint (left).
+    NoEndpoint,
+    /// The pool holds its concurrent request cap.
+    AtCapacity,
+}
+
+impl NoUpstream {
+    pub fn body(self) -> &'static str {
+        match self {
+            NoUpstream::NoEndpoint => "no healthy upstream\n",
+            NoUpstream::AtCapacity => "upstream at its connection limit\n",
+        }
+    }
+}
+
+impl Routed {
+    pub fn new(target: Arc<RouteTarget>) -> Self {
+        Routed {
+            target,
+            slot: None,
+            attempt: None,
+            failed: None,
+        }
+    }
+
+    /// Picks the endpoint of the next attempt (never the one that failed)
+    /// and, the first time, takes a pool slot.
+    pub fn start_attempt(&mut self) -> Result<&Attempt, NoUpstream> {
+        let pool = &self.target.pool;
+        let endpoint = pool.select(self.failed).ok_or(NoUpstream::NoEndpoint)?;
+        if self.slot.is_none() {
+            self.slot = Some(PoolSlot::take(pool).ok_or(NoUpstream::AtCapacity)?);
+        }
+        Ok(self.attempt.insert(Attempt {
+            endpoint,
+            started: Instant::now(),
+        }))
+    }
+}
+
+// === impl PoolSlot ===
+
+/// One of a pool's concurrent request slots, given back on drop.
+struct PoolSlot(Arc<UpstreamPool>);
+
+impl PoolSlot {
+    fn take(pool: &Arc<UpstreamPool>) -> Option<PoolSlot> {
+        pool.try_acquire().then(|| PoolSlot(pool.clone()))
+    }
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+// === impl InFlight ===
+
+/// A request counted in the active-requests gauge until dropped.
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
