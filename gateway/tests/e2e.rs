@@ -376,7 +376,14 @@ async fn upstream_killed_mid_run() {
     }
     assert!(failures <= 5, "{failures} failed requests after the kill");
     // Once the health check has seen it, nothing fails and nothing goes there.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let seen = common::eventually(Duration::from_secs(3), || async {
+        gw.admin_get("/metrics")
+            .await
+            .body
+            .contains(r#"vestibule_pool_endpoints{pool="p",state="unhealthy"} 1"#)
+    })
+    .await;
+    assert!(seen.is_some(), "the health check never marked k2 down");
     for _ in 0..200 {
         let r = c.get("k.test", "/").await.unwrap();
         assert_eq!(r.status, 200);
@@ -572,16 +579,15 @@ async fn admin_endpoints_and_metrics() {
     assert!(metrics.contains(want_4xx), "{metrics}");
     assert!(metrics.contains("vestibule_upstream_response_seconds_bucket"));
     assert!(metrics.contains("vestibule_config_last_swap_timestamp_seconds"));
-    assert!(
-        metrics.contains(r#"vestibule_pool_endpoints{pool="m",state="healthy"}"#) || {
-            // Gauges appear after the first health pass.
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            gw.admin_get("/metrics")
-                .await
-                .body
-                .contains(r#"vestibule_pool_endpoints{pool="m",state="healthy"} 1"#)
-        }
-    );
+    // Pool gauges appear after the first health pass.
+    let gauges = common::eventually(Duration::from_secs(3), || async {
+        gw.admin_get("/metrics")
+            .await
+            .body
+            .contains(r#"vestibule_pool_endpoints{pool="m",state="healthy"} 1"#)
+    })
+    .await;
+    assert!(gauges.is_some(), "no pool gauges after a health pass");
     // Bounded labels: never raw hosts or paths.
     assert!(!metrics.contains("secret-path") && !metrics.contains("unknown.test"));
     let cfg: serde_json::Value = serde_json::from_str(&gw.admin_get("/config").await.body).unwrap();

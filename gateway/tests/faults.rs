@@ -249,9 +249,15 @@ async fn config_source_garbage_or_gone_keeps_the_last_good_config() {
             assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
         }
     }
-    // The source disappears entirely.
+    // The source disappears entirely: once the gateway has noticed (an
+    // error is counted), it still serves the last good config.
+    let seen = gw.config_errors().await;
     std::fs::remove_file(&file).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let noticed = common::eventually(Duration::from_secs(3), || async {
+        gw.config_errors().await > seen
+    })
+    .await;
+    assert!(noticed.is_some(), "removal not noticed");
     for _ in 0..10 {
         assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
     }

@@ -517,7 +517,15 @@ async fn pool_connection_cap_refuses_with_503_instead_of_queueing() {
             Client::new(http).get("a.test", "/").await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The four hold the pool's slots: they are in flight at the upstream.
+    let held = common::eventually(Duration::from_secs(3), || async {
+        metric(
+            &gw.admin_get("/metrics").await.body,
+            "vestibule_active_requests",
+        ) >= 4.0
+    })
+    .await;
+    assert!(held.is_some(), "the four requests never got in flight");
     let started = Instant::now();
     let r = gw.client().get("a.test", "/").await.unwrap();
     assert_eq!(r.status, 503);

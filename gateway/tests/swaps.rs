@@ -55,6 +55,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The DER of the leaf a fresh TLS connection to `host` is presented.
+async fn presented_leaf(
+    addr: std::net::SocketAddr,
+    config: Arc<ClientConfig>,
+    host: &str,
+) -> Vec<u8> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let tls = TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The DER of a certificate's leaf.
+fn leaf_der(cert: &Certificate) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
 async fn swaps_under_load(swaps: usize) {
     let up1 = Upstream::start("one").await;
     let up2 = Upstream::start("two").await;
@@ -154,6 +176,12 @@ async fn swaps_under_load(swaps: usize) {
         .await
         .unwrap_or_else(|| panic!("swap {i} not applied"));
         latencies.push(t.elapsed());
+        // A new connection gets the certificate this swap rotated in.
+        let leaf = presented_leaf(gw.https, pki.fresh_client(), "secure.test").await;
+        assert!(
+            leaf == leaf_der(&certs[i % certs.len()]),
+            "swap {i}: an older certificate was presented"
+        );
         // The churned host is served the moment its config is live.
         if i.is_multiple_of(50) {
             let r = Client::new(gw.http)
