@@ -116,5 +116,11 @@ fn main() -> ExitCode {
          try:\n  curl -i -H 'Host: acme.example.com' http://{}/   # 308 to https\n  curl --cacert examples/demo-ca.crt --resolve acme.example.com:{p}:127.0.0.1 https://acme.example.com:{p}/\n  curl --cacert examples/demo-ca.crt --resolve globex.example.com:{p}:127.0.0.1 https://globex.example.com:{p}/api/orders",
         cli.http, cli.https, cli.admin, cli.http, p = cli.https.port()
     );
-    serve::run(cli)
+    match serve::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -229,7 +229,7 @@ impl BackgroundService for Controller {
                     // Coalesce a backlog: only the newest config matters.
                     while let Ok(newer) = rx.try_recv() {
                         if let SourceEvent::Error(e) = &event {
-                            self.shared.report_error(e.clone());
+                            self.shared.report_error(e.to_string());
                         }
                         event = newer;
                     }
@@ -237,7 +237,7 @@ impl BackgroundService for Controller {
                         SourceEvent::Config(config) => {
                             apply(&self.shared, &config).await;
                         }
-                        SourceEvent::Error(e) => self.shared.report_error(e),
+                        SourceEvent::Error(e) => self.shared.report_error(e.to_string()),
                     }
                 }
                 _ = shutdown.changed() => break,

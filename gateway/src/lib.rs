@@ -11,6 +11,7 @@ pub mod cli;
 pub mod conn;
 pub mod control;
 pub mod edge;
+pub mod error;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

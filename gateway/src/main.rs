@@ -17,5 +17,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     serve::init_logging(cli.log_format);
-    serve::run(cli)
+    match serve::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vestibule-gateway: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

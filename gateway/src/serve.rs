@@ -3,7 +3,6 @@
 //! the controller) until SIGTERM. Shared by the binary and the demo example.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::ExitCode;
 
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
@@ -19,6 +18,7 @@ use crate::admin::Admin;
 use crate::cli::{Cli, LogFormat};
 use crate::conn::{CapFilter, ConnGuard, Edge};
 use crate::control::Controller;
+use crate::error::{Error, SourceError};
 use crate::proxy::{Gateway, ProxySettings};
 use crate::runtime::{Runtime, Shared};
 use crate::source::{ConfigSource, FileSource, ManifestsSource, OperatorSource};
@@ -47,84 +47,68 @@ fn downstream_buffers() -> L4BufferSettings {
     L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
 
-/// Fails early, with the address in the message, when a listener can't bind
+/// Fails early, with the address in the error, when a listener can't bind
 /// (Pingora would panic later inside its runtime).
-fn check_bind(what: &str, addr: SocketAddr) -> Result<(), String> {
+fn check_bind(flag: &'static str, addr: SocketAddr) -> Result<(), Error> {
     TcpListener::bind(addr)
         .map(drop)
-        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+        .map_err(|source| Error::Listen { flag, addr, source })
+}
+
+/// The config source the flags name (clap requires exactly one).
+fn source(cli: &Cli) -> Result<Box<dyn ConfigSource>, Error> {
+    Ok(match (&cli.manifests, &cli.config, &cli.operator) {
+        (Some(dir), _, _) => Box::new(ManifestsSource::new(dir)),
+        (None, Some(file), _) => Box::new(FileSource::new(file)),
+        (_, _, url) => {
+            // clap requires --token-file with --operator.
+            let token = cli.token_file.clone().unwrap_or_default();
+            Box::new(
+                OperatorSource::new(
+                    url.as_deref().unwrap_or_default(),
+                    &token,
+                    cli.ca_file.as_deref(),
+                    cli.state_dir.as_deref(),
+                )
+                .map_err(SourceError::from)?,
+            )
+        }
+    })
 }
 
 /// Runs the gateway; returns only on a startup error (Pingora's server owns
-/// the process and exits it on shutdown). Exit codes: 1 runtime failure,
-/// 2 usage or invalid config.
-pub fn run(cli: Cli) -> ExitCode {
-    let source: Box<dyn ConfigSource> = match (&cli.manifests, &cli.config, &cli.operator) {
-        (Some(dir), _, _) => Box::new(ManifestsSource::new(dir)),
-        (None, Some(file), _) => Box::new(FileSource::new(file)),
-        (None, None, Some(url)) => {
-            // clap requires --token-file with --operator.
-            let token = cli.token_file.clone().unwrap_or_default();
-            match OperatorSource::new(
-                url,
-                &token,
-                cli.ca_file.as_deref(),
-                cli.state_dir.as_deref(),
-            ) {
-                Ok(s) => Box::new(s),
-                Err(e) => {
-                    eprintln!("vestibule-gateway: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        // clap's ArgGroup requires one of them.
-        (None, None, None) => return ExitCode::from(2),
-    };
+/// the process and exits it on shutdown); [`Error::exit_code`] says how
+/// the process ends.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    let source = source(&cli)?;
     let shared = Shared::new(cli.upstream_settings(), source.describe());
     if let (Some(cert), Some(key)) = (&cli.default_cert, &cli.default_key) {
         // clap requires both together.
-        if let Err(e) = tls::load_default_cert(&shared.cert_cache, cert, key) {
-            eprintln!("vestibule-gateway: {e}");
-            return ExitCode::from(2);
-        }
+        tls::load_default_cert(&shared.cert_cache, cert, key).map_err(Error::DefaultCert)?;
     }
-    match source.initial() {
-        Ok(Some(config)) => match Runtime::compile(&config, &Runtime::empty(), &shared) {
-            Ok(runtime) => {
-                tracing::info!(
-                    version = %runtime.version,
-                    hosts = runtime.summary.hosts,
-                    routes = runtime.summary.routes,
-                    pools = runtime.summary.pools,
-                    "initial config loaded"
-                );
-                shared.swap(runtime);
-            }
-            Err(e) => {
-                eprintln!(
-                    "vestibule-gateway: invalid config from {}: {e}",
-                    source.describe()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        Ok(None) => tracing::info!("no config yet; starting unready"),
-        Err(e) => {
-            eprintln!("vestibule-gateway: {e}");
-            return ExitCode::from(2);
+    match source.initial()? {
+        Some(config) => {
+            let runtime =
+                Runtime::compile(&config, &Runtime::empty(), &shared).map_err(|source_error| {
+                    Error::Compile {
+                        from: source.describe(),
+                        source: source_error,
+                    }
+                })?;
+            tracing::info!(
+                version = %runtime.version,
+                hosts = runtime.summary.hosts,
+                routes = runtime.summary.routes,
+                pools = runtime.summary.pools,
+                "initial config loaded"
+            );
+            shared.swap(runtime);
         }
+        None => tracing::info!("no config yet; starting unready"),
     }
-    for (what, addr) in [
-        ("--http", cli.http),
-        ("--https", cli.https),
-        ("--admin", cli.admin),
-    ] {
-        if let Err(e) = check_bind(what, addr) {
-            eprintln!("vestibule-gateway: {e}");
-            return ExitCode::from(1);
-        }
-    }
+    check_bind("--http", cli.http)?;
+    check_bind("--https", cli.https)?;
+    check_bind("--admin", cli.admin)?;
 
     let conf = ServerConf {
         threads: cli.threads.max(1),
@@ -162,13 +146,7 @@ pub fn run(cli: Cli) -> ExitCode {
     proxy.add_listener(ListenerConfig::tcp(cli.http.to_string()).l4_buffer(downstream_buffers()));
     // The HTTPS listener: the same proxy with `tls: true` behind rustls,
     // whose certificates come from the live runtime at each handshake.
-    let tls_settings = match tls::listener_settings(&shared) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("vestibule-gateway: cannot set up the HTTPS listener: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let tls_settings = tls::listener_settings(&shared).map_err(Error::TlsListener)?;
     let mut https = edge_service(
         "vestibule https",
         ProxySettings {
@@ -201,5 +179,5 @@ pub fn run(cli: Cli) -> ExitCode {
     server.add_service(controller);
     tracing::info!(http = %cli.http, https = %cli.https, admin = %cli.admin, threads = cli.threads, "vestibule-gateway serving");
     server.run(RunArgs::default());
-    ExitCode::SUCCESS
+    Ok(())
 }

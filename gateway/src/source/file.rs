@@ -30,10 +30,9 @@ impl FileSource {
         let id = file_id(&self.path);
         let mut loaded_id = self.loaded_id.lock().unwrap_or_else(|p| p.into_inner());
         if edge == Edge::Leading && (id.is_none() || id == *loaded_id) {
-            return Err(SourceError(format!(
-                "{}: rewritten in place; waiting for writes to stop",
-                self.path.display()
-            )));
+            return Err(SourceError::RewrittenInPlace {
+                path: self.path.clone(),
+            });
         }
         let config = load_file(&self.path)?;
         *loaded_id = id;
@@ -53,18 +52,21 @@ fn file_id(_: &Path) -> Option<(u64, u64)> {
 }
 
 pub fn load_file(path: &Path) -> Result<GatewayConfig, SourceError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SourceError(format!("{}: cannot read: {e}", path.display())))?;
-    // A blank file is a write caught halfway (or a truncation), not a wish
-    // to serve nothing: parsed, it would be an empty config and drop every
-    // route. An intentionally empty config is `{}`.
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Parsed, a blank file would be an empty config and drop every route.
+    // An intentionally empty config is `{}`.
     if text.trim().is_empty() {
-        return Err(SourceError(format!(
-            "{}: empty file (write `{{}}` for an empty config)",
-            path.display()
-        )));
+        return Err(SourceError::Empty {
+            path: path.to_path_buf(),
+        });
     }
-    GatewayConfig::from_text(&text).map_err(|e| SourceError(format!("{}: {e}", path.display())))
+    GatewayConfig::from_text(&text).map_err(|source| SourceError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[async_trait]
@@ -81,10 +83,9 @@ impl ConfigSource for FileSource {
         let dir = parent_dir(&self.path);
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let Some(name) = self.path.file_name().map(|n| n.to_os_string()) else {
-            let _ = events.send(SourceEvent::Error(format!(
-                "{}: not a file path; not watching",
-                self.path.display()
-            )));
+            let _ = events.send(SourceEvent::Error(SourceError::NotAFile {
+                path: self.path.clone(),
+            }));
             return;
         };
         let relevant = move |p: &Path| p.file_name() == Some(name.as_os_str());

@@ -44,31 +44,26 @@ impl ManifestsSource {
     /// the load waits for the burst to end.
     fn load(&self, edge: Edge) -> Result<GatewayConfig, SourceError> {
         if !self.dir.is_dir() {
-            return Err(SourceError(format!(
-                "{}: not a directory",
-                self.dir.display()
-            )));
+            return Err(SourceError::NotADirectory {
+                path: self.dir.clone(),
+            });
         }
         let loaded = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             let loaded = cache.load(std::slice::from_ref(&self.dir));
             if edge == Edge::Leading {
                 if let Some(file) = cache.rewritten_in_place().first() {
-                    return Err(SourceError(format!(
-                        "{}: rewritten in place; waiting for writes to stop",
-                        file.display()
-                    )));
+                    return Err(SourceError::RewrittenInPlace { path: file.clone() });
                 }
                 // A file created but not written yet: nothing to translate.
                 if !cache.changed() {
-                    return Err(SourceError("no change yet".to_string()));
+                    return Err(SourceError::NoChangeYet);
                 }
             }
             loaded
         };
         if !loaded.errors.is_empty() {
-            let msgs: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
-            return Err(SourceError(msgs.join("; ")));
+            return Err(SourceError::Manifests(loaded.errors));
         }
         // The translator is pure; a panic in it is a bug, but it must not
         // take the watcher (and with it every later change) down.
@@ -78,7 +73,7 @@ impl ManifestsSource {
         let translation = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             translate_with(snapshot, options, &mut memo)
         }))
-        .map_err(|_| SourceError("translator panicked; see the log".to_string()))?;
+        .map_err(|_| SourceError::TranslatorPanicked)?;
         for status in &translation.statuses {
             tracing::debug!(?status, "object status");
         }

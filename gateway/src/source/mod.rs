@@ -25,13 +25,10 @@ pub enum SourceEvent {
     /// A complete config to serve.
     Config(Arc<GatewayConfig>),
     /// The source changed but can't produce a config; the last good one stays.
-    Error(String),
+    Error(SourceError),
 }
 
-/// A source could not produce a config.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SourceError(pub String);
+pub use crate::error::SourceError;
 
 #[async_trait]
 pub trait ConfigSource: Send + Sync + 'static {

@@ -20,6 +20,7 @@ use vestibule_config::model::ConfigVersion;
 use vestibule_config::GatewayConfig;
 
 use super::{ConfigSource, SourceError, SourceEvent};
+use crate::error::{CaProblem, OperatorError};
 
 /// Largest config body accepted, compressed or not (10k tenants with their
 /// own certificates and keys are about 40 MB of JSON).
@@ -52,33 +53,38 @@ impl OperatorSource {
         token_file: &Path,
         ca_file: Option<&Path>,
         state_dir: Option<&Path>,
-    ) -> Result<Self, SourceError> {
+    ) -> Result<Self, OperatorError> {
         let url: Uri = url
             .trim_end_matches('/')
             .parse()
-            .map_err(|e| SourceError(format!("--operator {url:?}: {e}")))?;
+            .map_err(|source| OperatorError::Url {
+                url: url.to_string(),
+                source,
+            })?;
         let host = url
             .host()
-            .ok_or_else(|| SourceError(format!("--operator {url}: no host")))?
+            .ok_or_else(|| OperatorError::NoHost {
+                url: url.to_string(),
+            })?
             .to_string();
         let tls = match url.scheme_str() {
             Some("http") => None,
             Some("https") => {
-                let ca = ca_file.ok_or_else(|| {
-                    SourceError("--operator https://... needs --ca-file (the operator's CA)".into())
-                })?;
+                let ca = ca_file.ok_or(OperatorError::NoCaFile)?;
                 Some((tls_connector(ca)?, server_name(&host)?))
             }
             _ => {
-                return Err(SourceError(format!(
-                    "--operator {url}: scheme must be http or https"
-                )))
+                return Err(OperatorError::Scheme {
+                    url: url.to_string(),
+                })
             }
         };
         read_token(token_file)?;
         if let Some(dir) = state_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| SourceError(format!("--state-dir {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|source| OperatorError::StateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         Ok(OperatorSource {
             url,
@@ -93,9 +99,11 @@ impl OperatorSource {
     }
 
     /// One `GET /v1/config?after=...` on a fresh connection.
-    async fn poll(&self, after: Option<&ConfigVersion>) -> Result<Poll, String> {
-        let token = read_token(&self.token_file).map_err(|e| e.0)?;
-        let authority = self.url.authority().ok_or("operator URL has no host")?;
+    async fn poll(&self, after: Option<&ConfigVersion>) -> Result<Poll, OperatorError> {
+        let token = read_token(&self.token_file)?;
+        let authority = self.url.authority().ok_or_else(|| OperatorError::NoHost {
+            url: self.url.to_string(),
+        })?;
         let port = authority
             .port_u16()
             .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
@@ -109,18 +117,24 @@ impl OperatorSource {
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::ACCEPT_ENCODING, "gzip")
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(OperatorError::Request)?;
 
         let tcp = TcpStream::connect((authority.host(), port))
             .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
+            .map_err(|source| OperatorError::Connect {
+                authority: authority.to_string(),
+                source,
+            })?;
         tcp.set_nodelay(true).ok();
         let response = match &self.tls {
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| format!("TLS to {authority}: {e}"))?;
+                    .map_err(|source| OperatorError::Tls {
+                        authority: authority.to_string(),
+                        source,
+                    })?;
                 send(TokioIo::new(stream), request).await?
             }
             None => send(TokioIo::new(tcp), request).await?,
@@ -130,15 +144,13 @@ impl OperatorSource {
         match parts.status {
             StatusCode::OK => {}
             StatusCode::NOT_MODIFIED => return Ok(Poll::Unchanged),
-            StatusCode::UNAUTHORIZED => {
-                return Err("operator refused the token (401); check --token-file".into())
-            }
-            other => return Err(format!("operator answered {other}")),
+            StatusCode::UNAUTHORIZED => return Err(OperatorError::Unauthorized),
+            other => return Err(OperatorError::Status(other)),
         }
         let body = Limited::new(body, MAX_BODY)
             .collect()
             .await
-            .map_err(|e| format!("reading the config body: {e}"))?
+            .map_err(OperatorError::Body)?
             .to_bytes();
         let gzip = parts
             .headers
@@ -149,18 +161,18 @@ impl OperatorSource {
             flate2::read::GzDecoder::new(&body[..])
                 .take(MAX_BODY as u64 + 1)
                 .read_to_string(&mut out)
-                .map_err(|e| format!("config body is not valid gzip/UTF-8: {e}"))?;
+                .map_err(OperatorError::Gzip)?;
             if out.len() > MAX_BODY {
-                return Err("config body is too large".into());
+                return Err(OperatorError::TooLarge);
             }
             out
         } else {
-            String::from_utf8(body.to_vec()).map_err(|_| "config body is not UTF-8".to_string())?
+            String::from_utf8(body.to_vec()).map_err(|_| OperatorError::NotUtf8)?
         };
         if text.trim().is_empty() {
-            return Err("operator sent an empty config body".into());
+            return Err(OperatorError::EmptyBody);
         }
-        let config = GatewayConfig::from_text(&text).map_err(|e| e.to_string())?;
+        let config = GatewayConfig::from_text(&text)?;
         Ok(Poll::New(config))
     }
 
@@ -200,61 +212,69 @@ impl OperatorSource {
 async fn send<IO>(
     io: TokioIo<IO>,
     request: Request<Empty<bytes::Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
+) -> Result<http::Response<hyper::body::Incoming>, OperatorError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(OperatorError::Http)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     sender
         .send_request(request)
         .await
-        .map_err(|e| format!("request: {e}"))
+        .map_err(OperatorError::Http)
 }
 
-fn read_token(path: &Path) -> Result<String, SourceError> {
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| SourceError(format!("--token-file {}: {e}", path.display())))?;
+fn read_token(path: &Path) -> Result<String, OperatorError> {
+    let token = std::fs::read_to_string(path).map_err(|source| OperatorError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let token = token.trim().to_string();
     if token.is_empty() {
-        return Err(SourceError(format!(
-            "--token-file {}: empty",
-            path.display()
-        )));
+        return Err(OperatorError::EmptyToken {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token)
 }
 
-fn tls_connector(ca_file: &Path) -> Result<TlsConnector, SourceError> {
+fn tls_connector(ca_file: &Path) -> Result<TlsConnector, OperatorError> {
     use rustls_pki_types::pem::PemObject;
-    let err = |e: String| SourceError(format!("--ca-file {}: {e}", ca_file.display()));
+    let err = |problem| OperatorError::CaFile {
+        path: ca_file.to_path_buf(),
+        problem,
+    };
     let mut roots = rustls::RootCertStore::empty();
     let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| err(CaProblem::Pem(e)))?;
     for cert in certs {
-        roots.add(cert).map_err(|e| err(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| err(CaProblem::Certificate(e)))?;
     }
     if roots.is_empty() {
-        return Err(err("no certificate".into()));
+        return Err(err(CaProblem::Empty));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(CaProblem::Certificate(e)))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-fn server_name(host: &str) -> Result<rustls_pki_types::ServerName<'static>, SourceError> {
-    rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-        .map_err(|e| SourceError(format!("--operator host {host:?}: {e}")))
+fn server_name(host: &str) -> Result<rustls_pki_types::ServerName<'static>, OperatorError> {
+    rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string()).map_err(
+        |_| OperatorError::ServerName {
+            host: host.to_string(),
+        },
+    )
 }
 
 /// Exponential backoff with jitter, so replicas that lost the operator at
@@ -284,7 +304,7 @@ impl ConfigSource for OperatorSource {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| SourceError(format!("cannot start a runtime: {e}")))?;
+            .map_err(OperatorError::Runtime)?;
         let fetched =
             runtime.block_on(async { tokio::time::timeout(BOOT_TIMEOUT, self.poll(None)).await });
         match fetched {
@@ -313,7 +333,7 @@ impl ConfigSource for OperatorSource {
             let result = match tokio::time::timeout(POLL_TIMEOUT, self.poll(current.as_ref())).await
             {
                 Ok(r) => r,
-                Err(_) => Err("long-poll timed out".to_string()),
+                Err(_) => Err(OperatorError::TimedOut),
             };
             match result {
                 Ok(Poll::New(config)) => {
@@ -329,7 +349,7 @@ impl ConfigSource for OperatorSource {
                 }
                 Ok(Poll::Unchanged) => failures = 0,
                 Err(e) => {
-                    if events.send(SourceEvent::Error(e)).is_err() {
+                    if events.send(SourceEvent::Error(e.into())).is_err() {
                         return;
                     }
                     tokio::time::sleep(backoff(failures)).await;

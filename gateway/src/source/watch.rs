@@ -123,10 +123,10 @@ pub async fn reload_on_change(
     let (_watcher, mut rx) = match watch_dir(dir, recursive, relevant) {
         Ok(w) => w,
         Err(e) => {
-            let _ = events.send(SourceEvent::Error(format!(
-                "{}: cannot watch: {e}",
-                dir.display()
-            )));
+            let _ = events.send(SourceEvent::Error(SourceError::Watch {
+                path: dir.to_path_buf(),
+                source: e,
+            }));
             return;
         }
     };
@@ -161,7 +161,7 @@ pub async fn reload_on_change(
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e.0, "files still changing; retrying after the quiet period")
+                    tracing::debug!(error = %e, "files still changing; retrying after the quiet period")
                 }
             }
         }
@@ -170,7 +170,7 @@ pub async fn reload_on_change(
         }
         let event = match load(Edge::Trailing) {
             Ok(config) => SourceEvent::Config(Arc::new(config)),
-            Err(e) => SourceEvent::Error(e.0),
+            Err(e) => SourceEvent::Error(e),
         };
         last_load = Some(Instant::now());
         if events.send(event).is_err() {
