@@ -376,14 +376,11 @@ async fn upstream_killed_mid_run() {
     }
     assert!(failures <= 5, "{failures} failed requests after the kill");
     // Once the health check has seen it, nothing fails and nothing goes there.
-    let seen = common::eventually(Duration::from_secs(3), || async {
-        gw.admin_get("/metrics")
-            .await
-            .body
-            .contains(r#"vestibule_pool_endpoints{pool="p",state="unhealthy"} 1"#)
-    })
-    .await;
-    assert!(seen.is_some(), "the health check never marked k2 down");
+    let down = r#"vestibule_pool_endpoints{pool="p",state="unhealthy"} 1"#;
+    assert!(
+        gw.metrics_show(down).await,
+        "the health check never marked k2 down"
+    );
     for _ in 0..200 {
         let r = c.get("k.test", "/").await.unwrap();
         assert_eq!(r.status, 200);
@@ -580,14 +577,11 @@ async fn admin_endpoints_and_metrics() {
     assert!(metrics.contains("vestibule_upstream_response_seconds_bucket"));
     assert!(metrics.contains("vestibule_config_last_swap_timestamp_seconds"));
     // Pool gauges appear after the first health pass.
-    let gauges = common::eventually(Duration::from_secs(3), || async {
-        gw.admin_get("/metrics")
-            .await
-            .body
-            .contains(r#"vestibule_pool_endpoints{pool="m",state="healthy"} 1"#)
-    })
-    .await;
-    assert!(gauges.is_some(), "no pool gauges after a health pass");
+    let healthy = r#"vestibule_pool_endpoints{pool="m",state="healthy"} 1"#;
+    assert!(
+        gw.metrics_show(healthy).await,
+        "no pool gauges after a health pass"
+    );
     // Bounded labels: never raw hosts or paths.
     assert!(!metrics.contains("secret-path") && !metrics.contains("unknown.test"));
     let cfg: serde_json::Value = serde_json::from_str(&gw.admin_get("/config").await.body).unwrap();

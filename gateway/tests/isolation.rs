@@ -161,17 +161,10 @@ impl Lab {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
-        let mut body = resp.into_body();
-        let mut out = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            body.flow_control().release_capacity(chunk.len()).unwrap();
-            out.extend_from_slice(&chunk);
-        }
         let resp = Response {
             status,
             headers,
-            body: String::from_utf8_lossy(&out).into_owned(),
+            body: pki::h2_body(resp.into_body()).await,
         };
         (status, resp)
     }

@@ -90,14 +90,7 @@ async fn h2_get(send: &mut h2::client::SendRequest<bytes::Bytes>, url: &str) -> 
     let (resp, _) = send.send_request(req, true).unwrap();
     let resp = resp.await.unwrap();
     let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        body.flow_control().release_capacity(chunk.len()).unwrap();
-        out.extend_from_slice(&chunk);
-    }
-    (status, String::from_utf8_lossy(&out).into_owned())
+    (status, pki::h2_body(resp.into_body()).await)
 }
 
 // === config ===

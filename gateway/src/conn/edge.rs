@@ -105,16 +105,9 @@ where
         let limits = &self.guard.limits;
         let mut stream = Box::new(stream);
         // A new connection's head is due within the header timeout.
-        match stream
-            .wait_for_request(limits.header_timeout, shutdown)
-            .await
-        {
-            Wait::Request => {}
-            Wait::Closed => return None,
-            Wait::TimedOut => {
-                self.guard.metrics.header_timeouts.inc();
-                return None;
-            }
+        let first = stream.wait_for_request(limits.header_timeout, shutdown);
+        if !self.next_request(first.await, &self.guard.metrics.header_timeouts) {
+            return None;
         }
         let mut persistent: Option<HttpPersistentSettings> = None;
         loop {
@@ -137,18 +130,19 @@ where
             // pipelining is off, so no bytes of the next request are
             // waiting in `settings`.)
             stream = next.into_any().downcast::<GuardedStream>().ok()?;
-            match stream
-                .wait_for_request(limits.keepalive_timeout, shutdown)
-                .await
-            {
-                Wait::Request => {}
-                Wait::Closed => return None,
-                Wait::TimedOut => {
-                    self.guard.metrics.idle_timeouts.inc();
-                    return None;
-                }
+            let next = stream.wait_for_request(limits.keepalive_timeout, shutdown);
+            if !self.next_request(next.await, &self.guard.metrics.idle_timeouts) {
+                return None;
             }
             persistent = settings;
         }
+    }
+
+    /// Whether a request follows the wait; a wait that timed out is counted.
+    fn next_request(&self, wait: Wait, timeouts: &prometheus::IntCounter) -> bool {
+        if wait == Wait::TimedOut {
+            timeouts.inc();
+        }
+        wait == Wait::Request
     }
 }

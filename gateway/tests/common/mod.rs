@@ -491,6 +491,15 @@ impl Gateway {
         Client::new(self.admin).get("admin", path).await.unwrap()
     }
 
+    /// Waits (up to 3 s) until `/metrics` shows `line`.
+    pub async fn metrics_show(&self, line: &str) -> bool {
+        eventually(Duration::from_secs(3), || async {
+            self.admin_get("/metrics").await.body.contains(line)
+        })
+        .await
+        .is_some()
+    }
+
     /// `vestibule_config_errors_total` (0 before the first error).
     pub async fn config_errors(&self) -> f64 {
         let m = self.admin_get("/metrics").await.body;

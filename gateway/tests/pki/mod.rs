@@ -1,5 +1,5 @@
 //! Test PKI: a CA minted with rcgen that issues leaf certificates, and
-//! rustls client configs that trust only it. Separate from `common`, which
+//! rustls (and HTTP/2) clients that trust only it. Separate from `common`, which
 //! the cross-crate tests also compile without rcgen and rustls.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -82,4 +82,15 @@ impl Pki {
         config.resumption = rustls::client::Resumption::disabled();
         Arc::new(config)
     }
+}
+
+/// The whole body of an HTTP/2 response, releasing flow control as it goes.
+pub async fn h2_body(mut body: h2::RecvStream) -> String {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        out.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
