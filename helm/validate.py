@@ -231,6 +231,8 @@ def check_operator(docs, case: str, v: dict[str, Any]) -> None:
     F.check(("--require-tenant" in a) == bool(v["operator"]["requireTenant"]), f"[{case}] operator --require-tenant")
     tls = v["configServer"]["tls"]["enabled"]
     F.check(("--tls-cert" in a) == tls and ("--tls-key" in a) == tls, f"[{case}] operator TLS flags vs configServer.tls.enabled={tls}")
+    # Plain HTTP only when asked for, and then said on the command line.
+    F.check(("--insecure-listen" in a) == (not tls), f"[{case}] operator --insecure-listen vs configServer.tls.enabled={tls}")
     F.check(spec.get("serviceAccountName") == find_sa(docs, "operator", v), f"[{case}] operator serviceAccountName")
 
     # --publish-service names the chart's gateway Service (unless overridden).

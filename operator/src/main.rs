@@ -73,10 +73,15 @@ struct RunArgs {
     /// Serve only hosts owned by a Tenant (strict SaaS mode).
     #[arg(long)]
     require_tenant: bool,
-    /// Config server address. It speaks HTTPS when --tls-cert and --tls-key
-    /// are given, and plain HTTP otherwise.
+    /// Config server address. It speaks HTTPS with --tls-cert and
+    /// --tls-key; plain HTTP only with --insecure-listen.
     #[arg(long, default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
+    /// Serve configs over plain HTTP: gateways' bearer tokens and every
+    /// tenant's certificate keys cross the network in clear. For a local
+    /// test only; refused without this flag when --tls-cert is not given.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_listen: bool,
     /// File holding the bearer token gateways must send (re-read when it changes).
     #[arg(long, env = "VESTIBULE_TOKEN_FILE")]
     token_file: PathBuf,
@@ -167,11 +172,27 @@ fn run(args: RunArgs) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let insecure = args.insecure_listen;
     let settings = settings(args);
     // Check the token before touching the cluster: a bad mount is a usage error.
     if let Err(e) = vestibule_operator::server::Token::load(&settings.token_file) {
         eprintln!("error: {e}");
         return ExitCode::from(e.exit_code());
+    }
+    match (&settings.tls, insecure) {
+        (Some(_), _) => {}
+        (None, true) => tracing::warn!(
+            listen = %settings.listen,
+            "INSECURE: the config server speaks plain HTTP (--insecure-listen): bearer tokens and \
+             tenants' private keys cross the network in clear; give it --tls-cert and --tls-key"
+        ),
+        (None, false) => {
+            eprintln!(
+                "error: --tls-cert/--tls-key are required: without them bearer tokens and private \
+                 keys would be served in clear (--insecure-listen allows it, for a local test)"
+            );
+            return ExitCode::from(2);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

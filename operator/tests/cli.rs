@@ -126,7 +126,10 @@ fn run_help_says_when_the_config_server_is_https() {
     ] {
         assert!(help.contains(flag), "{flag} missing from help");
     }
-    assert!(help.contains("plain HTTP otherwise"), "{help}");
+    assert!(
+        help.contains("plain HTTP only with --insecure-listen"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -147,6 +150,35 @@ fn run_usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // A malformed --publish-service.
     let out = operator(&["run", "--token-file", "x", "--publish-service", "noslash"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn run_refuses_plain_http_unless_told() {
+    let dir = support::temp_dir("insecure");
+    let token = dir.join("token");
+    std::fs::write(&token, support::TOKEN).expect("token");
+    let token = token.to_str().expect("utf-8");
+    // No --tls-cert: refused before anything listens, saying why.
+    let out = operator(&["run", "--token-file", token]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--tls-cert"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--insecure-listen"),
+        "{}",
+        stderr(&out)
+    );
+    // --insecure-listen and a certificate contradict each other.
+    let out = operator(&[
+        "run",
+        "--token-file",
+        token,
+        "--insecure-listen",
+        "--tls-cert",
+        "c.pem",
+        "--tls-key",
+        "k.pem",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
@@ -178,6 +210,7 @@ async fn run_serves_configs_from_kubeconfig_and_stops_cleanly_on_sigterm() {
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vestibule-operator"))
         .args(["run", "--identity", "bin", "--lease-namespace", "vestibule"])
+        .arg("--insecure-listen")
         .args([
             "--listen",
             &listen.to_string(),
