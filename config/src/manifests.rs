@@ -89,6 +89,10 @@ impl Loaded {
     }
 }
 
+/// Largest manifest file read by default; a larger one is an error (a
+/// 1 GiB file would otherwise be read whole).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: cannot read: {source}")]
@@ -97,6 +101,10 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {size} bytes, over the {max}-byte limit for one manifest file")]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("{path}: not a regular file")]
+    NotRegular { path: PathBuf },
     #[error("{path}: document {index}: {message}")]
     Document {
         path: PathBuf,
@@ -118,8 +126,10 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
 /// re-reads only files whose metadata changed since the last load: one
 /// edited file in a directory of thousands of objects costs one file's parse.
 /// Files that are gone are forgotten; files with errors are never kept.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ManifestCache {
+    /// Largest file read; see [`DEFAULT_MAX_FILE_BYTES`].
+    max_file_bytes: u64,
     files: HashMap<PathBuf, CachedFile>,
     /// Files the last load found changed in place (same file, new content).
     rewritten: Vec<PathBuf>,
@@ -209,9 +219,28 @@ impl FileKey {
     }
 }
 
+impl Default for ManifestCache {
+    fn default() -> Self {
+        ManifestCache {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            files: HashMap::new(),
+            rewritten: Vec::new(),
+            changed: false,
+        }
+    }
+}
+
 impl ManifestCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cache that refuses files larger than `max` bytes.
+    pub fn with_max_file_bytes(max: u64) -> Self {
+        ManifestCache {
+            max_file_bytes: max,
+            ..Self::default()
+        }
     }
 
     /// Loads `paths`; the result is what [`load_paths`] would return now.
@@ -299,10 +328,13 @@ fn load_with<P: AsRef<Path>>(paths: &[P], mut cache: Option<&mut ManifestCache>)
         }
     }
 
+    let max = cache
+        .as_deref()
+        .map_or(DEFAULT_MAX_FILE_BYTES, |c| c.max_file_bytes);
     let mut fates = Vec::with_capacity(files.len());
     for file in &files {
         let old = cache.as_deref().and_then(|c| c.files.get(file));
-        fates.push(read_file(file, old, cache.is_some()));
+        fates.push(read_file(file, old, cache.is_some(), max));
     }
 
     // Parse what was read, in parallel; results come back in file order.
@@ -393,7 +425,7 @@ fn load_with<P: AsRef<Path>>(paths: &[P], mut cache: Option<&mut ManifestCache>)
 }
 
 /// Reads a file unless the cache can vouch for it.
-fn read_file(file: &Path, old: Option<&CachedFile>, caching: bool) -> FileLoad {
+fn read_file(file: &Path, old: Option<&CachedFile>, caching: bool, max: u64) -> FileLoad {
     let before = if caching {
         std::fs::metadata(file).ok().map(|m| FileKey::of(&m))
     } else {
@@ -407,14 +439,9 @@ fn read_file(file: &Path, old: Option<&CachedFile>, caching: bool) -> FileLoad {
             };
         }
     }
-    let text = match std::fs::read_to_string(file) {
+    let text = match read_text(file, max) {
         Ok(text) => text,
-        Err(source) => {
-            return FileLoad::Failed(ManifestError::Io {
-                path: file.to_path_buf(),
-                source,
-            })
-        }
+        Err(e) => return FileLoad::Failed(e),
     };
     let Some(before) = before else {
         return FileLoad::Read {
@@ -443,6 +470,46 @@ fn read_file(file: &Path, old: Option<&CachedFile>, caching: bool) -> FileLoad {
     }
 }
 
+/// A regular file's text, at most `max` bytes. Opened without blocking and
+/// checked on the open handle, so a FIFO (or a device) put in place of a
+/// manifest can't stall the loader, and the size is bounded while reading
+/// too (the file may grow after the check).
+fn read_text(file: &Path, max: u64) -> Result<String, ManifestError> {
+    use std::io::Read;
+    let io = |source| ManifestError::Io {
+        path: file.to_path_buf(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let handle = options.open(file).map_err(io)?;
+    let meta = handle.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ManifestError::NotRegular {
+            path: file.to_path_buf(),
+        });
+    }
+    let too_large = |size| ManifestError::TooLarge {
+        path: file.to_path_buf(),
+        size,
+        max,
+    };
+    if meta.len() > max {
+        return Err(too_large(meta.len()));
+    }
+    let mut text = String::with_capacity(meta.len() as usize);
+    handle.take(max + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > max {
+        return Err(too_large(text.len() as u64));
+    }
+    Ok(text)
+}
+
 /// Is this a file the loader reads?
 pub fn is_manifest_file(path: &Path) -> bool {
     let hidden = path
@@ -466,7 +533,14 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         if path.is_dir() && !hidden {
             collect_files(&path, out)?;
         } else if is_manifest_file(&path) {
-            out.push(path);
+            // Only regular files (or links to them): a FIFO named `x.yaml`
+            // would block a read forever.
+            match std::fs::metadata(&path) {
+                Ok(meta) if !meta.is_file() => {
+                    tracing::warn!(path = %path.display(), "not a regular file; not read");
+                }
+                _ => out.push(path),
+            }
         }
     }
     Ok(())

@@ -88,6 +88,10 @@ pub struct Cli {
     /// Request line plus headers above this size get 431.
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
+    /// Largest manifest file `--manifests` reads; a larger one fails the
+    /// load (the last good config stays, `/config` names the file).
+    #[arg(long, value_name = "BYTES", default_value_t = vestibule_config::manifests::DEFAULT_MAX_FILE_BYTES)]
+    pub max_manifest_bytes: u64,
     /// Pass request headers with `_` in their name to upstreams (dropped by
     /// default, like nginx). Those that read as a tenant or forwarding
     /// header once `_` is read as `-` are always dropped.

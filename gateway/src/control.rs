@@ -48,6 +48,7 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
         && config.effective_version() == current.version
     {
         // Same content (an editor touched the file): nothing to do.
+        shared.clear_error();
         return true;
     }
     let next = match Runtime::compile(config, &current, shared) {
@@ -70,6 +71,7 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
     let summary = next.summary.clone();
     let version = next.version.clone();
     shared.swap(next);
+    shared.clear_error();
     settle(shared.runtime.load_full());
     let took = started.elapsed();
     shared.metrics.swap_duration.observe(took.as_secs_f64());

@@ -258,6 +258,12 @@ impl Shared {
         status.swaps += 1;
     }
 
+    /// A config loaded and applied: the last error is history.
+    pub fn clear_error(&self) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_error = None;
+    }
+
     /// Records a config that could not be loaded or compiled.
     pub fn report_error(&self, error: String) {
         tracing::error!(%error, "config rejected; the previous config stays live");

@@ -188,3 +188,76 @@ async fn a_new_file_goes_live_only_when_complete() {
     );
     assert_eq!(gw.client().get("one.test", "/").await.unwrap().status, 200);
 }
+
+/// What `/config` says the last error was (`None` when there is none).
+async fn last_error(gw: &Gateway) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&gw.admin_get("/config").await.body).unwrap();
+    v["last_error"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifos_are_never_read_oversized_files_are_named_and_errors_clear() {
+    let up = Upstream::start_on("side", "127.0.0.2:0").await;
+    let dir = TempDir::new("manifests-side-doors");
+    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
+    let gw = Gateway::start(
+        &["--manifests", dir.0.to_str().unwrap()],
+        &["--max-manifest-bytes", "65536"],
+    )
+    .await;
+    let http = gw.http;
+    let serves = |host: &'static str| async move {
+        Client::new(http)
+            .get(host, "/")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    };
+    assert!(serves("app.test").await);
+
+    // A FIFO named like a manifest: a load that opened it would block
+    // forever, and no later change would ever apply.
+    let fifo = dir.0.join("zz.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let write = |name: &str, text: &str| {
+        let tmp = dir.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.0.join(name)).unwrap();
+    };
+    write("b.yaml", &ingress("b", "b.test"));
+    let applied = eventually(Duration::from_secs(5), || serves("b.test")).await;
+    assert!(applied.is_some(), "a change after the FIFO never applied");
+
+    // A file over the limit (1 GiB, sparse) is not read: the load fails
+    // naming it, and the last good config keeps serving.
+    let big = std::fs::File::create(dir.0.join("big.yaml")).unwrap();
+    big.set_len(1 << 30).unwrap();
+    drop(big);
+    let named = eventually(Duration::from_secs(5), || async {
+        last_error(&gw)
+            .await
+            .is_some_and(|e| e.contains("big.yaml") && e.contains("65536-byte limit"))
+    })
+    .await;
+    assert!(named.is_some(), "last_error: {:?}", last_error(&gw).await);
+    assert!(serves("app.test").await && serves("b.test").await);
+
+    // Once a later load succeeds, the error is gone.
+    std::fs::remove_file(dir.0.join("big.yaml")).unwrap();
+    write("c.yaml", &ingress("c", "c.test"));
+    let applied = eventually(Duration::from_secs(5), || serves("c.test")).await;
+    assert!(applied.is_some(), "the fixed directory never applied");
+    let cleared = eventually(Duration::from_secs(2), || async {
+        last_error(&gw).await.is_none()
+    })
+    .await;
+    assert!(
+        cleared.is_some(),
+        "last_error kept: {:?}",
+        last_error(&gw).await
+    );
+}

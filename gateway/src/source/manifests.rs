@@ -27,11 +27,12 @@ pub fn default_options() -> Options {
 }
 
 impl ManifestsSource {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    /// Reads `dir`, refusing files over `max_file_bytes`.
+    pub fn new(dir: impl Into<PathBuf>, max_file_bytes: u64) -> Self {
         ManifestsSource {
             dir: dir.into(),
             options: default_options(),
-            cache: Mutex::new(ManifestCache::new()),
+            cache: Mutex::new(ManifestCache::with_max_file_bytes(max_file_bytes)),
             certificates: Mutex::new(CertificateMemo::default()),
         }
     }
