@@ -1,28 +1,97 @@
-//! The admin listener (never on the public ports): `/healthz`, `/readyz`,
-//! `/metrics` (Prometheus text) and `/config` (version, counts, last error).
+//! The admin listener (never on the public ports): the probes `/healthz`
+//! and `/readyz`, always open, and `/metrics` (Prometheus text) and
+//! `/config` (version, counts, last error), which need the bearer token of
+//! `--admin-token-file` when one is set. GET and HEAD only. Served behind
+//! the same connection guard as the proxy (head and idle deadlines) with
+//! small caps of its own (see `serve`).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
+use crate::conn;
 use crate::runtime::{ConfigStatus, Shared, Summary};
+
+const TEXT: &str = "text/plain; charset=utf-8";
 
 pub struct Admin {
     shared: Arc<Shared>,
+    /// Who may read `/metrics` and `/config`.
+    access: Access,
+}
+
+/// Who may read the non-probe endpoints.
+pub enum Access {
+    Open,
+    /// `Authorization: Bearer <token>`, the token read from this file at
+    /// each request (a rotated Secret applies without a restart).
+    Token(PathBuf),
+}
+
+/// What a request asked for, before the answer.
+enum Route {
+    Probe,
+    Protected,
+    Unknown,
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Admin { shared }
+    pub fn new(shared: Arc<Shared>, access: Access) -> Self {
+        Admin { shared, access }
     }
 
-    /// The response for a path; separate from the session for unit tests.
+    /// The response to a request; separate from the session for unit tests.
+    pub fn respond(
+        &self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&[u8]>,
+    ) -> (StatusCode, &'static str, Vec<u8>) {
+        if method != Method::GET && method != Method::HEAD {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                b"GET or HEAD only\n".to_vec(),
+            );
+        }
+        let route = match path {
+            "/healthz" | "/readyz" => Route::Probe,
+            "/metrics" | "/config" => Route::Protected,
+            _ => Route::Unknown,
+        };
+        match route {
+            Route::Unknown => (StatusCode::NOT_FOUND, TEXT, b"not found\n".to_vec()),
+            Route::Protected if !self.authorized(authorization) => (
+                StatusCode::UNAUTHORIZED,
+                TEXT,
+                b"bearer token required\n".to_vec(),
+            ),
+            Route::Probe | Route::Protected => self.handle(path),
+        }
+    }
+
+    fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let Access::Token(file) = &self.access else {
+            return true;
+        };
+        let Some(token) = read_token(file) else {
+            // A token file that can't be read locks the endpoints rather
+            // than opening them.
+            return false;
+        };
+        let sent = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        constant_time_eq(sent, token.as_bytes())
+    }
+
+    /// The response for a path, access already checked.
     pub fn handle(&self, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
-        const TEXT: &str = "text/plain; charset=utf-8";
         match path {
             "/healthz" => (StatusCode::OK, TEXT, b"ok\n".to_vec()),
             "/readyz" if self.shared.is_ready() => (StatusCode::OK, TEXT, b"ready\n".to_vec()),
@@ -62,18 +131,57 @@ struct ConfigView<'a> {
     status: ConfigStatus,
 }
 
+/// The token, trimmed; `None` when the file can't be read or is empty.
+fn read_token(file: &Path) -> Option<String> {
+    let token = std::fs::read_to_string(file).ok()?;
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+/// Compares without an early exit, so the time taken says nothing about
+/// how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let (status, content_type, body) = self.handle(session.req_header().uri.path());
+        // The head is in; admin requests have no body to read.
+        conn::head_done(session.stream(), false);
+        let req = session.req_header();
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let (status, content_type, body) = self.respond(&req.method, req.uri.path(), authorization);
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
-        if let Ok(v) = http::HeaderValue::from_str(content_type) {
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                headers.insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static("GET, HEAD"),
+                );
+            }
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            _ => {}
         }
         let len = resp.body().len();
         resp.headers_mut()
             .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        // The connection now idles until its next request.
+        conn::request_done(session.stream());
         resp
     }
 }
@@ -87,7 +195,7 @@ mod tests {
     #[test]
     fn ready_only_after_a_swap() {
         let shared = Shared::new(Default::default(), "test".into());
-        let admin = Admin::new(shared.clone());
+        let admin = Admin::new(shared.clone(), Access::Open);
         assert_eq!(admin.handle("/healthz").0, StatusCode::OK);
         assert_eq!(admin.handle("/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
         shared.swap(Runtime::empty());
@@ -100,5 +208,47 @@ mod tests {
         assert!(String::from_utf8(metrics)
             .unwrap()
             .contains("vestibule_config_swaps_total 1"));
+    }
+
+    #[test]
+    fn methods_and_tokens() {
+        let shared = Shared::new(Default::default(), "test".into());
+        let dir = std::env::temp_dir().join(format!("admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let admin = Admin::new(shared, Access::Token(file.clone()));
+        let get = Method::GET;
+        let code = |m: &Method, p: &str, auth: Option<&[u8]>| admin.respond(m, p, auth).0;
+        assert_eq!(
+            code(&Method::POST, "/healthz", None),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            code(&Method::DELETE, "/config", None),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(code(&get, "/healthz", None), StatusCode::OK);
+        assert_eq!(code(&Method::HEAD, "/healthz", None), StatusCode::OK);
+        assert_eq!(code(&get, "/metrics", None), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            code(&get, "/config", Some(b"Bearer nope")),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            code(&get, "/config", Some(b"Bearer s3cret")),
+            StatusCode::OK
+        );
+        assert_eq!(
+            code(&get, "/nope", Some(b"Bearer s3cret")),
+            StatusCode::NOT_FOUND
+        );
+        // An unreadable token file locks, never opens.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            code(&get, "/metrics", Some(b"Bearer s3cret")),
+            StatusCode::UNAUTHORIZED
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -88,6 +88,10 @@ pub struct Cli {
     /// Request line plus headers above this size get 431.
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
+    /// Bearer token (a file, re-read at each request) that `/metrics` and
+    /// `/config` on the admin listener require; the probes stay open.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Largest manifest file `--manifests` reads; a larger one fails the
     /// load (the last good config stays, `/config` names the file).
     #[arg(long, value_name = "BYTES", default_value_t = vestibule_config::manifests::DEFAULT_MAX_FILE_BYTES)]
@@ -185,6 +189,7 @@ impl Cli {
             keepalive_timeout: self.keepalive_timeout.max(Duration::from_millis(10)),
             client_timeout: self.client_timeout.max(Duration::from_millis(10)),
             max_connections_per_ip: self.max_connections_per_ip,
+            max_connections: 0,
             body_min_rate: self.body_min_rate,
         }
     }

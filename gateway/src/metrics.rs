@@ -330,6 +330,7 @@ impl Metrics {
         );
         let guard = GuardMetrics {
             rejected_per_ip: rejected.with_label_values(&["per_ip_cap"]),
+            rejected_over_cap: rejected.with_label_values(&["listener_cap"]),
             header_timeouts: timeouts.with_label_values(&["header"]),
             idle_timeouts: timeouts.with_label_values(&["keepalive"]),
             body_timeouts: timeouts.with_label_values(&["body"]),

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 
-use crate::admin::Admin;
+use crate::admin::{Access, Admin};
 use crate::cli::{Cli, LogFormat};
-use crate::conn::{CapFilter, ConnGuard, Edge};
+use crate::conn::{CapFilter, ClientLimits, ConnGuard, Edge};
 use crate::control::Controller;
 use crate::error::{Error, SourceError};
 use crate::proxy::{Gateway, ProxySettings};
@@ -46,6 +46,10 @@ pub fn init_logging(format: LogFormat) {
 fn downstream_buffers() -> L4BufferSettings {
     L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
+
+/// Connections the admin listener holds in all, and per client IP.
+const ADMIN_CONNECTIONS: u32 = 64;
+const ADMIN_CONNECTIONS_PER_IP: u32 = 16;
 
 /// Fails early, with the address in the error, when a listener can't bind
 /// (Pingora would panic later inside its runtime).
@@ -167,7 +171,22 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             .l4_buffer(downstream_buffers()),
     );
 
-    let mut admin = Service::new("vestibule admin".to_string(), Admin::new(shared.clone()));
+    // The admin listener: the proxy's deadlines, and small caps (probes and
+    // scrapes need a handful of connections).
+    let access = match &cli.admin_token_file {
+        Some(file) => Access::Token(file.clone()),
+        None => Access::Open,
+    };
+    let admin_limits = ClientLimits {
+        max_connections_per_ip: ADMIN_CONNECTIONS_PER_IP,
+        max_connections: ADMIN_CONNECTIONS,
+        ..limits.clone()
+    };
+    let admin_guard = ConnGuard::new(admin_limits, shared.metrics.guard.clone());
+    let mut admin = Service::new(
+        "vestibule admin".to_string(),
+        Edge::new(Admin::new(shared.clone(), access), admin_guard),
+    );
     admin.add_tcp(&cli.admin.to_string());
     admin.threads = Some(1);
 

@@ -681,3 +681,115 @@ async fn handshakes_in_progress_count_against_the_per_ip_cap() {
     .await;
     assert!(back.is_some(), "slots of failed handshakes not released");
 }
+
+/// The admin listener: the proxy's head and idle deadlines, small caps,
+/// GET and HEAD only, and a bearer token on `/metrics` and `/config` (the
+/// probes stay open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_has_deadlines_caps_methods_and_a_token() {
+    let up = Upstream::start("up").await;
+    let dir = TempDir::new("admin");
+    let token = dir.0.join("admin-token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let (gw, _) = start(
+        &dir,
+        &config(&up),
+        &[
+            "--header-timeout",
+            "1s",
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let admin = gw.admin;
+    let request = |method: &'static str, path: &'static str, auth: Option<&'static str>| async move {
+        let mut c = Client::new(admin);
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        c.request(method, "admin", path, &headers).await.unwrap()
+    };
+    // Probes are open; the rest needs the token.
+    assert_eq!(request("GET", "/healthz", None).await.status, 200);
+    assert_eq!(request("GET", "/readyz", None).await.status, 200);
+    for path in ["/metrics", "/config"] {
+        let r = request("GET", path, None).await;
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+        assert_eq!(request("GET", path, Some("Bearer wrong")).await.status, 401);
+        assert_eq!(
+            request("GET", path, Some("Bearer s3cret")).await.status,
+            200
+        );
+    }
+    // Other methods: 405.
+    for method in ["POST", "DELETE", "PUT"] {
+        let r = request(method, "/config", Some("Bearer s3cret")).await;
+        assert_eq!(r.status, 405, "{method}");
+        assert_eq!(r.headers["allow"], "GET, HEAD");
+    }
+
+    // A trickled head and a silent connection are cut at the header timeout.
+    let started = Instant::now();
+    let mut trickle = TcpStream::connect(admin).await.unwrap();
+    let mut cut = false;
+    for b in b"GET /metrics HTTP/1.1\r\nhost: admin\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if trickle.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, eof) = read_until_close(&mut trickle, Duration::from_secs(3)).await;
+    assert!(cut || eof, "trickling admin connection kept");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(admin).await.unwrap();
+    let (_, eof) = read_until_close(&mut silent, Duration::from_secs(4)).await;
+    assert!(
+        eof && started.elapsed() < Duration::from_secs(3),
+        "silent admin connection kept"
+    );
+
+    // Caps: 16 connections per client IP, 64 in all.
+    let hold = |ip: &'static str| async move {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        let mut s = sock.connect(admin).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let mut r = tokio::io::BufReader::new(s);
+        let resp = common::read_response(&mut r).await;
+        (resp.map(|r| r.status), r)
+    };
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let (status, conn) = hold("127.0.0.6").await;
+        assert_eq!(status, Ok(200));
+        held.push(conn);
+    }
+    let (status, _) = hold("127.0.0.6").await;
+    assert_eq!(status, Ok(503), "a 17th connection from one IP");
+    for ip in ["127.0.0.7", "127.0.0.8", "127.0.0.9"] {
+        for _ in 0..16 {
+            let (status, conn) = hold(ip).await;
+            assert_eq!(status, Ok(200));
+            held.push(conn);
+        }
+    }
+    let (status, _) = hold("127.0.0.10").await;
+    assert_eq!(status, Ok(503), "a 65th admin connection");
+    drop(held);
+    let back = common::eventually(Duration::from_secs(3), || async {
+        Client::new(admin)
+            .get("admin", "/healthz")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(back.is_some());
+}

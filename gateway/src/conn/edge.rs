@@ -55,21 +55,18 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let Some(permit) = self.guard.acquire_for(&stream) else {
-            if !h2 {
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = stream.write_all(TOO_MANY).await;
-                    let _ = stream.flush().await;
-                })
-                .await;
-            }
+            refuse(stream, h2).await;
             return None;
         };
-        self.guard.connection_opened();
+        if !self.guard.connection_opened() {
+            refuse(stream, h2).await;
+            return None;
+        }
         let out = if h2 {
             self.app.process_new(stream, shutdown).await
         } else {
@@ -85,6 +82,18 @@ where
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+/// Tells an HTTP/1 client over its cap why it is refused (best effort,
+/// without waiting on it), then closes.
+async fn refuse(mut stream: Stream, h2: bool) {
+    if !h2 {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = stream.write_all(TOO_MANY).await;
+            let _ = stream.flush().await;
+        })
+        .await;
     }
 }
 

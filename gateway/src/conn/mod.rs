@@ -59,6 +59,8 @@ pub struct ClientLimits {
     pub client_timeout: Duration,
     /// Connections one client IP may hold open (0: no cap).
     pub max_connections_per_ip: u32,
+    /// Connections the listener holds open in all (0: no cap).
+    pub max_connections: u32,
     /// Slowest request body accepted, in bytes per second of waiting on
     /// the client (0: no minimum).
     pub body_min_rate: u32,
@@ -71,6 +73,7 @@ impl Default for ClientLimits {
             keepalive_timeout: Duration::from_secs(60),
             client_timeout: Duration::from_secs(30),
             max_connections_per_ip: 256,
+            max_connections: 0,
             body_min_rate: 1024,
         }
     }
@@ -80,6 +83,8 @@ impl Default for ClientLimits {
 #[derive(Clone)]
 pub struct GuardMetrics {
     pub rejected_per_ip: IntCounter,
+    /// Refused because the listener holds its total cap.
+    pub rejected_over_cap: IntCounter,
     pub header_timeouts: IntCounter,
     pub idle_timeouts: IntCounter,
     pub body_timeouts: IntCounter,
@@ -256,10 +261,24 @@ impl ConnGuard {
         }
     }
 
-    /// Counts a connection in; see [`ConnGuard::connection_closed`].
-    pub(crate) fn connection_opened(&self) {
-        let open = self.open.fetch_add(1, Relaxed) + 1;
-        self.peak.fetch_max(open, Relaxed);
+    /// Counts a connection in; false (and not counted) when the listener
+    /// holds [`ClientLimits::max_connections`]. See
+    /// [`ConnGuard::connection_closed`].
+    pub(crate) fn connection_opened(&self) -> bool {
+        let max = self.limits.max_connections as usize;
+        let counted = self
+            .open
+            .fetch_update(Relaxed, Relaxed, |n| (max == 0 || n < max).then_some(n + 1));
+        match counted {
+            Ok(before) => {
+                self.peak.fetch_max(before + 1, Relaxed);
+                true
+            }
+            Err(_) => {
+                self.metrics.rejected_over_cap.inc();
+                false
+            }
+        }
     }
 
     /// Counts a connection out; true when that ends a flood: at least
