@@ -298,6 +298,7 @@ def check_gateway(docs, case: str, v: dict[str, Any]) -> None:
         F.check(bool(cfg) and int(port) == cfg[0]["port"], f"[{case}] gateway --operator port {port}")
         F.check(("--ca-file" in a) == tls, f"[{case}] gateway --ca-file vs tls={tls}")
     F.check(a.get("--admin") == [f"0.0.0.0:{g['ports']['admin']}"], f"[{case}] gateway --admin {a.get('--admin')}")
+    F.check(("--admin-token-file" in a) == bool(g["admin"]["tokenSecret"]), f"[{case}] gateway --admin-token-file vs gateway.admin.tokenSecret")
     F.check("--token-file" in a and "--state-dir" in a, f"[{case}] gateway needs --token-file and --state-dir")
 
     # Probes on the admin port.
@@ -364,9 +365,17 @@ def check_network_policy(docs, case: str, v: dict[str, Any]) -> None:
     if not v["networkPolicy"]["enabled"]:
         F.check(not nps, f"[{case}] NetworkPolicy rendered while disabled")
         return
-    if not F.check(len(nps) == 1, f"[{case}] want one NetworkPolicy"):
+    if not F.check(len(nps) == 2, f"[{case}] want two NetworkPolicies (operator, gateway)"):
         return
-    np = nps[0]
+    op = [w for w in workloads(docs) if component(w) == "operator"][0]
+    gw = [w for w in workloads(docs) if component(w) == "gateway"][0]
+    np = [n for n in nps if selects(n["spec"]["podSelector"]["matchLabels"], pod_labels(op))]
+    gnp = [n for n in nps if selects(n["spec"]["podSelector"]["matchLabels"], pod_labels(gw))]
+    if not (F.check(len(np) == 1, f"[{case}] no NetworkPolicy selects the operator")
+            and F.check(len(gnp) == 1, f"[{case}] no NetworkPolicy selects the gateway")):
+        return
+    np, gnp = np[0], gnp[0]
+    check_gateway_network_policy(gnp, case, v)
     op = [w for w in workloads(docs) if component(w) == "operator"][0]
     gw = [w for w in workloads(docs) if component(w) == "gateway"][0]
     others = [w for w in workloads(docs) if w is not gw]
@@ -383,6 +392,25 @@ def check_network_policy(docs, case: str, v: dict[str, Any]) -> None:
             F.check(not any(selects(sel, pod_labels(w)) for w in others), f"[{case}] config port peer also admits non-gateway pods")
         F.check(config_rules[0]["ports"] and all(p.get("port") in ("config", v["configServer"]["port"]) for p in config_rules[0]["ports"]),
                 f"[{case}] the gateway rule opens more than the config port")
+
+
+def check_gateway_network_policy(np, case: str, v: dict[str, Any]) -> None:
+    """Traffic ports open to all; the admin port only to networkPolicy.adminFrom."""
+    F.check("Ingress" in np["spec"]["policyTypes"], f"[{case}] gateway NetworkPolicy does not restrict ingress")
+    g = v["gateway"]["ports"]
+    def opens(rule, name):
+        return any(p.get("port") in (name, g[name]) for p in rule.get("ports", []))
+    rules = np["spec"].get("ingress", [])
+    for name in ("http", "https"):
+        F.check(any(opens(r, name) and not r.get("from") for r in rules), f"[{case}] gateway {name} port not open to all")
+    admin_rules = [r for r in rules if opens(r, "admin")]
+    want = v["networkPolicy"]["adminFrom"]
+    if not want:
+        F.check(not admin_rules, f"[{case}] gateway admin port admitted without networkPolicy.adminFrom")
+    elif F.check(len(admin_rules) == 1, f"[{case}] want one NetworkPolicy rule for the admin port"):
+        F.check(admin_rules[0].get("from") == want, f"[{case}] gateway admin port peers {admin_rules[0].get('from')} are not networkPolicy.adminFrom")
+        F.check(all(opens(admin_rules[0], "admin") and p.get("port") in ("admin", g["admin"]) for p in admin_rules[0]["ports"]),
+                f"[{case}] the admin rule opens more than the admin port")
 
 
 def check_rbac(docs, case: str, v: dict[str, Any]) -> None:
@@ -491,7 +519,11 @@ def check_servicemonitor(docs, case: str, v: dict[str, Any]) -> None:
             ports = {p["name"] for p in matched[0]["spec"]["ports"]}
             for ep in sm["spec"]["endpoints"]:
                 F.check(ep["port"] in ports, f"[{case}] {kn(sm)} scrapes port {ep['port']!r} its Service lacks")
-                F.check(set(ep) <= {"port", "path", "interval", "scrapeTimeout"}, f"[{case}] {kn(sm)} endpoint fields {sorted(ep)}")
+                F.check(set(ep) <= {"port", "path", "interval", "scrapeTimeout", "bearerTokenSecret"}, f"[{case}] {kn(sm)} endpoint fields {sorted(ep)}")
+                # The admin token, when set, goes with the gateway's scrapes only.
+                secret = v["gateway"]["admin"]["tokenSecret"]
+                want = {"name": secret, "key": "token"} if secret and ep["port"] == "admin" else None
+                F.check(ep.get("bearerTokenSecret") == want, f"[{case}] {kn(sm)} bearerTokenSecret {ep.get('bearerTokenSecret')}, want {want}")
         F.check(sm["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE], f"[{case}] {kn(sm)} namespaceSelector")
 
 
