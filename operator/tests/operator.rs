@@ -42,10 +42,12 @@ async fn new_ingress_reaches_a_long_polling_gateway_within_a_second() {
     let addr = op.config_addr;
     let after = v1.clone();
     let poll = tokio::spawn(async move { get_config(addr, Some(&after)).await });
-    // Let the long-poll park before the change.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The long-poll parks and waits for a change.
+    eventually(Duration::from_secs(2), "the long-poll parked", || async {
+        (op.metrics.gateways_waiting.get() == 1).then_some(())
+    })
+    .await;
     assert!(!poll.is_finished(), "the long-poll must wait for a change");
-    assert_eq!(op.metrics.gateways_waiting.get(), 1);
 
     let changed_at = Instant::now();
     api.apply(ingress("shop", "blog", "blog.example.com", "web", 80));
@@ -157,8 +159,7 @@ async fn hijack_attempt_yields_one_event_and_no_route() {
     assert_eq!(reasons(&api), vec!["HostNotAllowed", "NoValidRules"]);
     // More translations (unrelated changes) emit no more Events.
     for i in 0..3 {
-        api.apply(service("shop", &format!("other-{i}"), 80));
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        apply_and_settle(&api, &op, service("shop", &format!("other-{i}"), 80)).await;
     }
     assert_eq!(reasons(&api), vec!["HostNotAllowed", "NoValidRules"]);
     assert!(api
@@ -214,10 +215,8 @@ async fn statuses_are_written_once_and_only_on_change() {
         api.requests()
     );
     for i in 0..4 {
-        api.apply(service("shop", &format!("noise-{i}"), 80));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        apply_and_settle(&api, &op, service("shop", &format!("noise-{i}"), 80)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(writes(), after_first, "status writes in a loop");
 
     // A spec change moves observedGeneration (one write), keeping
@@ -392,7 +391,10 @@ async fn config_server_wire_contract() {
     // Bounded waiting: with one slot taken, the next waiter gets 503.
     let v = version.clone();
     let parked = tokio::spawn(async move { get_config(addr, Some(&v)).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually(Duration::from_secs(2), "one waiter parked", || async {
+        (op.metrics.gateways_waiting.get() == 1).then_some(())
+    })
+    .await;
     let refused = get_config(addr, Some(&version)).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers["retry-after"], "1");

@@ -45,6 +45,18 @@ pub fn test_settings(identity: &str) -> Settings {
     s
 }
 
+/// Applies `object` and waits until the operator has translated the change,
+/// so a check that nothing followed is a check of a processed change.
+pub async fn apply_and_settle(api: &FakeApi, op: &Running, object: serde_json::Value) {
+    let translations = || op.metrics.translate_seconds.get_sample_count();
+    let before = translations();
+    api.apply(object);
+    eventually(Duration::from_secs(3), "a translation", || async {
+        (translations() > before).then_some(())
+    })
+    .await;
+}
+
 pub async fn start(api: &FakeApi, settings: Settings) -> Running {
     vestibule_operator::start(api.client(), settings)
         .await
