@@ -92,6 +92,10 @@ pub struct Cli {
     /// `/config` on the admin listener require; the probes stay open.
     #[arg(long, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+    /// With --manifests: serve only hosts a Tenant owns (strict SaaS mode,
+    /// as `vestibule-operator run --require-tenant`).
+    #[arg(long, requires = "manifests")]
+    pub require_tenant: bool,
     /// Largest manifest file `--manifests` reads; a larger one fails the
     /// load (the last good config stays, `/config` names the file).
     #[arg(long, value_name = "BYTES", default_value_t = vestibule_config::manifests::DEFAULT_MAX_FILE_BYTES)]

@@ -62,7 +62,14 @@ fn check_bind(flag: &'static str, addr: SocketAddr) -> Result<(), Error> {
 /// The config source the flags name (clap requires exactly one).
 fn source(cli: &Cli) -> Result<Box<dyn ConfigSource>, Error> {
     Ok(match (&cli.manifests, &cli.config, &cli.operator) {
-        (Some(dir), _, _) => Box::new(ManifestsSource::new(dir, cli.max_manifest_bytes)),
+        (Some(dir), _, _) => Box::new(ManifestsSource::new(
+            dir,
+            cli.max_manifest_bytes,
+            vestibule_config::Options {
+                require_tenant: cli.require_tenant,
+                ..Default::default()
+            },
+        )),
         (None, Some(file), _) => Box::new(FileSource::new(file)),
         (_, _, url) => {
             // clap requires --token-file with --operator.

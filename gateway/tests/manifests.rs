@@ -261,3 +261,32 @@ async fn fifos_are_never_read_oversized_files_are_named_and_errors_clear() {
         last_error(&gw).await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_tenant_serves_only_hosts_a_tenant_owns() {
+    let up = Upstream::start_on("strict", "127.0.0.2:0").await;
+    let dir = TempDir::new("manifests-strict");
+    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
+    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
+    let gw = Gateway::start(
+        &["--manifests", dir.0.to_str().unwrap()],
+        &["--require-tenant"],
+    )
+    .await;
+    // No Tenant owns app.test: not served.
+    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 404);
+    // Once one does, its namespace's Ingress serves it.
+    let tenant = "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: app}\n\
+                  spec: {domains: [app.test], namespaces: [prod]}\n";
+    let tmp = dir.0.join(".tenant.tmp");
+    std::fs::write(&tmp, tenant).unwrap();
+    std::fs::rename(&tmp, dir.0.join("tenant.yaml")).unwrap();
+    let http = gw.http;
+    let served = eventually(Duration::from_secs(5), || async move {
+        Client::new(http).get("app.test", "/").await.is_ok_and(|r| {
+            r.status == 200 && r.seen().get("x-tenant-id").map(String::as_str) == Some("app")
+        })
+    })
+    .await;
+    assert!(served.is_some(), "the tenant's host never served");
+}

@@ -21,17 +21,13 @@ pub struct ManifestsSource {
     certificates: Mutex<CertificateMemo>,
 }
 
-/// The embedded controller's options: our controller name, no strict tenancy.
-pub fn default_options() -> Options {
-    Options::default()
-}
-
 impl ManifestsSource {
-    /// Reads `dir`, refusing files over `max_file_bytes`.
-    pub fn new(dir: impl Into<PathBuf>, max_file_bytes: u64) -> Self {
+    /// Reads `dir`, refusing files over `max_file_bytes`, translated with
+    /// `options` (our controller name; `--require-tenant`).
+    pub fn new(dir: impl Into<PathBuf>, max_file_bytes: u64, options: Options) -> Self {
         ManifestsSource {
             dir: dir.into(),
-            options: default_options(),
+            options,
             cache: Mutex::new(ManifestCache::with_max_file_bytes(max_file_bytes)),
             certificates: Mutex::new(CertificateMemo::default()),
         }
