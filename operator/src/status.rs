@@ -50,7 +50,11 @@ pub async fn run(
         metrics,
         written: HashMap::new(),
         emitted: HashSet::new(),
+        failed: false,
     };
+    // Consecutive reconciles with a failed write; they are retried with
+    // backoff, not left for the next unrelated change.
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             r = leader.wait_for(|l| *l) => if r.is_err() { return Ok(()) },
@@ -62,15 +66,32 @@ pub async fn run(
         while *leader.borrow_and_update() {
             let current = input.borrow_and_update().clone();
             if let Some(current) = current {
+                writer.failed = false;
                 writer.reconcile(&stores, &current, &leader).await;
+                failures = if writer.failed { failures + 1 } else { 0 };
             }
+            let retry = async {
+                match failures {
+                    0 => std::future::pending().await,
+                    n => tokio::time::sleep(retry_backoff(n)).await,
+                }
+            };
             tokio::select! {
                 r = input.changed() => if r.is_err() { return Ok(()) },
                 r = leader.changed() => if r.is_err() { return Ok(()) },
+                _ = retry => tracing::debug!(failures, "retrying failed status writes"),
                 _ = crate::stopped(&mut shutdown) => return Ok(()),
             }
         }
     }
+}
+
+/// The wait before the `n`th retry of failed writes: 250 ms doubling, at
+/// most 30 s.
+fn retry_backoff(n: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(250)
+        .saturating_mul(1 << n.saturating_sub(1).min(7))
+        .min(std::time::Duration::from_secs(30))
 }
 
 /// Identifies an object in `written`.
@@ -95,6 +116,8 @@ struct Writer {
     written: HashMap<Key, (String, Value)>,
     /// Problems already reported with an Event, while they last.
     emitted: HashSet<ProblemKey>,
+    /// A write of the current reconcile failed: retry it.
+    failed: bool,
 }
 
 impl Writer {
@@ -201,7 +224,7 @@ impl Writer {
     }
 
     /// Creates one Warning Event about `ingress`; false if the API refused.
-    async fn emit(&self, ingress: &Ingress, c: &Condition) -> bool {
+    async fn emit(&mut self, ingress: &Ingress, c: &Condition) -> bool {
         let ns = ingress.metadata.namespace.clone().unwrap_or_default();
         let name = ingress.metadata.name.clone().unwrap_or_default();
         let reason = name_of(&c.reason);
@@ -237,7 +260,8 @@ impl Writer {
                 true
             }
             Err(e) => {
-                tracing::warn!(ingress = %format!("{ns}/{name}"), %reason, error = %e, "cannot emit Event");
+                tracing::warn!(ingress = %format!("{ns}/{name}"), %reason, error = %e, "cannot emit Event; will retry");
+                self.failed = true;
                 false
             }
         }
@@ -302,7 +326,8 @@ impl Writer {
                     Some(ns) => format!("{ns}/{name}"),
                     None => name,
                 };
-                tracing::warn!(kind, object = %object, error = %e, "cannot update status");
+                tracing::warn!(kind, object = %object, error = %e, "cannot update status; will retry");
+                self.failed = true;
                 false
             }
         }
@@ -454,6 +479,14 @@ mod tests {
         assert_eq!(s.conditions.len(), 1);
         assert_eq!(s.conditions[0].status, "True");
         assert!(s.conditions[0].message.contains("is bad"));
+    }
+
+    #[test]
+    fn retries_back_off_to_thirty_seconds() {
+        let ms = |n| super::retry_backoff(n).as_millis();
+        assert_eq!([ms(1), ms(2), ms(3)], [250, 500, 1000]);
+        assert_eq!(ms(9), 30_000);
+        assert_eq!(ms(1000), 30_000);
     }
 
     #[test]

@@ -170,6 +170,40 @@ async fn hijack_attempt_yields_one_event_and_no_route() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_status_writes_are_retried_without_another_change() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.apply(load_balancer_service("vestibule", "gateway", "203.0.113.7"));
+    api.apply(tenant("acme", &["acme.example.com"], &["acme"]));
+    api.apply(service("acme", "app", 80));
+    api.apply(endpoint_slice("acme", "app", &["10.1.0.1"], 8080));
+    api.apply(ingress("acme", "site", "acme.example.com", "app", 80));
+    // The API server fails the first rounds of status writes; nothing in
+    // the cluster changes afterwards.
+    api.fail_status_patches(9);
+    let mut settings = test_settings("op-a");
+    settings.publish_service = Some("vestibule/gateway".parse().expect("ns/name"));
+    let _op = start(&api, settings).await;
+    eventually(
+        Duration::from_secs(10),
+        "statuses after the failures",
+        || async {
+            let ing = api.get("Ingress", Some("shop"), "shop")?;
+            let tn = api.get("Tenant", None, "acme")?;
+            let ip = ing["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()? == "203.0.113.7";
+            let routes = tn["status"]["routes"].as_u64()? == 1;
+            (ip && routes).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        api.count(Method::PATCH, "/status") > 9,
+        "{:?}",
+        api.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statuses_are_written_once_and_only_on_change() {
     let api = FakeApi::start().await;
     seed(&api);

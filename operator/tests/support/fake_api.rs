@@ -99,6 +99,8 @@ struct State {
     objects: BTreeMap<Key, Value>,
     log: Vec<LogEntry>,
     requests: Vec<Recorded>,
+    /// Status patches answered 500 while this many remain.
+    failing_status_patches: usize,
 }
 
 #[derive(Clone)]
@@ -325,6 +327,11 @@ impl FakeApi {
 
     // === HTTP ===
 
+    /// Answers the next `n` status patches with 500 (an API server hiccup).
+    pub fn fail_status_patches(&self, n: usize) {
+        self.lock().failing_status_patches = n;
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -334,6 +341,17 @@ impl FakeApi {
             path: path.clone(),
             query: query.clone(),
         });
+        if method == Method::PATCH && path.ends_with("/status") {
+            let mut state = self.lock();
+            if state.failing_status_patches > 0 {
+                state.failing_status_patches -= 1;
+                return status_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "injected failure",
+                );
+            }
+        }
         let params = parse_query(&query);
         let Some(target) = parse_path(&path) else {
             return status_response(
