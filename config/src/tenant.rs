@@ -22,7 +22,9 @@ use crate::model::RateLimit;
     printcolumn = r#"{"name":"Routes","type":"integer","jsonPath":".status.routes"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[serde(rename_all = "camelCase")]
+// Unknown fields are refused (a `rateLimt:` typo must not load as "no rate
+// limit"); the CRD's structural schema prunes them on the API server.
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TenantSpec {
     /// Hostnames this tenant owns: exact (`acme.example.com`) or one-label
     /// wildcards (`*.acme.example.com`).
@@ -43,14 +45,14 @@ pub struct TenantSpec {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TenantBackend {
     pub namespace: String,
     pub services: Vec<WeightedService>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WeightedService {
     pub name: String,
     /// Service port, by number or by name.
@@ -65,12 +67,13 @@ fn default_weight() -> u32 {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TenantTls {
     pub secret_ref: SecretRef,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SecretRef {
     pub namespace: String,
     pub name: String,

@@ -49,6 +49,8 @@ fn golden_cases() {
         .collect();
     cases.sort();
     let count = cases.len();
+    // Every case runs; the failures are reported together at the end.
+    let mut failed = Vec::new();
     for path in cases {
         let name = path
             .file_name()
@@ -56,11 +58,21 @@ fn golden_cases() {
             .and_then(|n| n.strip_suffix(".in.yaml"))
             .expect("case name")
             .to_string();
-        let output = run_case(&path);
-        insta::with_settings!({ description => format!("testdata/{name}.in.yaml"), omit_expression => true }, {
-            insta::assert_snapshot!(name, output);
+        let checked = std::panic::catch_unwind(|| {
+            let output = run_case(&path);
+            insta::with_settings!({ description => format!("testdata/{name}.in.yaml"), omit_expression => true }, {
+                insta::assert_snapshot!(name.as_str(), output);
+            });
         });
+        if checked.is_err() {
+            failed.push(name);
+        }
     }
+    assert!(
+        failed.is_empty(),
+        "{} of {count} golden cases differ (review with `cargo insta review`): {failed:?}",
+        failed.len()
+    );
     assert!(
         count >= 25,
         "expected at least 25 golden cases, found {count}"

@@ -318,3 +318,36 @@ fn crd_is_cluster_scoped_structural_and_has_status_subresource() {
         true
     );
 }
+
+#[test]
+fn tenant_typos_are_errors_naming_the_object_and_the_field() {
+    let dir = support::temp_dir("typo");
+    let file = dir.join("tenant.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+         spec:\n  domains: [acme.example.com]\n  rateLimt: {requestsPerSecond: 5, burst: 10}\n",
+    )
+    .expect("write");
+    let out = operator(&["translate", "-f", file.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Tenant \"acme\""), "{err}");
+    assert!(err.contains("rateLimt"), "{err}");
+    // Nested types too.
+    std::fs::write(
+        &file,
+        "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+         spec:\n  domains: [acme.example.com]\n  tls: {secretRef: {namespace: a, name: b, nmae: c}}\n",
+    )
+    .expect("write");
+    let out = operator(&["translate", "-f", file.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nmae"), "{}", stderr(&out));
+    // The CRD keeps nothing it does not know: no field preserves unknowns.
+    let crd = stdout(&operator(&["crd"]));
+    assert!(
+        !crd.contains("x-kubernetes-preserve-unknown-fields"),
+        "{crd}"
+    );
+}

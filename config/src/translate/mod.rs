@@ -559,13 +559,22 @@ impl<'a> Translator<'a> {
             };
             return self.install_pool(PoolId::new(id), Err(unsupported), conditions);
         };
-        let port = match &service.port {
-            Some(p) => match (&p.name, p.number) {
-                (Some(name), _) if !name.is_empty() => PortRef::Name(name.clone()),
-                (_, Some(n)) => PortRef::Number(n),
-                _ => PortRef::Name(String::new()),
-            },
-            None => PortRef::Name(String::new()),
+        let port = service
+            .port
+            .as_ref()
+            .and_then(|p| match (&p.name, p.number) {
+                (Some(name), _) if !name.is_empty() => Some(PortRef::Name(name.clone())),
+                (_, Some(n)) => Some(PortRef::Number(n)),
+                _ => None,
+            });
+        let Some(port) = port else {
+            // The API server requires a port; a manifest may still lack one.
+            let missing = Unresolved {
+                reason: Reason::ServicePortNotFound,
+                message: format!("backend Service {namespace}/{} names no port", service.name),
+            };
+            let id = PoolId::new(format!("{namespace}/{}:", service.name));
+            return self.install_pool(id, Err(missing), conditions);
         };
         let (id, pool) = self.services.resolve(namespace, &service.name, &port);
         self.install_pool(id, pool, conditions)
