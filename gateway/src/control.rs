@@ -132,7 +132,7 @@ fn settle_loop(rx: std::sync::mpsc::Receiver<Arc<Runtime>>) {
                 }
                 // Stop as soon as a newer one comes: holding this one would
                 // keep a whole superseded config in memory.
-                crate::tls::warm_up(&runtime, || match rx.try_recv() {
+                runtime.certs.warm_up(|| match rx.try_recv() {
                     Ok(latest) => {
                         newer = Some(latest);
                         false

@@ -20,7 +20,6 @@ use prometheus::{
 };
 
 use crate::conn::GuardMetrics;
-use crate::tls::{tls_metrics, TlsMetrics};
 
 /// Status classes 1xx..5xx; anything else counts as 5xx.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -411,5 +410,107 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+// === TLS ===
+
+/// Prometheus handles of the TLS listener.
+pub struct TlsMetrics {
+    pub connections: prometheus::IntCounter,
+    pub no_certificate: prometheus::IntCounter,
+    pub ok_tls12: prometheus::IntCounter,
+    pub ok_tls13: prometheus::IntCounter,
+    pub ok_other: prometheus::IntCounter,
+    pub handshake_seconds: prometheus::Histogram,
+    pub cert_errors: prometheus::IntGaugeVec,
+    pub cert_expiry_days: prometheus::GaugeVec,
+}
+
+impl TlsMetrics {
+    #[inline]
+    pub fn handshake_ok(&self, version: Option<&str>) {
+        match version {
+            Some("TLSv1_3") => self.ok_tls13.inc(),
+            Some("TLSv1_2") => self.ok_tls12.inc(),
+            _ => self.ok_other.inc(),
+        }
+    }
+}
+
+/// Registers the TLS metrics.
+pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics {
+    use prometheus::{
+        GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    };
+    fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &prometheus::Registry, c: T) -> T {
+        // Names are static and unique, so registration cannot fail.
+        let _ = r.register(Box::new(c.clone()));
+        c
+    }
+    let r = metrics_registry;
+    let connections = reg(
+        r,
+        IntCounter::new(
+            "vestibule_tls_connections_total",
+            "Connections accepted by the HTTPS listener, before the handshake (failed handshakes = this - completed - in progress)",
+        )
+        .unwrap_or_else(|_| unreachable!()),
+    );
+    let handshakes = reg(
+        r,
+        IntCounterVec::new(
+            Opts::new(
+                "vestibule_tls_handshakes_total",
+                "TLS handshakes by result (ok, no_certificate) and protocol version",
+            ),
+            &["result", "version"],
+        )
+        .unwrap_or_else(|_| unreachable!()),
+    );
+    let handshake_seconds = reg(
+        r,
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "vestibule_tls_handshake_seconds",
+                "TLS handshake time, from the first byte read to the handshake's end (observed at the connection's first request)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .unwrap_or_else(|_| unreachable!()),
+    );
+    let cert_errors = reg(
+        r,
+        IntGaugeVec::new(
+            Opts::new(
+                "vestibule_tls_cert_errors",
+                "Hosts of the live config whose certificate is not served, by tenant and reason",
+            ),
+            &["tenant", "reason"],
+        )
+        .unwrap_or_else(|_| unreachable!()),
+    );
+    let cert_expiry_days = reg(
+        r,
+        GaugeVec::new(
+            Opts::new(
+                "vestibule_tls_cert_expiry_days",
+                "Days until the tenant's first certificate expires (negative: expired)",
+            ),
+            &["tenant"],
+        )
+        .unwrap_or_else(|_| unreachable!()),
+    );
+    TlsMetrics {
+        connections,
+        no_certificate: handshakes.with_label_values(&["no_certificate", ""]),
+        ok_tls12: handshakes.with_label_values(&["ok", "TLSv1.2"]),
+        ok_tls13: handshakes.with_label_values(&["ok", "TLSv1.3"]),
+        ok_other: handshakes.with_label_values(&["ok", "other"]),
+        handshake_seconds,
+        cert_errors,
+        cert_expiry_days,
     }
 }

@@ -277,7 +277,7 @@ impl Shared {
     /// (errors, days to expiry at this moment) published first.
     pub fn render_metrics(&self) -> Vec<u8> {
         let runtime = self.runtime.load();
-        self.metrics.tls.publish(&runtime.certs, unix_now() as i64);
+        runtime.certs.publish(&self.metrics.tls, unix_now() as i64);
         self.metrics.render()
     }
 
@@ -294,4 +294,20 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+// === impl LiveCerts for Shared ===
+
+impl crate::tls::LiveCerts for Shared {
+    fn certificate(&self, name: Option<&str>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let runtime = self.runtime.load();
+        runtime
+            .certs
+            .select(name, self.cert_cache.default_cert())
+            .cloned()
+    }
+
+    fn tls_metrics(&self) -> &crate::metrics::TlsMetrics {
+        &self.metrics.tls
+    }
 }

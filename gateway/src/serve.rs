@@ -95,7 +95,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let shared = Shared::new(cli.upstream_settings(), source.describe());
     if let (Some(cert), Some(key)) = (&cli.default_cert, &cli.default_key) {
         // clap requires both together.
-        tls::load_default_cert(&shared.cert_cache, cert, key).map_err(Error::DefaultCert)?;
+        let now = crate::runtime::unix_now() as i64;
+        tls::load_default_cert(&shared.cert_cache, cert, key, now).map_err(Error::DefaultCert)?;
     }
     match source.initial()? {
         Some(config) => {
@@ -157,7 +158,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     proxy.add_listener(ListenerConfig::tcp(cli.http.to_string()).l4_buffer(downstream_buffers()));
     // The HTTPS listener: the same proxy with `tls: true` behind rustls,
     // whose certificates come from the live runtime at each handshake.
-    let tls_settings = tls::listener_settings(&shared).map_err(Error::TlsListener)?;
+    let tls_settings = tls::listener_settings(shared.clone()).map_err(Error::TlsListener)?;
     let mut https = edge_service(
         "vestibule https",
         ProxySettings {
@@ -166,7 +167,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         },
     );
     https.endpoints().set_pre_tls_callback(tls::hello_gate(
-        &shared,
+        shared.clone(),
         guard.clone(),
         limits.header_timeout,
     ));

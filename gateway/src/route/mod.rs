@@ -7,17 +7,15 @@
 //! so this module stays pure (no pools, no metrics) and benchmarkable.
 
 mod host;
+mod hostmap;
 mod path;
 
 pub use host::{normalize_host, wildcard_label, BadHost, HostBuf};
+pub use hostmap::HostMap;
 pub use path::PathTable;
-
-use std::collections::HashMap;
 
 use vestibule_config::model::{GatewayConfig, Route, TenantId, VirtualHost};
 use vestibule_config::HostPattern;
-
-type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
 
 /// One virtual host after compilation.
 #[derive(Debug)]
@@ -81,10 +79,8 @@ impl<'a, R> Lookup<'a, R> {
 /// goes to the default backend or gets 404.
 #[derive(Debug)]
 pub struct RouteTable<R> {
-    exact: Map<u32>,
-    /// Keyed by the suffix after the wildcard label (`*.a.com` -> `a.com`).
-    wildcard: Map<u32>,
-    any: Option<u32>,
+    /// Index of each pattern's vhost.
+    hosts: HostMap<u32>,
     vhosts: Vec<VhostEntry<R>>,
     default: Option<R>,
 }
@@ -92,9 +88,7 @@ pub struct RouteTable<R> {
 impl<R> Default for RouteTable<R> {
     fn default() -> Self {
         Self {
-            exact: Map::default(),
-            wildcard: Map::default(),
-            any: None,
+            hosts: HostMap::default(),
             vhosts: Vec::new(),
             default: None,
         }
@@ -111,23 +105,13 @@ impl<R> RouteTable<R> {
         F: FnMut(&VirtualHost, &Route) -> R,
     {
         let mut table = RouteTable {
-            exact: Map::with_capacity_and_hasher(config.hosts.len(), Default::default()),
+            hosts: HostMap::with_capacity(config.hosts.len()),
+            vhosts: Vec::new(),
             default,
-            ..Default::default()
         };
         for vhost in &config.hosts {
             let idx = table.vhosts.len() as u32;
-            let fresh = match &vhost.host {
-                HostPattern::Exact(h) => insert_new(&mut table.exact, h.as_str(), idx),
-                HostPattern::Wildcard(s) => insert_new(&mut table.wildcard, s.as_str(), idx),
-                HostPattern::Any => {
-                    table.any.is_none() && {
-                        table.any = Some(idx);
-                        true
-                    }
-                }
-            };
-            if !fresh {
+            if !table.hosts.insert(&vhost.host, idx) {
                 continue;
             }
             let paths = PathTable::build(vhost.routes.iter().map(|r| (&r.path, route(vhost, r))));
@@ -174,21 +158,7 @@ impl<R> RouteTable<R> {
     /// The most specific virtual host for a normalized host.
     #[inline]
     pub fn vhost(&self, host: &str) -> Option<&VhostEntry<R>> {
-        let idx = self
-            .exact
-            .get(host)
-            .or_else(|| {
-                // One extra label only: `a.b.c` looks up `b.c`, so `*.b.c`
-                // never matches `x.a.b.c`.
-                // and that label a DNS label (`-.b.c`, `*.b.c` are not).
-                let (label, parent) = host.split_once('.')?;
-                if !wildcard_label(label) {
-                    return None;
-                }
-                self.wildcard.get(parent)
-            })
-            .copied()
-            .or(self.any)?;
+        let idx = *self.hosts.get(host)?;
         self.vhosts.get(idx as usize)
     }
 
@@ -207,14 +177,6 @@ impl<R> RouteTable<R> {
             .flat_map(|v| v.paths.routes())
             .chain(self.default.iter())
     }
-}
-
-fn insert_new(map: &mut Map<u32>, key: &str, idx: u32) -> bool {
-    if map.contains_key(key) {
-        return false;
-    }
-    map.insert(key.into(), idx);
-    true
 }
 
 #[cfg(test)]
