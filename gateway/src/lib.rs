@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod admin;
+pub mod apply;
 pub mod cli;
 pub mod conn;
 pub mod control;

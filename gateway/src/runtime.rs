@@ -296,6 +296,21 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+// === impl LivePools for Shared ===
+
+impl crate::upstream::health::LivePools for Shared {
+    fn pools(&self) -> Vec<Arc<UpstreamPool>> {
+        self.runtime.load().pools.values().cloned().collect()
+    }
+
+    fn report_health(&self, pool: &UpstreamPool) {
+        let (ready, total) = pool.health_counts();
+        let ejections = pool.ejections.load(Ordering::Relaxed);
+        self.metrics
+            .set_pool_health(pool.id.as_str(), ready, total, ejections);
+    }
+}
+
 // === impl LiveCerts for Shared ===
 
 impl crate::tls::LiveCerts for Shared {

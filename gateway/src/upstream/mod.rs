@@ -1,10 +1,12 @@
 //! Upstream pools: weighted round robin on pingora-load-balancing, active TCP
-//! health checks run by our own driver (see [`crate::control`]), passive
+//! health checks run by our own driver (see [`health`]), passive
 //! ejection after consecutive failures, and ExternalName pools resolved by DNS.
 //!
 //! A pool is immutable in its spec; a config swap that leaves a pool's spec
 //! unchanged reuses the same `Arc<UpstreamPool>`, so its health state,
 //! counters and round-robin position survive the swap.
+
+pub mod health;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;

@@ -1,0 +1,125 @@
+//! Applying a config: compile it against the live runtime (off the request
+//! path), resolve its new ExternalName pools, swap it in atomically, then
+//! settle (build the certificate keys, give the freed memory back).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use vestibule_config::GatewayConfig;
+
+use crate::runtime::{Runtime, Shared};
+use crate::upstream::health::PROBE_CONCURRENCY;
+
+/// Compiles `config` against the live runtime and swaps it in; on failure
+/// the live runtime stays and the error is reported.
+pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
+    let started = Instant::now();
+    let current = shared.runtime.load_full();
+    if !current.version.is_empty()
+        && shared.is_ready()
+        && config.effective_version() == current.version
+    {
+        // Same content (an editor touched the file): nothing to do.
+        shared.clear_error();
+        return true;
+    }
+    let next = match Runtime::compile(config, &current, shared) {
+        Ok(next) => next,
+        Err(e) => {
+            shared.report_error(e.to_string());
+            return false;
+        }
+    };
+    // New ExternalName pools resolve before the swap, so they never serve
+    // their first requests from an empty pool.
+    let fresh = next
+        .pools
+        .values()
+        .filter(|p| p.is_external() && !p.resolved())
+        .cloned();
+    futures::stream::iter(fresh)
+        .for_each_concurrent(PROBE_CONCURRENCY, |p| async move { p.resolve().await })
+        .await;
+    let summary = next.summary.clone();
+    let version = next.version.clone();
+    shared.swap(next);
+    shared.clear_error();
+    settle(shared.runtime.load_full());
+    let took = started.elapsed();
+    shared.metrics.swap_duration.observe(took.as_secs_f64());
+    tracing::info!(
+        %version,
+        hosts = summary.hosts,
+        routes = summary.routes,
+        pools = summary.pools,
+        took_ms = took.as_secs_f64() * 1000.0,
+        "config live"
+    );
+    true
+}
+
+/// After a swap, off the request path: build the new runtime's certificate
+/// keys, then let the allocator return the pages the load freed.
+///
+/// mimalloc returns freed pages to the OS only after its purge delay (1 s),
+/// and only when some page is freed after that; a config load frees tens of
+/// MB at once and then the process may sit idle, so those pages would stay
+/// resident. Freeing one block larger than mimalloc's largest size class
+/// (512 KiB) once the delay has passed releases its own page, which runs the
+/// due purges.
+pub fn settle(runtime: Arc<Runtime>) {
+    static WORKER: std::sync::OnceLock<std::sync::mpsc::Sender<Arc<Runtime>>> =
+        std::sync::OnceLock::new();
+    let tx = WORKER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Runtime>>();
+        let spawned = std::thread::Builder::new()
+            .name("settle".into())
+            .spawn(move || settle_loop(rx));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the settle thread; keys are built at first use");
+        }
+        tx
+    });
+    let _ = tx.send(runtime);
+}
+
+fn settle_loop(rx: std::sync::mpsc::Receiver<Arc<Runtime>>) {
+    const PURGE_DELAY: Duration = Duration::from_millis(1100);
+    let mut purge_due: Option<Instant> = None;
+    // A runtime that arrived while an older one was being warmed up.
+    let mut newer: Option<Arc<Runtime>> = None;
+    loop {
+        let next = match (newer.take(), purge_due) {
+            (Some(runtime), _) => Ok(runtime),
+            (None, Some(due)) => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            (None, None) => rx
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(mut runtime) => {
+                // Only the newest runtime matters.
+                while let Ok(latest) = rx.try_recv() {
+                    runtime = latest;
+                }
+                // Stop as soon as a newer one comes: holding this one would
+                // keep a whole superseded config in memory.
+                runtime.certs.warm_up(|| match rx.try_recv() {
+                    Ok(latest) => {
+                        newer = Some(latest);
+                        false
+                    }
+                    Err(_) => true,
+                });
+                drop(runtime);
+                purge_due = Some(Instant::now() + PURGE_DELAY);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                purge_due = None;
+                drop(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
