@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn ready_only_after_a_swap() {
-        let shared = Shared::new(Default::default(), "test".into());
+        let shared = Shared::new(Default::default(), "test".into()).unwrap();
         let admin = Admin::new(shared.clone(), Access::Open);
         assert_eq!(admin.handle("/healthz").0, StatusCode::OK);
         assert_eq!(admin.handle("/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn methods_and_tokens() {
-        let shared = Shared::new(Default::default(), "test".into());
+        let shared = Shared::new(Default::default(), "test".into()).unwrap();
         let dir = std::env::temp_dir().join(format!("admin-token-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");

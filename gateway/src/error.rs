@@ -20,7 +20,7 @@ pub enum Error {
         source: crate::runtime::CompileError,
     },
     #[error("--default-cert/--default-key: {0}")]
-    DefaultCert(String),
+    DefaultCert(#[from] crate::tls::DefaultCertError),
     #[error("cannot listen on {addr} ({flag}): {source}")]
     Listen {
         flag: &'static str,
@@ -29,6 +29,8 @@ pub enum Error {
     },
     #[error("cannot set up the HTTPS listener: {0}")]
     TlsListener(pingora_core::BError),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(prometheus::Error),
 }
 
 impl Error {
@@ -38,7 +40,7 @@ impl Error {
         match self {
             Error::Source(e) => e.exit_code(),
             Error::Compile { .. } | Error::DefaultCert(_) => 2,
-            Error::Listen { .. } | Error::TlsListener(_) => 1,
+            Error::Listen { .. } | Error::TlsListener(_) | Error::Metrics(_) => 1,
         }
     }
 }

@@ -72,18 +72,17 @@ pub struct RequestCounters {
 type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
 
 impl RequestCounters {
-    fn new() -> Self {
+    fn new() -> Result<Self, prometheus::Error> {
         let desc = Desc::new(
             "vestibule_requests_total".into(),
             "Requests by tenant, route and status class".into(),
             vec!["class".into(), "route".into(), "tenant".into()],
             Default::default(),
-        )
-        .unwrap_or_else(|_| unreachable!());
-        RequestCounters {
+        )?;
+        Ok(RequestCounters {
             desc,
             routes: Mutex::default(),
-        }
+        })
     }
 
     /// The counters of (tenant, route): the live ones if the route already
@@ -200,9 +199,11 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Registers every metric. Names and labels are static, so this fails
+    /// only on a programming error (caught by the unit tests).
+    pub fn new() -> Result<Self, prometheus::Error> {
         let r = Registry::new();
-        let requests = Arc::new(RequestCounters::new());
+        let requests = Arc::new(RequestCounters::new()?);
         let _ = r.register(Box::new(SharedCollector(requests.clone())));
         let upstream_latency = reg(
             &r,
@@ -215,42 +216,36 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ]),
                 &["tenant"],
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let active_requests = reg(
             &r,
-            IntGauge::new("vestibule_active_requests", "Requests in flight")
-                .unwrap_or_else(|_| unreachable!()),
+            IntGauge::new("vestibule_active_requests", "Requests in flight")?,
         );
         let config_info = reg(
             &r,
             IntGaugeVec::new(
                 Opts::new("vestibule_config_info", "The live config version (value 1)"),
                 &["version"],
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let config_last_swap = reg(
             &r,
             Gauge::new(
                 "vestibule_config_last_swap_timestamp_seconds",
                 "Unix time of the last config swap",
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let config_swaps = reg(
             &r,
-            IntCounter::new("vestibule_config_swaps_total", "Configs swapped in")
-                .unwrap_or_else(|_| unreachable!()),
+            IntCounter::new("vestibule_config_swaps_total", "Configs swapped in")?,
         );
         let config_errors = reg(
             &r,
             IntCounter::new(
                 "vestibule_config_errors_total",
                 "Configs that failed to load or compile (the old one stayed live)",
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let swap_duration = reg(
             &r,
@@ -262,16 +257,14 @@ impl Metrics {
                 .buckets(vec![
                     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ]),
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let endpoints = reg(
             &r,
             IntGaugeVec::new(
                 Opts::new("vestibule_pool_endpoints", "Endpoints of a pool by health"),
                 &["pool", "state"],
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let ejections = reg(
             &r,
@@ -281,29 +274,26 @@ impl Metrics {
                     "Endpoints ejected by passive health checks",
                 ),
                 &["pool"],
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let unmatched = RouteStats {
             counters: requests.get("", ""),
             latency: upstream_latency.with_label_values(&[""]),
         };
-        let tls = tls_metrics(&r);
+        let tls = tls_metrics(&r)?;
         let rate_limited = reg(
             &r,
             IntCounter::new(
                 "vestibule_rate_limited_total",
                 "Requests refused with 429 by a tenant's rate limit",
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let pool_overloaded = reg(
             &r,
             IntCounter::new(
                 "vestibule_pool_overloaded_total",
                 "Requests refused with 503 at a pool's concurrent connection cap",
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let rejected = reg(
             &r,
@@ -313,8 +303,7 @@ impl Metrics {
                     "Client connections refused, by reason",
                 ),
                 &["reason"],
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let timeouts = reg(
             &r,
@@ -324,8 +313,7 @@ impl Metrics {
                     "Client connections closed by the head, keep-alive or body-rate deadline",
                 ),
                 &["kind"],
-            )
-            .unwrap_or_else(|_| unreachable!()),
+            )?,
         );
         let guard = GuardMetrics {
             rejected_per_ip: rejected.with_label_values(&["per_ip_cap"]),
@@ -334,7 +322,7 @@ impl Metrics {
             idle_timeouts: timeouts.with_label_values(&["keepalive"]),
             body_timeouts: timeouts.with_label_values(&["body"]),
         };
-        Metrics {
+        Ok(Metrics {
             rate_limited,
             pool_overloaded,
             guard,
@@ -351,7 +339,7 @@ impl Metrics {
             endpoints,
             ejections,
             unmatched,
-        }
+        })
     }
 
     /// Handles for one (tenant, route); call while compiling, not per request.
@@ -407,12 +395,6 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 // === TLS ===
 
 /// Prometheus handles of the TLS listener.
@@ -439,7 +421,9 @@ impl TlsMetrics {
 }
 
 /// Registers the TLS metrics.
-pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics {
+pub(crate) fn tls_metrics(
+    metrics_registry: &prometheus::Registry,
+) -> Result<TlsMetrics, prometheus::Error> {
     use prometheus::{
         GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     };
@@ -455,7 +439,7 @@ pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics
             "vestibule_tls_connections_total",
             "Connections accepted by the HTTPS listener, before the handshake (failed handshakes = this - completed - in progress)",
         )
-        .unwrap_or_else(|_| unreachable!()),
+        ?,
     );
     let handshakes = reg(
         r,
@@ -465,8 +449,7 @@ pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics
                 "TLS handshakes by result (ok, no_certificate) and protocol version",
             ),
             &["result", "version"],
-        )
-        .unwrap_or_else(|_| unreachable!()),
+        )?,
     );
     let handshake_seconds = reg(
         r,
@@ -479,7 +462,7 @@ pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         )
-        .unwrap_or_else(|_| unreachable!()),
+        ?,
     );
     let cert_errors = reg(
         r,
@@ -489,8 +472,7 @@ pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics
                 "Hosts of the live config whose certificate is not served, by tenant and reason",
             ),
             &["tenant", "reason"],
-        )
-        .unwrap_or_else(|_| unreachable!()),
+        )?,
     );
     let cert_expiry_days = reg(
         r,
@@ -500,10 +482,9 @@ pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics
                 "Days until the tenant's first certificate expires (negative: expired)",
             ),
             &["tenant"],
-        )
-        .unwrap_or_else(|_| unreachable!()),
+        )?,
     );
-    TlsMetrics {
+    Ok(TlsMetrics {
         connections,
         no_certificate: handshakes.with_label_values(&["no_certificate", ""]),
         ok_tls12: handshakes.with_label_values(&["ok", "TLSv1.2"]),
@@ -512,5 +493,5 @@ pub(crate) fn tls_metrics(metrics_registry: &prometheus::Registry) -> TlsMetrics
         handshake_seconds,
         cert_errors,
         cert_expiry_days,
-    }
+    })
 }

@@ -223,18 +223,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(upstream: UpstreamSettings, source: String) -> Arc<Self> {
-        Arc::new(Shared {
+    /// Fails only if the metrics can't be registered (a programming error).
+    pub fn new(upstream: UpstreamSettings, source: String) -> Result<Arc<Self>, prometheus::Error> {
+        Ok(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::empty()),
             ready: AtomicBool::new(false),
             status: Mutex::new(ConfigStatus {
                 source,
                 ..Default::default()
             }),
-            metrics: Metrics::new(),
+            metrics: Metrics::new()?,
             upstream: Arc::new(upstream),
             cert_cache: CertCache::default(),
-        })
+        }))
     }
 
     pub fn is_ready(&self) -> bool {

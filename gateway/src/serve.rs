@@ -92,7 +92,7 @@ fn source(cli: &Cli) -> Result<Box<dyn ConfigSource>, Error> {
 /// the process ends.
 pub fn run(cli: Cli) -> Result<(), Error> {
     let source = source(&cli)?;
-    let shared = Shared::new(cli.upstream_settings(), source.describe());
+    let shared = Shared::new(cli.upstream_settings(), source.describe()).map_err(Error::Metrics)?;
     if let (Some(cert), Some(key)) = (&cli.default_cert, &cli.default_key) {
         // clap requires both together.
         let now = crate::runtime::unix_now() as i64;

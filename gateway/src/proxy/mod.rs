@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn redirect_keeps_path_query_and_port() {
-        let shared = Shared::new(Default::default(), "test".into());
+        let shared = Shared::new(Default::default(), "test".into()).unwrap();
         let mut gw = Gateway::new(shared, ProxySettings::default());
         let req = RequestHeader::build("GET", b"/a/b?x=1&y=2", None).unwrap();
         assert_eq!(gw.https_location("a.io", &req), "https://a.io/a/b?x=1&y=2");

@@ -270,20 +270,37 @@ pub fn load_default_cert(
     cert: &Path,
     key: &Path,
     now: i64,
-) -> Result<(), String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let unusable = |problem: CertProblem| {
-        format!(
-            "default certificate {} / {} is unusable: {problem}",
-            cert.display(),
-            key.display()
-        )
+) -> Result<(), DefaultCertError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| DefaultCertError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let unusable = |problem| DefaultCertError::Unusable {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        problem,
     };
     let parsed = ParsedCert::parse(&read(cert)?, &read(key)?).map_err(unusable)?;
     let signing = parsed.key().map_err(unusable)?.clone();
-    parsed
-        .check_dates(now)
-        .map_err(|problem| format!("default certificate {}: {problem}", cert.display()))?;
+    parsed.check_dates(now).map_err(unusable)?;
     cache.set_default(signing);
     Ok(())
+}
+
+/// Why `--default-cert`/`--default-key` can't be served.
+#[derive(Debug, thiserror::Error)]
+pub enum DefaultCertError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("default certificate {} / {} is unusable: {problem}", cert.display(), key.display())]
+    Unusable {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        problem: CertProblem,
+    },
 }

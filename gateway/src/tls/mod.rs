@@ -29,7 +29,7 @@ mod handshake;
 mod hello;
 mod store;
 
-pub use cert::{load_default_cert, CertCache, CertProblem, ParsedCert};
+pub use cert::{load_default_cert, CertCache, CertProblem, DefaultCertError, ParsedCert};
 pub use handshake::{listener_settings, CertResolver, HandshakeObserver, TlsConn};
 pub use hello::{hello_gate, HelloGate};
 pub use store::{same_cert, CertReport, CertStore};
