@@ -6,10 +6,12 @@
 pub mod hostname;
 pub mod manifests;
 pub mod model;
+pub mod snapshot;
 pub mod tenant;
 pub mod translate;
 
 pub use hostname::{HostPattern, Hostname};
-pub use manifests::{load_paths, Loaded, Snapshot};
+pub use manifests::{load_paths, Loaded};
 pub use model::GatewayConfig;
+pub use snapshot::Snapshot;
 pub use translate::{translate, translate_with, CertificateMemo, Options, Translation};

@@ -1,0 +1,57 @@
+//! The snapshot a translation reads: the Kubernetes objects it uses, from
+//! manifest files or from the operator's reflector stores.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+
+use crate::tenant::Tenant;
+
+/// The Kubernetes objects a translation reads. Order does not matter: the
+/// translator sorts what it needs. Objects are shared (`Arc`), so a snapshot
+/// assembled from cached files or from kube reflector stores copies no object.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub ingress_classes: Vec<Arc<IngressClass>>,
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub secrets: Vec<Arc<Secret>>,
+    pub tenants: Vec<Arc<Tenant>>,
+}
+
+impl Snapshot {
+    pub fn is_empty(&self) -> bool {
+        self.ingress_classes.is_empty()
+            && self.ingresses.is_empty()
+            && self.services.is_empty()
+            && self.endpoint_slices.is_empty()
+            && self.secrets.is_empty()
+            && self.tenants.is_empty()
+    }
+
+    /// Moves `other`'s objects to the end of `self`.
+    pub fn append(&mut self, other: Snapshot) {
+        let Snapshot {
+            ingress_classes,
+            ingresses,
+            services,
+            endpoint_slices,
+            secrets,
+            tenants,
+        } = other;
+        self.ingress_classes.extend(ingress_classes);
+        self.ingresses.extend(ingresses);
+        self.services.extend(services);
+        self.endpoint_slices.extend(endpoint_slices);
+        self.secrets.extend(secrets);
+        self.tenants.extend(tenants);
+    }
+
+    /// Appends `other`'s objects (shared, not copied).
+    pub fn extend_from(&mut self, other: &Snapshot) {
+        self.append(other.clone());
+    }
+}
