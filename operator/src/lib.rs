@@ -33,8 +33,6 @@ pub struct Settings {
     /// Gateway replicas the config is served to: each tenant's rate limit
     /// is divided by this ([`publish::per_replica`]).
     pub gateway_replicas: u32,
-    /// Only this IngressClass (by name) among ours, when set.
-    pub ingress_class_name: Option<String>,
     /// Namespaces to watch; empty means all.
     pub watch_namespaces: Vec<String>,
     /// Config server address.
@@ -61,7 +59,6 @@ impl Settings {
         Settings {
             translate: Options::default(),
             gateway_replicas: 1,
-            ingress_class_name: None,
             watch_namespaces: Vec::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             token_file,

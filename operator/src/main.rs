@@ -44,6 +44,11 @@ enum Command {
         /// IngressClasses with this spec.controller are ours.
         #[arg(long, default_value = CONTROLLER_NAME)]
         controller: String,
+        /// Which IngressClasses to serve, as `run --ingress-class`: a
+        /// controller name (contains a '/'), or the name of one IngressClass
+        /// whose spec.controller is --controller.
+        #[arg(long, value_name = "NAME|CONTROLLER")]
+        ingress_class: Option<String>,
         /// Print private keys instead of `<redacted>` (needed to feed the
         /// output to `vestibule-gateway --config`).
         #[arg(long)]
@@ -145,22 +150,40 @@ fn main() -> ExitCode {
             output,
             require_tenant,
             controller,
+            ingress_class,
             include_keys,
             config_only,
             gateway_replicas,
-        } => translate(
-            &paths,
-            Output {
-                format: output,
-                include_keys,
-                config_only,
-            },
-            &Options {
-                controller,
-                require_tenant,
-            },
-            gateway_replicas,
-        ),
+        } => {
+            let (controller, ingress_class) = match ingress_class {
+                Some(c) => class_options(c),
+                None => (controller, None),
+            };
+            translate(
+                &paths,
+                Output {
+                    format: output,
+                    include_keys,
+                    config_only,
+                },
+                &Options {
+                    controller,
+                    ingress_class,
+                    require_tenant,
+                },
+                gateway_replicas,
+            )
+        }
+    }
+}
+
+/// `--ingress-class`: a controller name (contains a '/'), or the name of
+/// one IngressClass of our controller. The same for `run` and `translate`.
+fn class_options(class: String) -> (String, Option<String>) {
+    if class.contains('/') {
+        (class, None)
+    } else {
+        (CONTROLLER_NAME.to_string(), Some(class))
     }
 }
 
@@ -250,16 +273,12 @@ fn settings(args: RunArgs) -> Settings {
         .filter(|i| !i.is_empty())
         .unwrap_or_else(|| format!("vestibule-operator-{}", std::process::id()));
     let mut settings = Settings::new(args.token_file, identity.clone());
-    let (controller, class) = if args.ingress_class.contains('/') {
-        (args.ingress_class, None)
-    } else {
-        (CONTROLLER_NAME.to_string(), Some(args.ingress_class))
-    };
+    let (controller, ingress_class) = class_options(args.ingress_class);
     settings.translate = Options {
         controller,
+        ingress_class,
         require_tenant: args.require_tenant,
     };
-    settings.ingress_class_name = class;
     settings.watch_namespaces = args.watch_namespaces;
     settings.listen = args.listen;
     settings.tls = args

@@ -39,7 +39,6 @@ pub struct Stores {
     pub publish_service: Option<Store<Service>>,
     /// Notified on every change of any cache.
     pub dirty: Arc<Notify>,
-    ingress_class_name: Option<String>,
 }
 
 impl Stores {
@@ -93,7 +92,6 @@ impl Stores {
             tenants,
             publish_service,
             dirty,
-            ingress_class_name: settings.ingress_class_name.clone(),
         }
     }
 
@@ -122,12 +120,8 @@ impl Stores {
 
     /// Copies the caches into a translator input.
     pub fn snapshot(&self) -> Snapshot {
-        let mut ingress_classes = owned(&self.ingress_classes);
-        if let Some(only) = &self.ingress_class_name {
-            ingress_classes.retain(|c| c.metadata.name.as_deref() == Some(only.as_str()));
-        }
         Snapshot {
-            ingress_classes,
+            ingress_classes: owned(&self.ingress_classes),
             ingresses: owned_all(&self.ingresses),
             services: owned_all(&self.services),
             endpoint_slices: owned_all(&self.endpoint_slices),

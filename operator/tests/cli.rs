@@ -351,3 +351,52 @@ fn tenant_typos_are_errors_naming_the_object_and_the_field() {
         "{crd}"
     );
 }
+
+#[test]
+fn translate_ingress_class_narrows_as_run_does() {
+    let dir = support::temp_dir("class");
+    let file = dir.join("classes.yaml");
+    let class = |name: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: {name}}}\n\
+             spec: {{controller: vestibule.dev/ingress-controller}}\n---\n"
+        )
+    };
+    let ingress = |name: &str, class: &str, host: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: a}}\n\
+             spec:\n  ingressClassName: {class}\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+             \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: s, port: {{number: 80}}}}}}}}\n---\n"
+        )
+    };
+    let text = [
+        class("vestibule"),
+        class("internal"),
+        ingress("public", "vestibule", "public.test"),
+        ingress("private", "internal", "private.test"),
+    ]
+    .concat();
+    std::fs::write(&file, text).expect("write");
+    let hosts = |args: &[&str]| -> Vec<String> {
+        let path = file.to_str().expect("utf-8");
+        let mut all = vec!["translate", "-f", path, "-o", "json", "--config-only"];
+        all.extend_from_slice(args);
+        let out = operator(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .map(|h| h["host"].as_str().expect("host").to_string())
+            .collect()
+    };
+    assert_eq!(hosts(&[]), ["private.test", "public.test"]);
+    assert_eq!(hosts(&["--ingress-class", "vestibule"]), ["public.test"]);
+    assert_eq!(hosts(&["--ingress-class", "internal"]), ["private.test"]);
+    // A controller name selects by controller, as `run` does.
+    assert_eq!(
+        hosts(&["--ingress-class", "vestibule.dev/ingress-controller"]),
+        ["private.test", "public.test"]
+    );
+}

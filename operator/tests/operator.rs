@@ -580,7 +580,7 @@ async fn watch_namespace_and_ingress_class_narrow_what_is_served() {
 
     let mut settings = test_settings("op-a");
     settings.watch_namespaces = vec!["shop".into()];
-    settings.ingress_class_name = Some("vestibule".into());
+    settings.translate.ingress_class = Some("vestibule".into());
     let op = start(&api, settings).await;
     let config = first_config(op.config_addr).await.json();
     assert_eq!(hosts(&config), vec!["shop.example.com"]);

@@ -267,6 +267,29 @@ fn lcm(a: u64, b: u64) -> u64 {
     a / gcd(a, b) * b
 }
 
+// === impl Translator: this phase ===
+
+use super::*;
+
+impl<'a> Translator<'a> {
+    pub(super) fn install_pool(
+        &mut self,
+        id: PoolId,
+        pool: Result<Pool, Unresolved>,
+        conditions: &mut Vec<Condition>,
+    ) -> Backend {
+        let pool = pool.unwrap_or_else(|u| {
+            let c = Condition::new(ConditionType::ResolvedRefs, false, u.reason, u.message);
+            if !conditions.contains(&c) {
+                conditions.push(c);
+            }
+            Pool::Endpoints(Vec::new())
+        });
+        self.pools.entry(id.clone()).or_insert(pool);
+        Backend::Pool(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,3 +152,43 @@ impl<'a> SecretIndex<'a> {
         })
     }
 }
+
+// === impl Translator: this phase ===
+
+use super::*;
+
+impl<'a> Translator<'a> {
+    /// The TLS setting for a Secret: its certificate, or `Unavailable` (the
+    /// host stays a TLS host) with a condition saying why.
+    pub(super) fn certificate(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        conditions: &mut Vec<Condition>,
+    ) -> HostTls {
+        let checked = match &mut self.memo {
+            Some((previous, next)) => self
+                .secrets
+                .certificate_memo(namespace, name, previous, next),
+            None => self.secrets.certificate_with_id(namespace, name),
+        };
+        match checked {
+            Ok((cert, id)) => {
+                self.certificates.entry(id.clone()).or_insert(cert);
+                HostTls::Certificate(id)
+            }
+            Err(u) => {
+                let c = Condition::new(
+                    ConditionType::ResolvedRefs,
+                    false,
+                    u.reason,
+                    u.message.clone(),
+                );
+                if !conditions.contains(&c) {
+                    conditions.push(c);
+                }
+                HostTls::Unavailable(u.message)
+            }
+        }
+    }
+}

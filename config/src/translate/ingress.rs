@@ -1,0 +1,257 @@
+//! The Ingress phase: each Ingress of ours, oldest first, becomes routes,
+//! TLS bindings, a default backend and pools, with tenant hijack rules and
+//! conflicts applied; what is dropped becomes a condition.
+
+use super::*;
+
+impl<'a> Translator<'a> {
+    pub(super) fn add_ingress(&mut self, ingress: &'a Ingress) {
+        let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
+        let name = ingress.metadata.name.as_deref().unwrap_or_default();
+        let object = ObjectRef {
+            kind: ObjectKind::Ingress,
+            namespace: Some(namespace.to_string()),
+            name: name.to_string(),
+        };
+        let route_name = RouteName::new(format!("ingress/{namespace}/{name}"));
+        let mut conditions = Vec::new();
+        // Routes (and the default backend) this Ingress serves, and hosts it sets TLS for.
+        let mut served = 0usize;
+        let mut tls_hosts = 0usize;
+        let no_spec = Default::default();
+        let spec: &IngressSpec = ingress.spec.as_ref().unwrap_or(&no_spec);
+
+        // Rule hosts, for TLS entries that list none.
+        let mut rule_hosts = Vec::new();
+
+        for rule in spec.rules.iter().flatten() {
+            let host = match rule.host.as_deref() {
+                None | Some("") => HostPattern::Any,
+                Some(raw) => match HostPattern::parse(raw) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        conditions.push(Condition::new(
+                            ConditionType::Accepted,
+                            false,
+                            Reason::InvalidHost,
+                            e.to_string(),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let tenant = match self.admit_host(&host, namespace) {
+                Ok(t) => t,
+                Err(c) => {
+                    conditions.push(c);
+                    continue;
+                }
+            };
+            rule_hosts.push(host.clone());
+            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+                let matcher = match path_match(&path.path_type, path.path.as_deref()) {
+                    Ok(m) => m,
+                    Err(msg) => {
+                        conditions.push(Condition::new(
+                            ConditionType::Accepted,
+                            false,
+                            Reason::InvalidPath,
+                            format!("host {host}: {msg}"),
+                        ));
+                        continue;
+                    }
+                };
+                if let Some(existing) = self.routes.get(&host).and_then(|r| r.get(&matcher)) {
+                    conditions.push(Condition::new(
+                        ConditionType::Conflicted,
+                        true,
+                        Reason::RouteConflict,
+                        format!("{host} {matcher} is already served by {}", existing.owner),
+                    ));
+                    continue;
+                }
+                let backend = self.ingress_backend(namespace, &path.backend, &mut conditions);
+                self.routes
+                    .entry(host.clone())
+                    .or_default()
+                    .insert_new(matcher, || RouteEntry {
+                        name: route_name.clone(),
+                        backend,
+                        owner: object.clone(),
+                    });
+                served += 1;
+                if let Some(t) = tenant {
+                    self.count_tenant_route(t);
+                }
+            }
+        }
+
+        for entry in spec.tls.iter().flatten() {
+            let hosts: Vec<HostPattern> = match &entry.hosts {
+                Some(hosts) if !hosts.is_empty() => {
+                    let mut parsed = Vec::new();
+                    for raw in hosts {
+                        match HostPattern::parse(raw) {
+                            Ok(h) => parsed.push(h),
+                            Err(e) => conditions.push(Condition::new(
+                                ConditionType::Accepted,
+                                false,
+                                Reason::InvalidHost,
+                                format!("spec.tls: {e}"),
+                            )),
+                        }
+                    }
+                    parsed
+                }
+                _ => rule_hosts.clone(),
+            };
+            let hosts: Vec<HostPattern> = hosts
+                .into_iter()
+                .filter(|h| *h != HostPattern::Any)
+                .filter(|h| match self.admit_host(h, namespace) {
+                    Ok(_) => true,
+                    Err(c) => {
+                        if !conditions.contains(&c) {
+                            conditions.push(c);
+                        }
+                        false
+                    }
+                })
+                .collect();
+            if hosts.is_empty() {
+                continue;
+            }
+            let tls = match entry.secret_name.as_deref() {
+                Some(secret) => self.certificate(namespace, secret, &mut conditions),
+                None => {
+                    let msg = "spec.tls entry has no secretName".to_string();
+                    conditions.push(Condition::new(
+                        ConditionType::ResolvedRefs,
+                        false,
+                        Reason::SecretNotFound,
+                        msg.clone(),
+                    ));
+                    HostTls::Unavailable(msg)
+                }
+            };
+            for host in hosts {
+                match self.tls.get(&host) {
+                    Some(b) if b.owner != object && b.tls != tls => {
+                        conditions.push(Condition::new(
+                            ConditionType::Conflicted,
+                            true,
+                            Reason::TlsConflict,
+                            format!("TLS for {host} is already set by {}", b.owner),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.tls.insert(
+                            host,
+                            TlsBinding {
+                                tls: tls.clone(),
+                                owner: object.clone(),
+                            },
+                        );
+                        tls_hosts += 1;
+                    }
+                }
+            }
+        }
+
+        if let Some(default) = &spec.default_backend {
+            if self.options.require_tenant {
+                conditions.push(Condition::new(
+                    ConditionType::Accepted,
+                    false,
+                    Reason::TenantRequired,
+                    "spec.defaultBackend is ignored with --require-tenant".into(),
+                ));
+            } else if let Some((_, owner)) = &self.default_backend {
+                conditions.push(Condition::new(
+                    ConditionType::Conflicted,
+                    true,
+                    Reason::DefaultBackendConflict,
+                    format!("the default backend is already set by {owner}"),
+                ));
+            } else {
+                let backend = self.ingress_backend(namespace, default, &mut conditions);
+                self.default_backend = Some((backend, object.clone()));
+                served += 1;
+            }
+        }
+
+        let accepted = if served > 0 || tls_hosts > 0 {
+            let tls = match tls_hosts {
+                0 => String::new(),
+                n => format!(", TLS for {n} host(s)"),
+            };
+            Condition::new(
+                ConditionType::Accepted,
+                true,
+                Reason::Accepted,
+                format!("serving {served} route(s){tls}"),
+            )
+        } else {
+            Condition::new(
+                ConditionType::Accepted,
+                false,
+                Reason::NoValidRules,
+                "nothing in this Ingress can be served".into(),
+            )
+        };
+        conditions.insert(0, accepted);
+        self.statuses.insert(
+            object.clone(),
+            ObjectStatus {
+                object,
+                conditions,
+                routes: None,
+            },
+        );
+    }
+
+    /// Resolves an Ingress backend to a pool. Unresolvable Services and
+    /// unsupported (resource) backends still get an (empty) pool: the route
+    /// answers 503 instead of vanishing and letting a shorter path catch it.
+    pub(super) fn ingress_backend(
+        &mut self,
+        namespace: &str,
+        backend: &IngressBackend,
+        conditions: &mut Vec<Condition>,
+    ) -> Backend {
+        let Some(service) = &backend.service else {
+            // `ns/Kind/name`: no `:`, so never a Service pool; three parts,
+            // so never a tenant pool.
+            let (kind, name) = backend
+                .resource
+                .as_ref()
+                .map_or(("", ""), |r| (r.kind.as_str(), r.name.as_str()));
+            let id = format!("{namespace}/{kind}/{name}");
+            let unsupported = Unresolved {
+                reason: Reason::UnsupportedBackend,
+                message: "only Service backends are supported (resource backends are not)".into(),
+            };
+            return self.install_pool(PoolId::new(id), Err(unsupported), conditions);
+        };
+        let port = service
+            .port
+            .as_ref()
+            .and_then(|p| match (&p.name, p.number) {
+                (Some(name), _) if !name.is_empty() => Some(PortRef::Name(name.clone())),
+                (_, Some(n)) => Some(PortRef::Number(n)),
+                _ => None,
+            });
+        let Some(port) = port else {
+            // The API server requires a port; a manifest may still lack one.
+            let missing = Unresolved {
+                reason: Reason::ServicePortNotFound,
+                message: format!("backend Service {namespace}/{} names no port", service.name),
+            };
+            let id = PoolId::new(format!("{namespace}/{}:", service.name));
+            return self.install_pool(id, Err(missing), conditions);
+        };
+        let (id, pool) = self.services.resolve(namespace, &service.name, &port);
+        self.install_pool(id, pool, conditions)
+    }
+}
