@@ -12,7 +12,7 @@ use crate::snapshot::Snapshot;
 
 // === impl ManifestCache ===
 
-/// Loads like [`load_paths`], but keeps each file's parsed objects and
+/// Loads like [`super::load_paths`], but keeps each file's parsed objects and
 /// re-reads only files whose metadata changed since the last load: one
 /// edited file in a directory of thousands of objects costs one file's parse.
 /// Files that are gone are forgotten; files with errors are never kept.
@@ -133,7 +133,7 @@ impl ManifestCache {
         }
     }
 
-    /// Loads `paths`; the result is what [`load_paths`] would return now.
+    /// Loads `paths`; the result is what [`super::load_paths`] would return now.
     pub fn load<P: AsRef<Path>>(&mut self, paths: &[P]) -> Loaded {
         load_with(paths, Some(self))
     }

@@ -7,7 +7,7 @@
 //! User mistakes are data: a bad rule becomes a condition on its object and
 //! the rest of the config still applies.
 //!
-//! [`run`] reads as the phases, each in its own module: which classes are
+//! `run` reads as the phases, each in its own module: which classes are
 //! ours (`classes`), tenants accepted and their domains owned (`tenants`),
 //! Ingresses to routes (`ingress`), Services to pools (`backend`), Secrets
 //! to certificates (`tls`), the tenants' own backends and certificates
