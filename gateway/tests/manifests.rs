@@ -45,12 +45,18 @@ fn ingress(name: &str, host: &str) -> String {
 /// The gateway on a directory of [`CLASS_AND_INGRESS`] and a slice of one
 /// upstream (`name`), once `app.test` answers.
 async fn app_gateway(name: &str) -> (Upstream, TempDir, Gateway) {
+    let (up, dir, gw) = app_gateway_with(name, &[]).await;
+    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 200);
+    (up, dir, gw)
+}
+
+/// [`app_gateway`] with extra gateway flags, before any request.
+async fn app_gateway_with(name: &str, extra: &[&str]) -> (Upstream, TempDir, Gateway) {
     let up = Upstream::start_on(name, "127.0.0.2:0").await;
     let dir = TempDir::new(&format!("manifests-{name}"));
     std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
     std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
-    assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 200);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], extra).await;
     (up, dir, gw)
 }
 
@@ -197,15 +203,7 @@ async fn last_error(gw: &Gateway) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifos_are_never_read_oversized_files_are_named_and_errors_clear() {
-    let up = Upstream::start_on("side", "127.0.0.2:0").await;
-    let dir = TempDir::new("manifests-side-doors");
-    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
-    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
-    let gw = Gateway::start(
-        &["--manifests", dir.0.to_str().unwrap()],
-        &["--max-manifest-bytes", "65536"],
-    )
-    .await;
+    let (_up, dir, gw) = app_gateway_with("side", &["--max-manifest-bytes", "65536"]).await;
     let http = gw.http;
     let serves = |host: &'static str| async move {
         Client::new(http)
@@ -264,15 +262,7 @@ async fn fifos_are_never_read_oversized_files_are_named_and_errors_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_tenant_serves_only_hosts_a_tenant_owns() {
-    let up = Upstream::start_on("strict", "127.0.0.2:0").await;
-    let dir = TempDir::new("manifests-strict");
-    std::fs::write(dir.0.join("app.yaml"), CLASS_AND_INGRESS).unwrap();
-    std::fs::write(dir.0.join("slice.yaml"), slice(up.addr.port())).unwrap();
-    let gw = Gateway::start(
-        &["--manifests", dir.0.to_str().unwrap()],
-        &["--require-tenant"],
-    )
-    .await;
+    let (_up, dir, gw) = app_gateway_with("strict", &["--require-tenant"]).await;
     // No Tenant owns app.test: not served.
     assert_eq!(gw.client().get("app.test", "/").await.unwrap().status, 404);
     // Once one does, its namespace's Ingress serves it.

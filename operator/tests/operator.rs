@@ -169,33 +169,40 @@ async fn hijack_attempt_yields_one_event_and_no_route() {
     op.shutdown().await.expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_status_writes_are_retried_without_another_change() {
-    let api = FakeApi::start().await;
-    seed(&api);
+/// A LoadBalancer Service to publish, and a Tenant with an Ingress of its own.
+fn seed_statuses(api: &FakeApi) {
     api.apply(load_balancer_service("vestibule", "gateway", "203.0.113.7"));
     api.apply(tenant("acme", &["acme.example.com"], &["acme"]));
     api.apply(service("acme", "app", 80));
     api.apply(endpoint_slice("acme", "app", &["10.1.0.1"], 8080));
     api.apply(ingress("acme", "site", "acme.example.com", "app", 80));
+}
+
+/// Waits for the statuses [`seed_statuses`] calls for: the published
+/// address on the Ingress, the route count on the Tenant.
+async fn statuses_written(api: &FakeApi, within: Duration) {
+    eventually(within, "Ingress and Tenant statuses", || async {
+        let ing = api.get("Ingress", Some("shop"), "shop")?;
+        let tn = api.get("Tenant", None, "acme")?;
+        let ip = ing["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()? == "203.0.113.7";
+        let routes = tn["status"]["routes"].as_u64()? == 1;
+        (ip && routes).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_status_writes_are_retried_without_another_change() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    seed_statuses(&api);
     // The API server fails the first rounds of status writes; nothing in
     // the cluster changes afterwards.
     api.fail_status_patches(9);
     let mut settings = test_settings("op-a");
     settings.publish_service = Some("vestibule/gateway".parse().expect("ns/name"));
     let _op = start(&api, settings).await;
-    eventually(
-        Duration::from_secs(10),
-        "statuses after the failures",
-        || async {
-            let ing = api.get("Ingress", Some("shop"), "shop")?;
-            let tn = api.get("Tenant", None, "acme")?;
-            let ip = ing["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()? == "203.0.113.7";
-            let routes = tn["status"]["routes"].as_u64()? == 1;
-            (ip && routes).then_some(())
-        },
-    )
-    .await;
+    statuses_written(&api, Duration::from_secs(10)).await;
     assert!(
         api.count(Method::PATCH, "/status") > 9,
         "{:?}",
@@ -207,27 +214,12 @@ async fn failed_status_writes_are_retried_without_another_change() {
 async fn statuses_are_written_once_and_only_on_change() {
     let api = FakeApi::start().await;
     seed(&api);
-    api.apply(load_balancer_service("vestibule", "gateway", "203.0.113.7"));
-    api.apply(tenant("acme", &["acme.example.com"], &["acme"]));
-    api.apply(service("acme", "app", 80));
-    api.apply(endpoint_slice("acme", "app", &["10.1.0.1"], 8080));
-    api.apply(ingress("acme", "site", "acme.example.com", "app", 80));
+    seed_statuses(&api);
     let mut settings = test_settings("op-a");
     settings.publish_service = Some("vestibule/gateway".parse().expect("ns/name"));
     let op = start(&api, settings).await;
 
-    eventually(
-        Duration::from_secs(5),
-        "Ingress and Tenant statuses",
-        || async {
-            let ing = api.get("Ingress", Some("shop"), "shop")?;
-            let tn = api.get("Tenant", None, "acme")?;
-            let ip = ing["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()? == "203.0.113.7";
-            let routes = tn["status"]["routes"].as_u64()? == 1;
-            (ip && routes).then_some(())
-        },
-    )
-    .await;
+    statuses_written(&api, Duration::from_secs(5)).await;
     let tn = api.get("Tenant", None, "acme").expect("tenant");
     let conditions = tn["status"]["conditions"].as_array().expect("conditions");
     let accepted = conditions
