@@ -182,7 +182,7 @@ pub enum HostTls {
     Certificate(CertId),
     /// TLS was requested but no usable certificate exists (the reason says
     /// why); the gateway presents its default certificate or fails the handshake.
-    Unavailable(String),
+    Unavailable(Unavailable),
 }
 
 impl HostTls {
@@ -190,6 +190,50 @@ impl HostTls {
         match self {
             HostTls::Certificate(id) => Some(id),
             HostTls::Unavailable(_) => None,
+        }
+    }
+}
+
+/// Why a host that asked for TLS has no usable certificate, and the
+/// message its object's condition says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "UnavailableRepr")]
+pub struct Unavailable {
+    pub reason: TlsUnavailable,
+    pub message: String,
+}
+
+/// The kinds of [`Unavailable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsUnavailable {
+    /// No Secret is named, or the named Secret does not exist.
+    SecretNotFound,
+    /// The Secret is no usable `kubernetes.io/tls` Secret (type, PEM, key).
+    SecretInvalid,
+}
+
+/// What an `unavailable` reads from: the typed form, or the bare message
+/// of configs written before the reason was kept (a gateway's persisted
+/// last config), whose reason is unknown and read as `SecretInvalid`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UnavailableRepr {
+    Typed {
+        reason: TlsUnavailable,
+        message: String,
+    },
+    Message(String),
+}
+
+impl From<UnavailableRepr> for Unavailable {
+    fn from(repr: UnavailableRepr) -> Self {
+        match repr {
+            UnavailableRepr::Typed { reason, message } => Unavailable { reason, message },
+            UnavailableRepr::Message(message) => Unavailable {
+                reason: TlsUnavailable::SecretInvalid,
+                message,
+            },
         }
     }
 }
@@ -419,3 +463,29 @@ string_id!(
     /// The source of a route, used as a bounded metrics label.
     RouteName
 );
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_tls_keeps_its_reason_and_reads_bare_messages() {
+        let typed: HostTls = serde_json::from_str(
+            r#"{"unavailable": {"reason": "secretNotFound", "message": "Secret a/b not found"}}"#,
+        )
+        .unwrap();
+        let HostTls::Unavailable(u) = &typed else {
+            panic!("{typed:?}")
+        };
+        assert_eq!(u.reason, TlsUnavailable::SecretNotFound);
+        // A config persisted before the reason was kept still loads.
+        let legacy: HostTls = serde_json::from_str(r#"{"unavailable": "old message"}"#).unwrap();
+        let HostTls::Unavailable(u) = &legacy else {
+            panic!("{legacy:?}")
+        };
+        assert_eq!(u.message, "old message");
+        let back: HostTls = serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
+        assert_eq!(back, typed);
+    }
+}

@@ -310,7 +310,12 @@ async fn tls_host_redirects_and_empty_pool_is_503() {
         None,
         vec![route("s", PathMatch::prefix("/"), "echo")],
     );
-    secure.tls = Some(vestibule_config::model::HostTls::Unavailable("test".into()));
+    secure.tls = Some(vestibule_config::model::HostTls::Unavailable(
+        vestibule_config::model::Unavailable {
+            reason: vestibule_config::model::TlsUnavailable::SecretNotFound,
+            message: "test".into(),
+        },
+    ));
     config.hosts = vec![
         secure,
         vhost(

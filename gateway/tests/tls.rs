@@ -443,7 +443,10 @@ async fn cert_problems_stay_per_host_and_swaps_change_certs_live() {
         tls_vhost(
             "gone.test",
             Some("gone"),
-            HostTls::Unavailable("secret missing".into()),
+            HostTls::Unavailable(vestibule_config::model::Unavailable {
+                reason: vestibule_config::model::TlsUnavailable::SecretNotFound,
+                message: "secret missing".into(),
+            }),
             "up",
         ),
     ];

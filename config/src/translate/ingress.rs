@@ -131,7 +131,10 @@ impl<'a> Translator<'a> {
                         Reason::SecretNotFound,
                         msg.clone(),
                     ));
-                    HostTls::Unavailable(msg)
+                    HostTls::Unavailable(Unavailable {
+                        reason: TlsUnavailable::SecretNotFound,
+                        message: msg,
+                    })
                 }
             };
             for host in hosts {

@@ -32,7 +32,7 @@ use crate::hostname::HostPattern;
 use crate::manifests::Snapshot;
 use crate::model::{
     Backend, CertId, Certificate, GatewayConfig, HostTls, PathMatch, Pool, PoolId, Route,
-    RouteName, Tenant as TenantConfig, VirtualHost,
+    RouteName, Tenant as TenantConfig, TlsUnavailable, Unavailable, VirtualHost,
 };
 use crate::tenant::Tenant;
 

@@ -238,11 +238,16 @@ impl<'a> Translator<'a> {
                         format!("certificate from Secret {}/{}", r.namespace, r.name),
                     ),
                     HostTls::Unavailable(why) => {
-                        let reason = conditions
-                            .last()
-                            .map(|c| c.reason)
-                            .unwrap_or(Reason::SecretInvalid);
-                        Condition::new(ConditionType::CertificateReady, false, reason, why.clone())
+                        let reason = match why.reason {
+                            TlsUnavailable::SecretNotFound => Reason::SecretNotFound,
+                            TlsUnavailable::SecretInvalid => Reason::SecretInvalid,
+                        };
+                        Condition::new(
+                            ConditionType::CertificateReady,
+                            false,
+                            reason,
+                            why.message.clone(),
+                        )
                     }
                 });
                 for d in &domains {

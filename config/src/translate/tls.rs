@@ -187,7 +187,13 @@ impl<'a> Translator<'a> {
                 if !conditions.contains(&c) {
                     conditions.push(c);
                 }
-                HostTls::Unavailable(u.message)
+                HostTls::Unavailable(Unavailable {
+                    reason: match u.reason {
+                        Reason::SecretNotFound => TlsUnavailable::SecretNotFound,
+                        _ => TlsUnavailable::SecretInvalid,
+                    },
+                    message: u.message,
+                })
             }
         }
     }
