@@ -37,6 +37,24 @@ pub struct GatewayConfig {
     pub certificates: BTreeMap<CertId, Certificate>,
     #[serde(default)]
     pub tenants: BTreeMap<TenantId, Tenant>,
+    /// Pending ACME HTTP-01 challenges: token -> key authorization, which
+    /// every replica answers at `/.well-known/acme-challenge/<token>` on its
+    /// HTTP listener (RFC 8555 §8.3).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acme_http01: BTreeMap<String, String>,
+}
+
+/// Longest ACME token or key authorization accepted (RFC 8555 tokens are
+/// 128 bits of base64url; a key authorization adds a 43-byte thumbprint).
+const MAX_ACME_VALUE: usize = 256;
+
+/// Base64url, and `.` between token and thumbprint: safe in a path and in
+/// a response body as is.
+fn acme_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_ACME_VALUE
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 impl GatewayConfig {
@@ -54,6 +72,8 @@ impl GatewayConfig {
             pools: &'a BTreeMap<PoolId, Pool>,
             certificates: &'a BTreeMap<CertId, Certificate>,
             tenants: &'a BTreeMap<TenantId, Tenant>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            acme_http01: &'a BTreeMap<String, String>,
         }
         let unsealed = Unsealed {
             version: "",
@@ -62,6 +82,7 @@ impl GatewayConfig {
             pools: &self.pools,
             certificates: &self.certificates,
             tenants: &self.tenants,
+            acme_http01: &self.acme_http01,
         };
         // Streamed into the hash: no buffer the size of every PEM. Plain
         // data with string keys cannot fail to serialize.
@@ -132,6 +153,13 @@ impl GatewayConfig {
         if let Some(b) = &self.default_backend {
             pool(b)?;
         }
+        for (token, key_authorization) in &self.acme_http01 {
+            if token.contains('.') || !acme_value(token) || !acme_value(key_authorization) {
+                return Err(ConfigError::AcmeChallenge {
+                    token: token.chars().take(64).collect(),
+                });
+            }
+        }
         if !self.version.is_empty() && self.version != self.content_version() {
             return Err(ConfigError::Version {
                 stated: self.version.clone(),
@@ -149,6 +177,8 @@ pub enum ConfigError {
     Parse(String),
     #[error("config refers to something it does not define: {0}")]
     Reference(String),
+    #[error("ACME HTTP-01 challenge {token:?}: token and key authorization must be base64url (at most 256 bytes)")]
+    AcmeChallenge { token: String },
     #[error("config version {stated} does not match its content (hash {actual})")]
     Version {
         stated: ConfigVersion,

@@ -52,6 +52,8 @@ pub struct Runtime {
     pub certs: CertStore,
     /// Rate limiters by tenant; reused across swaps while the limit holds.
     pub limiters: BTreeMap<TenantId, Arc<TenantLimiter>>,
+    /// Pending ACME HTTP-01 challenges: token -> key authorization.
+    pub acme_http01: HashMap<Box<str>, bytes::Bytes, ahash::RandomState>,
     pub summary: Summary,
     /// (tenant, route) metric label sets in use, to forget stale ones.
     labels: Labels,
@@ -76,6 +78,7 @@ impl Runtime {
             pools: BTreeMap::new(),
             certs: CertStore::default(),
             limiters: BTreeMap::new(),
+            acme_http01: HashMap::default(),
             summary: Summary::default(),
             labels: Labels::default(),
         }
@@ -172,6 +175,11 @@ impl Runtime {
                 unix_now() as i64,
             ),
             limiters,
+            acme_http01: config
+                .acme_http01
+                .iter()
+                .map(|(t, k)| (t.as_str().into(), bytes::Bytes::from(k.clone())))
+                .collect(),
             summary,
             labels,
         })

@@ -92,6 +92,8 @@ impl<'a> Translator<'a> {
             pools,
             certificates,
             tenants,
+            // Pending ACME challenges come from the issuer, not from objects.
+            acme_http01: Default::default(),
         }
         .seal();
         let translation = Translation {

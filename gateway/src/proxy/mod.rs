@@ -102,6 +102,9 @@ fn tls_conn(session: &Session) -> Option<&TlsConn> {
         .get::<TlsConn>()
 }
 
+/// Where ACME HTTP-01 validation requests land.
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 /// Whether a request body follows the head (HTTP/1 framing).
 fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::TRANSFER_ENCODING)
@@ -145,6 +148,19 @@ impl ProxyHttp for Gateway {
         session.set_write_timeout(Some(self.settings.client_timeout));
         let checked = edge::check(session.req_header(), self.settings.max_header_bytes)
             .and_then(|()| edge::canonicalize(session.req_header_mut()));
+        // ACME HTTP-01 validation comes first: before routing, redirects to
+        // https and rate limits, whatever the host.
+        if checked.is_ok() && !self.settings.tls {
+            if let Some(answer) = self.acme_http01(session.req_header()) {
+                return match answer {
+                    Some(key_authorization) => respond(session, 200, key_authorization, None).await,
+                    None => {
+                        let body = "no pending ACME challenge for this token\n";
+                        respond(session, 404, body, None).await
+                    }
+                };
+            }
+        }
         let tls = if self.settings.tls {
             tls_conn(session)
         } else {
@@ -444,6 +460,14 @@ impl Gateway {
             Some(wait) => Decision::RateLimited(retry_after_secs(wait)),
             None => Decision::Proxy,
         }
+    }
+
+    /// For a request to the ACME HTTP-01 path (RFC 8555 §8.3): the key
+    /// authorization of its token if that challenge is pending (`Some(None)`:
+    /// it is not); `None` for any other path.
+    fn acme_http01(&self, req: &RequestHeader) -> Option<Option<Bytes>> {
+        let token = req.uri.path().strip_prefix(ACME_CHALLENGE_PATH)?;
+        Some(self.shared.runtime.load().acme_http01.get(token).cloned())
     }
 
     /// Whether `host` (a configured vhost) would be presented a different
