@@ -110,6 +110,11 @@ pub struct Cli {
     /// slower clients get 408 and are disconnected (slowloris).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// A TLS handshake must complete within this, from the accept (Pingora
+    /// alone allows 60 s; a client stalled after its ClientHello holds a
+    /// connection that long).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
     /// How long a kept-alive client connection may idle between requests
     /// (also the HTTP/2 idle timeout).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]

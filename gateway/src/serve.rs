@@ -137,6 +137,10 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         work_stealing: cli.threads > 1,
         ..ServerConf::default()
     };
+    pingora_core::services::listening::set_handshake_timeout(
+        cli.handshake_timeout
+            .max(std::time::Duration::from_millis(10)),
+    );
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

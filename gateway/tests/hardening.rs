@@ -626,7 +626,12 @@ async fn handshakes_in_progress_count_against_the_per_ip_cap() {
     config.certificates.insert(cert.id(), cert.clone());
     config.hosts[0].tls = Some(vestibule_config::model::HostTls::Certificate(cert.id()));
     let dir = TempDir::new("handshakes");
-    let (gw, _) = start(&dir, &config.seal(), &["--max-connections-per-ip", "3"]).await;
+    let (gw, _) = start(
+        &dir,
+        &config.seal(),
+        &["--max-connections-per-ip", "3", "--handshake-timeout", "3s"],
+    )
+    .await;
     let client = pki.client(&[b"http/1.1"], false);
     let hello = || {
         let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
@@ -675,6 +680,14 @@ async fn handshakes_in_progress_count_against_the_per_ip_cap() {
     let _ = s.write_all(&hello()).await;
     let (got, eof) = read_until_close(&mut s, Duration::from_secs(2)).await;
     assert!(eof && got.is_empty(), "{got:?}");
+    // A handshake stalled after its hello is cut at --handshake-timeout
+    // (3 s here; Pingora alone waits 60 s).
+    let started = std::time::Instant::now();
+    let (_, eof) = read_until_close(&mut stalled[0], Duration::from_secs(6)).await;
+    assert!(eof, "stalled handshake kept");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+    stalled.remove(0);
     // Gone handshakes give their slots back.
     drop(stalled);
     let back = common::eventually(Duration::from_secs(3), || async move {

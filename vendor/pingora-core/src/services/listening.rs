@@ -40,6 +40,21 @@ use std::fs::Permissions;
 use std::sync::Arc;
 use std::time::Duration;
 
+// Vestibule patch 0002: the handshake timeout (60 s before) is a setting.
+static HANDSHAKE_TIMEOUT_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(60_000);
+
+/// Sets how long an accepted connection may take to complete its (TLS)
+/// handshake, for every listening service of the process; 60 s by default.
+pub fn set_handshake_timeout(limit: Duration) {
+    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+    HANDSHAKE_TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn handshake_timeout() -> Duration {
+    Duration::from_millis(HANDSHAKE_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
@@ -234,7 +249,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         // Vestibule patch 0001: boxed, so the TLS handshake's
                         // state (~7 KiB) is freed once it completes instead of
                         // sizing every connection's task for its whole life.
-                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
+                        match timeout(handshake_timeout(), Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
