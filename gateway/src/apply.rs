@@ -3,11 +3,12 @@
 //! settle (build the certificate keys, give the freed memory back).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use vestibule_config::GatewayConfig;
 
+use crate::purge;
 use crate::runtime::{Runtime, Shared};
 use crate::upstream::health::PROBE_CONCURRENCY;
 
@@ -60,14 +61,8 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
 }
 
 /// After a swap, off the request path: build the new runtime's certificate
-/// keys, then let the allocator return the pages the load freed.
-///
-/// mimalloc returns freed pages to the OS only after its purge delay (1 s),
-/// and only when some page is freed after that; a config load frees tens of
-/// MB at once and then the process may sit idle, so those pages would stay
-/// resident. Freeing one block larger than mimalloc's largest size class
-/// (512 KiB) once the delay has passed releases its own page, which runs the
-/// due purges.
+/// keys, then let the allocator return the pages the load freed (a config
+/// load frees tens of MB at once; see [`crate::purge`]).
 pub fn settle(runtime: Arc<Runtime>) {
     static WORKER: std::sync::OnceLock<std::sync::mpsc::Sender<Arc<Runtime>>> =
         std::sync::OnceLock::new();
@@ -85,7 +80,6 @@ pub fn settle(runtime: Arc<Runtime>) {
 }
 
 fn settle_loop(rx: std::sync::mpsc::Receiver<Arc<Runtime>>) {
-    const PURGE_DELAY: Duration = Duration::from_millis(1100);
     let mut purge_due: Option<Instant> = None;
     // A runtime that arrived while an older one was being warmed up.
     let mut newer: Option<Arc<Runtime>> = None;
@@ -113,11 +107,11 @@ fn settle_loop(rx: std::sync::mpsc::Receiver<Arc<Runtime>>) {
                     Err(_) => true,
                 });
                 drop(runtime);
-                purge_due = Some(Instant::now() + PURGE_DELAY);
+                purge_due = Some(Instant::now() + purge::PURGE_DELAY);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 purge_due = None;
-                drop(std::hint::black_box(vec![1u8; 1 << 20]));
+                purge::run_due_purges();
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }

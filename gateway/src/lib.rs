@@ -15,6 +15,7 @@ pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod purge;
 pub mod ratelimit;
 pub mod route;
 pub mod runtime;

@@ -14,18 +14,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::stream::{GuardedStream, Wait};
 use super::ConnGuard;
+use crate::purge;
 
-/// mimalloc decommits the pages that connections freed only after its
-/// purge delay, and only when the owning thread later allocates or frees a
-/// page in the same segment, or frees into the arena; after a flood the
-/// worker may sit idle, so that memory would stay resident. Once the delay
-/// has passed, a large block (its own page, in this thread's segments) and
-/// a huge one (past mimalloc's 512 KiB size classes, from the arena) run the
-/// due purges, as `control::settle` does after a config load.
+/// After a flood the worker may sit idle with the connections' freed pages
+/// resident: run the due purges on it once the delay has passed.
 async fn give_memory_back() {
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    drop(std::hint::black_box(vec![1u8; 200 * 1024]));
-    drop(std::hint::black_box(vec![1u8; 1 << 20]));
+    tokio::time::sleep(purge::PURGE_DELAY).await;
+    purge::run_due_purges();
 }
 
 // === impl Edge ===
