@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
@@ -94,8 +95,7 @@ pub struct GuardedStream {
     /// while no session existed; served before the socket's.
     ///
     /// [`wait_for_request`]: GuardedStream::wait_for_request
-    early: Vec<u8>,
-    early_pos: usize,
+    early: Bytes,
     metrics: GuardMetrics,
 }
 
@@ -123,8 +123,7 @@ impl GuardedStream {
             keepalive_timeout: l.keepalive_timeout,
             body_min_rate: l.body_min_rate,
             body: BodyClock::default(),
-            early: Vec::new(),
-            early_pos: 0,
+            early: Bytes::new(),
             metrics: guard.metrics.clone(),
         }
     }
@@ -146,8 +145,7 @@ impl GuardedStream {
             let mut buf = ReadBuf::new(&mut tmp);
             match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                    self.early = buf.filled().to_vec();
-                    self.early_pos = 0;
+                    self.early = Bytes::copy_from_slice(buf.filled());
                     Poll::Ready(Wait::Request)
                 }
                 Poll::Ready(_) => Poll::Ready(Wait::Closed),
@@ -240,13 +238,12 @@ impl AsyncRead for GuardedStream {
             this.arm(phase);
         }
         let before = buf.filled().len();
-        let read = if this.early_pos < this.early.len() {
-            let n = buf.remaining().min(this.early.len() - this.early_pos);
-            buf.put_slice(&this.early[this.early_pos..this.early_pos + n]);
-            this.early_pos += n;
-            if this.early_pos == this.early.len() {
-                this.early = Vec::new();
-                this.early_pos = 0;
+        let read = if !this.early.is_empty() {
+            let n = buf.remaining().min(this.early.len());
+            buf.put_slice(&this.early.split_to(n));
+            if this.early.is_empty() {
+                // An empty split still shares (and keeps) the allocation.
+                this.early = Bytes::new();
             }
             Poll::Ready(Ok(()))
         } else {
@@ -390,9 +387,8 @@ impl GetSocketDigest for GuardedStream {
 #[async_trait]
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        let early = &self.early[self.early_pos..];
-        if early.len() >= buf.len() {
-            buf.copy_from_slice(&early[..buf.len()]);
+        if self.early.len() >= buf.len() {
+            buf.copy_from_slice(&self.early[..buf.len()]);
             return Ok(true);
         }
         // Pingora peeks only for an h2c preface (off here), on new streams.
