@@ -157,9 +157,7 @@ impl ConnGuard {
     /// The connection slot of `stream`: the one its TLS handshake took, if
     /// it took one, else a new one.
     pub fn acquire_for(self: &Arc<Self>, stream: &Stream) -> Option<Permit> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let peer = stream.get_socket_digest().as_deref().and_then(peer_of);
         let adopted = peer.and_then(|peer| {
             let mut map = self.handshakes.lock().unwrap_or_else(|p| p.into_inner());
             map.remove(&peer).map(|_| peer.ip())
@@ -178,7 +176,7 @@ impl ConnGuard {
         let Some(digest) = stream.get_socket_digest() else {
             return true;
         };
-        let Some(peer) = digest.peer_addr().and_then(|a| a.as_inet()).copied() else {
+        let Some(peer) = peer_of(&digest) else {
             return true;
         };
         if max == 0 {
@@ -303,6 +301,11 @@ impl ConnGuard {
             .copied()
             .unwrap_or(0)
     }
+}
+
+/// The client's address of a connection, if it is an IP one.
+fn peer_of(digest: &SocketDigest) -> Option<SocketAddr> {
+    digest.peer_addr().and_then(|a| a.as_inet()).copied()
 }
 
 /// One connection's slot; released when the connection ends.
