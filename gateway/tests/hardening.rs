@@ -274,18 +274,23 @@ async fn slowloris_slow_body_idle_keepalive_and_per_ip_cap_are_cut() {
     assert!(metric(&m, "vestibule_downstream_rejected_total") >= 1.0);
 }
 
-/// Opens `n` connections that each send part of a request head and stall;
-/// returns them with the gateway's RSS growth in KiB.
-async fn hold_slow_connections(gw: &Gateway, n: usize) -> (Vec<TcpStream>, u64, u64) {
-    let pid = gw.child.id();
-    // Warm up: the first requests allocate runtime and pool state.
+/// The first requests allocate runtime and pool state: serves some, lets
+/// the gateway settle for `settle`, and returns its RSS (KiB) then.
+async fn warm_up(gw: &Gateway, settle: Duration) -> u64 {
     let mut c = gw.client();
     for _ in 0..50 {
         assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
     }
     drop(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kb(pid);
+    tokio::time::sleep(settle).await;
+    rss_kb(gw.child.id())
+}
+
+/// Opens `n` connections that each send part of a request head and stall;
+/// returns them with the gateway's RSS growth in KiB.
+async fn hold_slow_connections(gw: &Gateway, n: usize) -> (Vec<TcpStream>, u64, u64) {
+    let pid = gw.child.id();
+    let before = warm_up(gw, Duration::from_millis(300)).await;
     let mut held = Vec::with_capacity(n);
     for i in 0..n {
         // From 127.0.0.2: thousands of ephemeral ports on 127.0.0.1 would
@@ -569,13 +574,7 @@ async fn idle_keepalive_connections_cost_little_and_memory_returns() {
     )
     .await;
     let pid = gw.child.id();
-    let mut c = gw.client();
-    for _ in 0..50 {
-        assert_eq!(c.get("a.test", "/").await.unwrap().status, 200);
-    }
-    drop(c);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = rss_kb(pid);
+    let before = warm_up(&gw, Duration::from_millis(1500)).await;
     let mut idle = Vec::with_capacity(N);
     for i in 0..N {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
