@@ -118,11 +118,13 @@ fn has_body(req: &RequestHeader) -> bool {
 /// Host header. [`edge::canonicalize`] turned an HTTP/1 absolute-form target
 /// into a Host header, and Pingora refused a Host that differs from the
 /// URI's authority.
-fn authority_of(req: &RequestHeader) -> Option<&[u8]> {
-    match req.headers.get(HOST) {
-        Some(h) => Some(h.as_bytes()),
-        None => req.uri.authority().map(|a| a.as_str().as_bytes()),
-    }
+/// Empty authorities are `None`.
+fn authority_of(req: &RequestHeader) -> Option<HeaderValue> {
+    let value = match req.headers.get(HOST) {
+        Some(h) => h.clone(),
+        None => HeaderValue::from_str(req.uri.authority()?.as_str()).ok()?,
+    };
+    (!value.is_empty()).then_some(value)
 }
 
 #[async_trait]
@@ -422,8 +424,9 @@ impl Gateway {
     /// The routing decision; synchronous so the runtime guard never lives
     /// across an await.
     fn route(&self, req: &RequestHeader, tls: Option<&TlsConn>, ctx: &mut Ctx) -> Decision {
-        let raw = authority_of(req).unwrap_or_default();
+        let authority = authority_of(req);
         let mut buf = HostBuf::new();
+        let raw = authority.as_ref().map_or(&[][..], |a| a.as_bytes());
         let host = match normalize_host(raw, &mut buf) {
             Ok(host) => host,
             Err(BadHost::Empty) => "",
@@ -431,12 +434,7 @@ impl Gateway {
                 return Decision::Reject(edge::Reject::BadRequest("invalid Host\n"))
             }
         };
-        if !raw.is_empty() {
-            ctx.authority = match req.headers.get(HOST) {
-                Some(h) => Some(h.clone()),
-                None => HeaderValue::from_bytes(raw).ok(),
-            };
-        }
+        ctx.authority = authority;
         let runtime = self.shared.runtime.load();
         let lookup = runtime.routes.lookup(host, req.uri.path());
         if let Some(vhost) = lookup.vhost() {
