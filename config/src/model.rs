@@ -246,8 +246,9 @@ pub enum TlsUnavailable {
 /// What an `unavailable` reads from: the typed form, or the bare message
 /// of configs written before the reason was kept (a gateway's persisted
 /// last config), whose reason is unknown and read as `SecretInvalid`.
+/// Unknown fields are refused in the typed form as everywhere in the config.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 enum UnavailableRepr {
     Typed {
         reason: TlsUnavailable,
@@ -517,5 +518,10 @@ mod tests {
         assert_eq!(u.message, "old message");
         let back: HostTls = serde_json::from_str(&serde_json::to_string(&typed).unwrap()).unwrap();
         assert_eq!(back, typed);
+        // A typo is no silent extra field.
+        let typo = serde_json::from_str::<HostTls>(
+            r#"{"unavailable": {"reason": "secretNotFound", "message": "m", "reasn": "x"}}"#,
+        );
+        assert!(typo.is_err(), "{typo:?}");
     }
 }

@@ -23,7 +23,9 @@ use crate::model::RateLimit;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 // Unknown fields are refused (a `rateLimt:` typo must not load as "no rate
-// limit"); the CRD's structural schema prunes them on the API server.
+// limit"). On the API server the CRD's structural schema (no field preserves
+// unknowns) does the same: kubectl's strict field validation rejects them,
+// and anything else has them pruned.
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TenantSpec {
     /// Hostnames this tenant owns: exact (`acme.example.com`) or one-label

@@ -261,6 +261,61 @@ async fn fifos_are_never_read_oversized_files_are_named_and_errors_clear() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_typos_are_named_in_last_error_and_the_last_good_config_stays() {
+    let (_up, dir, gw) = app_gateway("typo").await;
+    let http = gw.http;
+    let tenant_of = |host: &'static str| async move {
+        Client::new(http)
+            .get(host, "/")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.seen().get("x-tenant-id").cloned())
+    };
+    let write = |text: &str| {
+        let tmp = dir.0.join(".tenant.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.0.join("tenant.yaml")).unwrap();
+    };
+    let tenant = |rate_limit_key: &str| {
+        format!(
+            "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme}}\n\
+             spec:\n  domains: [app.test]\n  namespaces: [prod]\n  \
+             {rate_limit_key}: {{requestsPerSecond: 1000, burst: 1000}}\n"
+        )
+    };
+    // `rateLimt` must not load as a Tenant without a rate limit: the load
+    // is refused naming the file, the document, the object and the field,
+    // as any malformed document is, and the last good config keeps serving.
+    write(&tenant("rateLimt"));
+    let named = eventually(Duration::from_secs(5), || async {
+        last_error(&gw).await.is_some_and(|e| {
+            e.contains("tenant.yaml: document 1: Tenant \"acme\": unknown field `rateLimt`")
+        })
+    })
+    .await;
+    assert!(named.is_some(), "last_error: {:?}", last_error(&gw).await);
+    assert_eq!(tenant_of("app.test").await, Some(None));
+
+    // Fixed: the Tenant applies and the error clears.
+    write(&tenant("rateLimit"));
+    let applied = eventually(Duration::from_secs(5), || async {
+        tenant_of("app.test").await == Some(Some("acme".to_string()))
+    })
+    .await;
+    assert!(applied.is_some(), "the fixed Tenant never applied");
+    let cleared = eventually(Duration::from_secs(2), || async {
+        last_error(&gw).await.is_none()
+    })
+    .await;
+    assert!(
+        cleared.is_some(),
+        "last_error kept: {:?}",
+        last_error(&gw).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_tenant_serves_only_hosts_a_tenant_owns() {
     let (_up, dir, gw) = app_gateway_with("strict", &["--require-tenant"]).await;
     // No Tenant owns app.test: not served.

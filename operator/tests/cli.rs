@@ -326,14 +326,23 @@ fn tenant_typos_are_errors_naming_the_object_and_the_field() {
     std::fs::write(
         &file,
         "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
-         spec:\n  domains: [acme.example.com]\n  rateLimt: {requestsPerSecond: 5, burst: 10}\n",
+         spec:\n  domains: [acme.example.com]\n  rateLimt: {requestsPerSecond: 5, burst: 10}\n\
+         ---\n\
+         apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: globex}\n\
+         spec: {domains: [globex.example.com]}\n",
     )
     .expect("write");
     let out = operator(&["translate", "-f", file.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     let err = stderr(&out);
-    assert!(err.contains("Tenant \"acme\""), "{err}");
-    assert!(err.contains("rateLimt"), "{err}");
+    assert!(
+        err.contains("tenant.yaml: document 1: Tenant \"acme\": unknown field `rateLimt`"),
+        "{err}"
+    );
+    // The bad Tenant is skipped; the rest of the file still translates.
+    let v: serde_json::Value = serde_saphyr::from_str(&stdout(&out)).expect("yaml");
+    let tenants = v["config"]["tenants"].as_object().expect("tenants");
+    assert_eq!(tenants.keys().collect::<Vec<_>>(), ["globex"], "{v}");
     // Nested types too.
     std::fs::write(
         &file,

@@ -90,6 +90,11 @@ pub(super) fn add_object(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    // Checked before the object is kept: a malformed document is skipped
+    // whole, never half-loaded.
+    if name.is_empty() && kind != "List" {
+        return Err(format!("{kind}: metadata.name is required"));
+    }
     let what = |e: serde_json::Error| format!("{kind} {name:?}: {e}");
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "List") => {
@@ -130,9 +135,6 @@ pub(super) fn add_object(
         _ => skipped(format!(
             "{api_version} {kind} {name:?} (not used by Vestibule)"
         )),
-    }
-    if name.is_empty() && kind != "List" {
-        return Err(format!("{kind}: metadata.name is required"));
     }
     Ok(())
 }
@@ -214,6 +216,44 @@ metadata: {name: d, namespace: prod}
         load_text(Path::new("s.yaml"), text, &mut loaded);
         let msg = loaded.errors[0].to_string();
         assert!(msg.contains("s.yaml: document 1: Service \"web\""), "{msg}");
+    }
+
+    #[test]
+    fn tenant_typos_name_the_object_and_the_field_and_others_load() {
+        let text = "apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\n\
+                    spec:\n  domains: [acme.example.com]\n  rateLimt: {requestsPerSecond: 5, burst: 10}\n\
+                    ---\n\
+                    apiVersion: vestibule.dev/v1alpha1\nkind: Tenant\nmetadata: {name: globex}\n\
+                    spec: {domains: [globex.example.com]}\n";
+        let mut loaded = Loaded::default();
+        load_text(Path::new("tenants.yaml"), text, &mut loaded);
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        let msg = loaded.errors[0].to_string();
+        assert!(
+            msg.starts_with("tenants.yaml: document 1: Tenant \"acme\": unknown field `rateLimt`"),
+            "{msg}"
+        );
+        // The bad Tenant is skipped, not loaded without its rate limit.
+        let names: Vec<_> = loaded
+            .snapshot
+            .tenants
+            .iter()
+            .map(|t| t.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["globex"]);
+    }
+
+    #[test]
+    fn nameless_objects_are_errors_and_not_loaded() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {namespace: prod}\nspec: {ports: [{port: 80}]}\n";
+        let mut loaded = Loaded::default();
+        load_text(Path::new("s.yaml"), text, &mut loaded);
+        let msg = loaded.errors[0].to_string();
+        assert!(
+            msg.contains("s.yaml: document 1: Service: metadata.name is required"),
+            "{msg}"
+        );
+        assert!(loaded.snapshot.services.is_empty());
     }
 
     #[test]

@@ -22,13 +22,16 @@ pub enum PortRef {
 }
 
 impl PortRef {
-    pub fn from_int_or_string(v: &IntOrString) -> Self {
+    /// `None` for an empty string: no port is named, and an empty name must
+    /// not stand in for one (it would look up a port called "").
+    pub fn from_int_or_string(v: &IntOrString) -> Option<Self> {
         match v {
-            IntOrString::Int(n) => PortRef::Number(*n),
-            IntOrString::String(s) => match s.parse() {
+            IntOrString::Int(n) => Some(PortRef::Number(*n)),
+            IntOrString::String(s) if s.is_empty() => None,
+            IntOrString::String(s) => Some(match s.parse() {
                 Ok(n) => PortRef::Number(n),
                 Err(_) => PortRef::Name(s.clone()),
-            },
+            }),
         }
     }
 }

@@ -281,7 +281,18 @@ impl<'a> Translator<'a> {
         let mut groups = Vec::new();
         let mut external = None;
         for svc in &spec.services {
-            let port = PortRef::from_int_or_string(&svc.port);
+            let Some(port) = PortRef::from_int_or_string(&svc.port) else {
+                conditions.push(Condition::new(
+                    ConditionType::ResolvedRefs,
+                    false,
+                    Reason::ServicePortNotFound,
+                    format!(
+                        "backend Service {}/{} names no port",
+                        spec.namespace, svc.name
+                    ),
+                ));
+                continue;
+            };
             match self.services.resolve(&spec.namespace, &svc.name, &port).1 {
                 Ok(Pool::Endpoints(eps)) => {
                     groups.push((svc.weight, eps.into_iter().map(|e| e.address).collect()))
