@@ -10,11 +10,11 @@ For the default values and every helm/vestibule/ci/*-values.yaml it renders
 the chart, validates every manifest against the schemas of the oldest and the
 newest Kubernetes version the case supports, and checks the chart's contracts
 (security context, RBAC scope, wiring between operator, gateway and Services).
-It also checks that the committed CRD equals `vestibule-operator crd`, that
+It also checks that the committed CRDs equal `vestibule-operator crd [acmeissuer]`, that
 the committed dashboard parses and names only metrics the binaries export,
 and that bad values fail to render. Exits 1 on any failure.
 
-Usage: python validate.py --crd-from FILE [--verbose]
+Usage: python validate.py --crd-from FILE --acme-crd-from FILE [--verbose]
 """
 
 from __future__ import annotations
@@ -565,15 +565,15 @@ def check_case(case: str, values_file: str | None, versions: list[str], dashboar
 # === chart-level checks ===
 
 
-def check_crd(crd_from: str) -> None:
-    committed_path = os.path.join(CHART, "crds", "tenants.vestibule.dev.yaml")
+def check_crd(crd_from: str, file_name: str, kind: str, command: str) -> None:
+    committed_path = os.path.join(CHART, "crds", file_name)
     with open(committed_path) as f:
         committed = f.read()
     with open(crd_from) as f:
         generated = f.read()
     F.check(committed == generated,
-            "helm/vestibule/crds/tenants.vestibule.dev.yaml differs from `vestibule-operator crd`; regenerate it with\n"
-            "    cargo run -q -p vestibule-operator -- crd > helm/vestibule/crds/tenants.vestibule.dev.yaml")
+            f"helm/vestibule/crds/{file_name} differs from `vestibule-operator {command}`; regenerate it with\n"
+            f"    cargo run -q -p vestibule-operator -- {command} > helm/vestibule/crds/{file_name}")
     docs = [d for d in yaml.safe_load_all(committed) if d]
     F.check(len(docs) == 1 and docs[0]["kind"] == "CustomResourceDefinition", "CRD file must hold one CustomResourceDefinition")
     for version in (kubernetes_validate.utils.all_versions()[0], kubernetes_validate.latest_version()):
@@ -583,7 +583,7 @@ def check_crd(crd_from: str) -> None:
         except kubernetes_validate.ValidationError as e:
             F.check(False, f"CRD invalid for Kubernetes {version}: {'.'.join(map(str, e.path))}: {e.message}")
 
-    # The example Tenants the README points to must satisfy the CRD schema.
+    # The examples the README points to must satisfy the CRD schema.
     import jsonschema
     schema = docs[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path in sorted(glob.glob(os.path.join(REPO, "examples", "**", "*.y*ml"), recursive=True)):
@@ -593,9 +593,9 @@ def check_crd(crd_from: str) -> None:
             except yaml.YAMLError:
                 continue
         for o in objs:
-            if o.get("kind") == "Tenant" and str(o.get("apiVersion", "")).startswith("vestibule.dev/"):
+            if o.get("kind") == kind and str(o.get("apiVersion", "")).startswith("vestibule.dev/"):
                 errs = sorted(jsonschema.Draft7Validator(schema).iter_errors(o), key=str)
-                F.check(not errs, f"{os.path.relpath(path, REPO)}: Tenant/{o['metadata']['name']} violates the CRD schema: "
+                F.check(not errs, f"{os.path.relpath(path, REPO)}: {kind}/{o['metadata']['name']} violates the CRD schema: "
                         + "; ".join(e.message for e in errs[:3]))
 
 
@@ -665,6 +665,7 @@ def check_readme_table() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--crd-from", required=True, help="file holding the output of `vestibule-operator crd`")
+    ap.add_argument("--acme-crd-from", required=True, help="file holding the output of `vestibule-operator crd acmeissuer`")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -678,7 +679,8 @@ def main() -> int:
         cases.append((name, path, [floor, latest]))
 
     dashboard_text = check_dashboard_file()
-    check_crd(args.crd_from)
+    check_crd(args.crd_from, "tenants.vestibule.dev.yaml", "Tenant", "crd")
+    check_crd(args.acme_crd_from, "acmeissuers.vestibule.dev.yaml", "AcmeIssuer", "crd acmeissuer")
     check_lint()
     check_bad_values()
     check_readme_table()

@@ -48,8 +48,10 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 if [ -n "${VESTIBULE_OPERATOR:-}" ]; then
   "$VESTIBULE_OPERATOR" crd > "$tmp/crd.yaml"
+  "$VESTIBULE_OPERATOR" crd acmeissuer > "$tmp/acme-crd.yaml"
 else
   (cd "$repo" && cargo run --locked -q -p vestibule-operator -- crd) > "$tmp/crd.yaml"
+  (cd "$repo" && cargo run --locked -q -p vestibule-operator -- crd acmeissuer) > "$tmp/acme-crd.yaml"
 fi
 
-exec "$venv/bin/python" "$here/validate.py" --crd-from "$tmp/crd.yaml" "$@"
+exec "$venv/bin/python" "$here/validate.py" --crd-from "$tmp/crd.yaml" --acme-crd-from "$tmp/acme-crd.yaml" "$@"

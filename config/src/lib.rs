@@ -1,9 +1,11 @@
-//! Vestibule's config: the gateway IR ([`model`]), the `Tenant` CRD
-//! ([`tenant`]), the manifest loader ([`manifests`]) and the pure translator
+//! Vestibule's config: the gateway IR ([`model`]), the `Tenant` and
+//! `AcmeIssuer` CRDs ([`tenant`], [`issuer`]), the ACME plan ([`acme`]), the manifest loader ([`manifests`]) and the pure translator
 //! from Kubernetes objects to a [`model::GatewayConfig`] ([`translate`]).
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod hostname;
+pub mod issuer;
 pub mod manifests;
 pub mod model;
 pub mod snapshot;

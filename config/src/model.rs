@@ -241,6 +241,13 @@ pub enum TlsUnavailable {
     SecretNotFound,
     /// The Secret is no usable `kubernetes.io/tls` Secret (type, PEM, key).
     SecretInvalid,
+    /// An ACME certificate is wanted and not issued yet: a handshake for
+    /// the host may start the order (on-demand issuance).
+    AcmePending,
+    /// `tls.acme` names no accepted `AcmeIssuer` (or there is no default).
+    IssuerNotFound,
+    /// A wildcard domain with `tls.acme`: it needs DNS-01, not supported.
+    Dns01Required,
 }
 
 /// What an `unavailable` reads from: the typed form, or the bare message

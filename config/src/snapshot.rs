@@ -7,6 +7,10 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
+use std::collections::BTreeMap;
+
+use crate::hostname::Hostname;
+use crate::issuer::AcmeIssuer;
 use crate::tenant::Tenant;
 
 /// The Kubernetes objects a translation reads. Order does not matter: the
@@ -20,6 +24,10 @@ pub struct Snapshot {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
     pub tenants: Vec<Arc<Tenant>>,
+    pub acme_issuers: Vec<Arc<AcmeIssuer>>,
+    /// Domains whose last ACME order failed, with the CA's problem (from
+    /// the issuer, not from objects): their Tenant's status says so.
+    pub acme_failures: BTreeMap<Hostname, String>,
 }
 
 impl Snapshot {
@@ -30,6 +38,7 @@ impl Snapshot {
             && self.endpoint_slices.is_empty()
             && self.secrets.is_empty()
             && self.tenants.is_empty()
+            && self.acme_issuers.is_empty()
     }
 
     /// Moves `other`'s objects to the end of `self`.
@@ -41,6 +50,8 @@ impl Snapshot {
             endpoint_slices,
             secrets,
             tenants,
+            acme_issuers,
+            acme_failures,
         } = other;
         self.ingress_classes.extend(ingress_classes);
         self.ingresses.extend(ingresses);
@@ -48,6 +59,8 @@ impl Snapshot {
         self.endpoint_slices.extend(endpoint_slices);
         self.secrets.extend(secrets);
         self.tenants.extend(tenants);
+        self.acme_issuers.extend(acme_issuers);
+        self.acme_failures.extend(acme_failures);
     }
 
     /// Appends `other`'s objects (shared, not copied).

@@ -38,7 +38,8 @@ pub struct TenantSpec {
     /// Serve every domain of the tenant from these Services, no Ingress needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<TenantBackend>,
-    /// Certificate for the tenant's domains.
+    /// Certificates for the tenant's domains: `{secretRef: {namespace, name}}`
+    /// or `{acme: {issuer: NAME}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TenantTls>,
     /// Requests per second and burst, per tenant.
@@ -68,10 +69,22 @@ fn default_weight() -> u32 {
     1
 }
 
+/// Where the tenant's certificates come from: one of the two.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TenantTls {
-    pub secret_ref: SecretRef,
+pub enum TenantTls {
+    /// A `kubernetes.io/tls` Secret covering every domain.
+    SecretRef(SecretRef),
+    /// A certificate per (non-wildcard) domain from an ACME CA.
+    Acme(TenantAcme),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TenantAcme {
+    /// The `AcmeIssuer`; the default issuer when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -91,4 +104,8 @@ pub struct TenantStatus {
     /// Ingress rules attached to the tenant's domains.
     #[serde(default)]
     pub routes: u32,
+    /// With `tls.acme`: each domain's certificate (Pending, Issued with its
+    /// notAfter, Failed with the CA's problem, Unsupported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<crate::translate::status::DomainCertificate>,
 }

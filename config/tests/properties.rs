@@ -355,11 +355,11 @@ prop_compose! {
                         })
                         .collect(),
                 }),
-                tls: tls.map(|(namespace, name)| TenantTls {
-                    secret_ref: SecretRef {
+                tls: tls.map(|(namespace, name)| {
+                    TenantTls::SecretRef(SecretRef {
                         namespace: namespace.to_string(),
                         name: name.to_string(),
-                    },
+                    })
                 }),
                 rate_limit: rate.map(|(requests_per_second, burst)| RateLimit {
                     requests_per_second,
@@ -426,6 +426,7 @@ prop_compose! {
             endpoint_slices: unique(slices, |o| &o.metadata),
             secrets: unique(secrets, |o| &o.metadata),
             tenants: unique(tenants, |o| &o.metadata),
+            ..Snapshot::default()
         }
     }
 }

@@ -61,8 +61,18 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         gateway_replicas: u32,
     },
-    /// Print the Tenant CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: the Tenant's (default) or
+    /// the AcmeIssuer's.
+    Crd {
+        #[arg(value_enum, default_value = "tenant")]
+        kind: CrdKind,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CrdKind {
+    Tenant,
+    Acmeissuer,
 }
 
 #[derive(Args)]
@@ -138,7 +148,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(*args),
-        Command::Crd => match serde_saphyr::to_string(&Tenant::crd()) {
+        Command::Crd { kind } => match serde_saphyr::to_string(&match kind {
+            CrdKind::Tenant => Tenant::crd(),
+            CrdKind::Acmeissuer => vestibule_config::issuer::AcmeIssuer::crd(),
+        }) {
             Ok(yaml) => print_out(&yaml),
             Err(e) => {
                 eprintln!("error: cannot render the CRD: {e}");
@@ -170,6 +183,7 @@ fn main() -> ExitCode {
                     controller,
                     ingress_class,
                     require_tenant,
+                    ..Options::default()
                 },
                 gateway_replicas,
             )
@@ -278,6 +292,7 @@ fn settings(args: RunArgs) -> Settings {
         controller,
         ingress_class,
         require_tenant: args.require_tenant,
+        ..Options::default()
     };
     settings.watch_namespaces = args.watch_namespaces;
     settings.listen = args.listen;

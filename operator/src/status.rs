@@ -148,6 +148,9 @@ impl Writer {
                         self.tenant_status(&tenant, status).await;
                     }
                 }
+                // The operator does not watch AcmeIssuers yet (issue 14's
+                // operator mode): nothing of them to write.
+                ObjectKind::AcmeIssuer => {}
             }
         }
         // A problem that went away may come back later: report it again then.
@@ -271,13 +274,14 @@ impl Writer {
 
     async fn tenant_status(&mut self, tenant: &Tenant, status: &ObjectStatus) {
         let current = tenant.status.clone().unwrap_or_default();
-        let desired = tenant_status(
+        let mut desired = tenant_status(
             &status.conditions,
             status.routes.unwrap_or(0),
             tenant.metadata.generation,
             &current,
             Timestamp::now(),
         );
+        desired.certificates = status.certificates.clone();
         if tenant.status.as_ref() == Some(&desired) {
             return;
         }
@@ -386,6 +390,7 @@ pub fn tenant_status(
     TenantStatus {
         conditions: out,
         routes,
+        certificates: Vec::new(),
     }
 }
 

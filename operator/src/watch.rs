@@ -127,6 +127,7 @@ impl Stores {
             endpoint_slices: owned_all(&self.endpoint_slices),
             secrets: owned_all(&self.secrets),
             tenants: owned(&self.tenants),
+            ..Snapshot::default()
         }
     }
 

@@ -264,7 +264,8 @@ async fn run_serves_configs_from_kubeconfig_and_stops_cleanly_on_sigterm() {
 }
 
 /// The API server only accepts structural schemas: every node typed (or
-/// int-or-string), no $ref, no untyped anyOf/oneOf.
+/// int-or-string), no $ref; anyOf/oneOf/allOf only as value validations
+/// (members that declare no type or shape of their own) on a typed node.
 fn assert_structural(node: &serde_json::Value, path: &str) {
     let obj = node
         .as_object()
@@ -275,10 +276,25 @@ fn assert_structural(node: &serde_json::Value, path: &str) {
         || obj.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true));
     assert!(typed, "{path}: schema node has no type");
     for key in ["anyOf", "oneOf", "allOf"] {
+        let Some(members) = obj.get(key) else {
+            continue;
+        };
+        if obj.contains_key("x-kubernetes-int-or-string") {
+            continue;
+        }
         assert!(
-            !obj.contains_key(key) || obj.contains_key("x-kubernetes-int-or-string"),
+            obj.contains_key("type"),
             "{path}: {key} needs a type of its own"
         );
+        for m in members.as_array().expect("members") {
+            let m = m.as_object().expect("member");
+            for shape in ["type", "properties", "items", "additionalProperties"] {
+                assert!(
+                    !m.contains_key(shape),
+                    "{path}: {key} member declares {shape}"
+                );
+            }
+        }
     }
     if let Some(props) = obj.get("properties").and_then(|p| p.as_object()) {
         assert_eq!(
@@ -316,6 +332,26 @@ fn crd_is_cluster_scoped_structural_and_has_status_subresource() {
         spec["backend"]["properties"]["services"]["items"]["properties"]["port"]
             ["x-kubernetes-int-or-string"],
         true
+    );
+    // tls is one of secretRef or acme.
+    let tls = &spec["tls"];
+    assert_eq!(tls["oneOf"][0]["required"][0], "secretRef");
+    assert_eq!(tls["oneOf"][1]["required"][0], "acme");
+
+    let out = operator(&["crd", "acmeissuer"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let crd: serde_json::Value = serde_saphyr::from_str(&stdout(&out)).expect("yaml");
+    assert_eq!(crd["metadata"]["name"], "acmeissuers.vestibule.dev");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    let version = &crd["spec"]["versions"][0];
+    assert!(version["subresources"]["status"].is_object());
+    let schema = &version["schema"]["openAPIV3Schema"];
+    assert_structural(schema, "openAPIV3Schema");
+    let spec = &schema["properties"]["spec"];
+    assert_eq!(spec["required"][0], "directoryUrl");
+    assert_eq!(
+        spec["properties"]["challenge"]["enum"],
+        serde_json::json!(["HTTP-01", "TLS-ALPN-01"])
     );
 }
 

@@ -132,6 +132,9 @@ pub(super) fn add_object(
         ("vestibule.dev/v1alpha1", "Tenant") => {
             snapshot.tenants.push(Arc::new(typed(value).map_err(what)?))
         }
+        ("vestibule.dev/v1alpha1", "AcmeIssuer") => snapshot
+            .acme_issuers
+            .push(Arc::new(typed(value).map_err(what)?)),
         _ => skipped(format!(
             "{api_version} {kind} {name:?} (not used by Vestibule)"
         )),

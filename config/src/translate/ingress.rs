@@ -210,6 +210,7 @@ impl<'a> Translator<'a> {
                 object,
                 conditions,
                 routes: None,
+                certificates: Vec::new(),
             },
         );
     }

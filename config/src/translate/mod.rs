@@ -14,6 +14,7 @@
 //! (`tenants`), then the sorted config and the statuses (`output`,
 //! `status`).
 
+mod acme;
 pub mod backend;
 mod classes;
 mod ingress;
@@ -28,11 +29,12 @@ use std::sync::Arc;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass, IngressSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-use crate::hostname::HostPattern;
+use crate::acme::AcmePlan;
+use crate::hostname::{HostPattern, Hostname};
 use crate::manifests::Snapshot;
 use crate::model::{
     Backend, CertId, Certificate, GatewayConfig, HostTls, PathMatch, Pool, PoolId, Route,
-    RouteName, Tenant as TenantConfig, TlsUnavailable, Unavailable, VirtualHost,
+    RouteName, Tenant as TenantConfig, TenantId, TlsUnavailable, Unavailable, VirtualHost,
 };
 use crate::tenant::Tenant;
 
@@ -54,7 +56,12 @@ pub struct Options {
     pub ingress_class: Option<String>,
     /// Strict SaaS mode: only hosts owned by a Tenant are served.
     pub require_tenant: bool,
+    /// Where ACME-issued certificate Secrets live (`acme.<domain>`).
+    pub acme_namespace: String,
 }
+
+/// The default of [`Options::acme_namespace`]: the chart's namespace.
+pub const ACME_NAMESPACE: &str = "vestibule-system";
 
 impl Default for Options {
     fn default() -> Self {
@@ -62,6 +69,7 @@ impl Default for Options {
             controller: CONTROLLER_NAME.to_string(),
             ingress_class: None,
             require_tenant: false,
+            acme_namespace: ACME_NAMESPACE.to_string(),
         }
     }
 }
@@ -70,8 +78,11 @@ impl Default for Options {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Translation {
     pub config: GatewayConfig,
-    /// One entry per Ingress of ours and per Tenant, sorted by object.
+    /// One entry per Ingress of ours, Tenant and AcmeIssuer, sorted by object.
     pub statuses: Vec<ObjectStatus>,
+    /// What an ACME issuer should order and renew (not part of the config).
+    #[serde(skip_serializing_if = "AcmePlan::is_empty")]
+    pub acme: AcmePlan,
 }
 
 /// Translates a snapshot. Never fails: problems become statuses.
@@ -100,6 +111,7 @@ fn run(
     memo: Option<CertificateMemo>,
 ) -> (Translation, Option<CertificateMemo>) {
     let mut t = Translator::new(snapshot, options, memo);
+    t.accept_issuers(&snapshot.acme_issuers);
     t.accept_tenants();
     for ingress in by_age(&snapshot.ingresses, |i| &i.metadata) {
         if t.is_ours(ingress) {
@@ -168,6 +180,10 @@ struct Translator<'a> {
     /// Secret checks of the previous translation, and of this one (`None`:
     /// not remembering).
     memo: Option<(CertificateMemo, CertificateMemo)>,
+    /// Accepted issuers and the domains that want a certificate from them.
+    acme: AcmePlan,
+    default_issuer: Option<String>,
+    acme_failures: &'a BTreeMap<Hostname, String>,
 }
 
 impl<'a> Translator<'a> {
@@ -189,6 +205,9 @@ impl<'a> Translator<'a> {
             certificates: BTreeMap::new(),
             statuses: BTreeMap::new(),
             memo: memo.map(|previous| (previous, CertificateMemo::default())),
+            acme: AcmePlan::default(),
+            default_issuer: None,
+            acme_failures: &snapshot.acme_failures,
         }
     }
 }

@@ -99,6 +99,7 @@ impl<'a> Translator<'a> {
         let translation = Translation {
             config,
             statuses: self.statuses.into_values().collect(),
+            acme: self.acme,
         };
         (translation, self.memo.map(|(_, next)| next))
     }

@@ -29,6 +29,7 @@ impl fmt::Display for ObjectRef {
 pub enum ObjectKind {
     Ingress,
     Tenant,
+    AcmeIssuer,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,46 @@ pub struct ObjectStatus {
     /// For Tenants: Ingress rules attached to the tenant's domains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<u32>,
+    /// For Tenants with `tls.acme`: each domain's certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<DomainCertificate>,
+}
+
+/// Where one tenant domain's ACME certificate stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainCertificate {
+    pub domain: String,
+    pub state: CertificateState,
+    /// The certificate's notAfter (RFC 3339) when issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// Why it is not issued: the CA's problem document, or what is missing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum CertificateState {
+    /// Not issued yet (ordered on demand or under way).
+    Pending,
+    Issued,
+    /// The last order failed; retried with backoff.
+    Failed,
+    /// Never attempted (a wildcard needs DNS-01; no issuer).
+    Unsupported,
 }
 
 impl ObjectStatus {
@@ -126,4 +167,14 @@ pub enum Reason {
     NoConflict,
     NoDomains,
     CertificateReady,
+    /// ACME: some domains have no certificate yet.
+    CertificatePending,
+    /// ACME: the last order for some domain failed.
+    CertificateFailed,
+    /// ACME: a wildcard domain needs DNS-01, which is not supported.
+    Dns01Required,
+    /// `tls.acme` names no accepted `AcmeIssuer`, or none is the default.
+    IssuerNotFound,
+    /// An `AcmeIssuer` whose spec can't be used.
+    InvalidIssuer,
 }

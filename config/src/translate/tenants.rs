@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::hostname::HostPattern;
 use crate::model::TenantId;
-use crate::tenant::Tenant;
+use crate::tenant::{SecretRef, Tenant, TenantTls};
 
 /// A Tenant that passed validation, with the domains it keeps.
 pub struct AcceptedTenant<'a> {
@@ -145,6 +145,7 @@ impl<'a> Translator<'a> {
                     object,
                     conditions,
                     routes: Some(0),
+                    certificates: Vec::new(),
                 },
             );
             self.tenants.push(AcceptedTenant {
@@ -227,36 +228,20 @@ impl<'a> Translator<'a> {
                 }
             }
 
-            if let Some(spec) = &tenant.spec.tls {
-                let r = &spec.secret_ref;
-                let tls = self.certificate(&r.namespace, &r.name, &mut conditions);
-                conditions.push(match &tls {
-                    HostTls::Certificate(_) => Condition::new(
-                        ConditionType::CertificateReady,
-                        true,
-                        Reason::CertificateReady,
-                        format!("certificate from Secret {}/{}", r.namespace, r.name),
-                    ),
-                    HostTls::Unavailable(why) => {
-                        let reason = match why.reason {
-                            TlsUnavailable::SecretNotFound => Reason::SecretNotFound,
-                            TlsUnavailable::SecretInvalid => Reason::SecretInvalid,
-                        };
-                        Condition::new(
-                            ConditionType::CertificateReady,
-                            false,
-                            reason,
-                            why.message.clone(),
-                        )
+            match &tenant.spec.tls {
+                Some(TenantTls::SecretRef(r)) => {
+                    let tls = self.certificate(&r.namespace, &r.name, &mut conditions);
+                    conditions.push(secret_certificate_ready(&tls, r));
+                    for d in &domains {
+                        // An Ingress TLS entry for a specific host is more specific.
+                        self.tls.entry(d.clone()).or_insert_with(|| TlsBinding {
+                            tls: tls.clone(),
+                            owner: object.clone(),
+                        });
                     }
-                });
-                for d in &domains {
-                    // An Ingress TLS entry for a specific host is more specific.
-                    self.tls.entry(d.clone()).or_insert_with(|| TlsBinding {
-                        tls: tls.clone(),
-                        owner: object.clone(),
-                    });
                 }
+                Some(TenantTls::Acme(acme)) => conditions.push(self.tenant_acme(index, acme)),
+                None => {}
             }
 
             if let Some(status) = self.statuses.get_mut(&object) {
@@ -317,5 +302,29 @@ impl<'a> Translator<'a> {
         let pool = external.unwrap_or_else(|| Pool::Endpoints(merge_weighted(&groups)));
         self.pools.insert(pool_id.clone(), pool);
         Backend::Pool(pool_id)
+    }
+}
+
+/// A `tls.secretRef` tenant's `CertificateReady`.
+fn secret_certificate_ready(tls: &HostTls, r: &SecretRef) -> Condition {
+    match tls {
+        HostTls::Certificate(_) => Condition::new(
+            ConditionType::CertificateReady,
+            true,
+            Reason::CertificateReady,
+            format!("certificate from Secret {}/{}", r.namespace, r.name),
+        ),
+        HostTls::Unavailable(why) => {
+            let reason = match why.reason {
+                TlsUnavailable::SecretNotFound => Reason::SecretNotFound,
+                _ => Reason::SecretInvalid,
+            };
+            Condition::new(
+                ConditionType::CertificateReady,
+                false,
+                reason,
+                why.message.clone(),
+            )
+        }
     }
 }

@@ -60,6 +60,17 @@ impl<'a> SecretIndex<'a> {
         SecretIndex { secrets: by_name }
     }
 
+    /// One key of Secret `namespace/name`'s data.
+    pub fn field(&self, namespace: &str, name: &str, key: &str) -> Option<&'a [u8]> {
+        secret_field(self.secrets.get(&(namespace, name))?, key)
+    }
+
+    /// One annotation of Secret `namespace/name`.
+    pub fn annotation(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        let secret = self.secrets.get(&(namespace, name))?;
+        secret.metadata.annotations.as_ref()?.get(key).cloned()
+    }
+
     /// Like [`SecretIndex::certificate`], with the certificate's id, reusing
     /// `previous` checks and recording this one in `next`.
     pub fn certificate_memo(
@@ -158,6 +169,22 @@ impl<'a> SecretIndex<'a> {
 use super::*;
 
 impl<'a> Translator<'a> {
+    /// The certificate in a Secret, kept for the output, or why there is none.
+    pub(super) fn checked_certificate(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<CertId, Unresolved> {
+        let (cert, id) = match &mut self.memo {
+            Some((previous, next)) => self
+                .secrets
+                .certificate_memo(namespace, name, previous, next),
+            None => self.secrets.certificate_with_id(namespace, name),
+        }?;
+        self.certificates.entry(id.clone()).or_insert(cert);
+        Ok(id)
+    }
+
     /// The TLS setting for a Secret: its certificate, or `Unavailable` (the
     /// host stays a TLS host) with a condition saying why.
     pub(super) fn certificate(
@@ -166,17 +193,8 @@ impl<'a> Translator<'a> {
         name: &str,
         conditions: &mut Vec<Condition>,
     ) -> HostTls {
-        let checked = match &mut self.memo {
-            Some((previous, next)) => self
-                .secrets
-                .certificate_memo(namespace, name, previous, next),
-            None => self.secrets.certificate_with_id(namespace, name),
-        };
-        match checked {
-            Ok((cert, id)) => {
-                self.certificates.entry(id.clone()).or_insert(cert);
-                HostTls::Certificate(id)
-            }
+        match self.checked_certificate(namespace, name) {
+            Ok(id) => HostTls::Certificate(id),
             Err(u) => {
                 let c = Condition::new(
                     ConditionType::ResolvedRefs,
