@@ -100,9 +100,16 @@ impl fmt::Debug for Eab {
 pub struct PlannedDomain {
     pub tenant: TenantId,
     pub issuer: String,
-    /// The certificate it has now, if any (renewal is the issuer's business).
+    /// The certificate it has now, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertId>,
+    /// When that certificate expires (RFC 3339, from its Secret's annotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When that certificate is due for renewal (RFC 3339, from its
+    /// Secret's annotation; unknown for a Secret not written by an issuer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<String>,
 }
 
 #[cfg(test)]

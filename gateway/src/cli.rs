@@ -39,8 +39,10 @@ pub struct Cli {
     /// CA certificate(s) that sign the operator's certificate (https only).
     #[arg(long, value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
-    /// Where the last applied operator config is kept, to start from when
-    /// the operator is unreachable at boot.
+    /// With --operator: where the last applied config is kept, to start
+    /// from when the operator is unreachable at boot. With --manifests:
+    /// where ACME accounts and issued certificates are kept (`acme/`);
+    /// Tenants with `tls.acme` get certificates only when it is set.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Plain HTTP listener.
@@ -96,6 +98,21 @@ pub struct Cli {
     /// as `vestibule-operator run --require-tenant`).
     #[arg(long, requires = "manifests")]
     pub require_tenant: bool,
+    /// ACME orders under way at once, in all (--manifests with --state-dir).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub acme_concurrency: usize,
+    /// ACME orders under way at once for one tenant.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub acme_tenant_concurrency: usize,
+    /// ACME orders one tenant may start per hour (new and renewals).
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub acme_tenant_orders_per_hour: u32,
+    /// Wait after a domain's first failed ACME order; doubled per failure.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub acme_retry_min: Duration,
+    /// Longest wait between attempts for a failing domain.
+    #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = parse_duration)]
+    pub acme_retry_max: Duration,
     /// Largest manifest file `--manifests` reads; a larger one fails the
     /// load (the last good config stays, `/config` names the file).
     #[arg(long, value_name = "BYTES", default_value_t = vestibule_config::manifests::DEFAULT_MAX_FILE_BYTES)]
@@ -189,6 +206,16 @@ impl Cli {
             } else {
                 Underscores::Drop
             },
+        }
+    }
+
+    pub fn acme_limits(&self) -> vestibule_acme::Limits {
+        vestibule_acme::Limits {
+            concurrent: self.acme_concurrency.max(1),
+            concurrent_per_tenant: self.acme_tenant_concurrency.max(1),
+            tenant_orders_per_hour: self.acme_tenant_orders_per_hour.max(1),
+            retry_min: self.acme_retry_min,
+            retry_max: self.acme_retry_max.max(self.acme_retry_min),
         }
     }
 

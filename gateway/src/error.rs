@@ -31,6 +31,8 @@ pub enum Error {
     TlsListener(pingora_core::BError),
     #[error("cannot register the metrics: {0}")]
     Metrics(prometheus::Error),
+    #[error("--state-dir: the ACME store: {0}")]
+    AcmeStore(#[from] vestibule_acme::StoreError),
 }
 
 impl Error {
@@ -41,6 +43,7 @@ impl Error {
             Error::Source(e) => e.exit_code(),
             Error::Compile { .. } | Error::DefaultCert(_) => 2,
             Error::Listen { .. } | Error::TlsListener(_) | Error::Metrics(_) => 1,
+            Error::AcmeStore(_) => 1,
         }
     }
 }

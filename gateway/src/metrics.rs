@@ -388,6 +388,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// The registry, for other components' metrics (the ACME issuer).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

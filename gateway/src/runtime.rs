@@ -228,6 +228,8 @@ pub struct Shared {
     pub upstream: Arc<UpstreamSettings>,
     /// Parsed certificates by id, reused across compiles; the default cert.
     pub cert_cache: CertCache,
+    /// The ACME issuer of `--manifests` mode with `--state-dir`.
+    pub acme: std::sync::OnceLock<vestibule_acme::Handle>,
 }
 
 impl Shared {
@@ -243,6 +245,7 @@ impl Shared {
             metrics: Metrics::new()?,
             upstream: Arc::new(upstream),
             cert_cache: CertCache::default(),
+            acme: std::sync::OnceLock::new(),
         }))
     }
 
@@ -333,5 +336,18 @@ impl crate::tls::LiveCerts for Shared {
 
     fn tls_metrics(&self) -> &crate::metrics::TlsMetrics {
         &self.metrics.tls
+    }
+
+    fn on_demand(&self, name: &str) {
+        if let Some(acme) = self.acme.get() {
+            if self.runtime.load().certs.is_acme_pending(name) {
+                acme.on_demand(name);
+            }
+        }
+    }
+
+    fn tls_alpn01(&self, name: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let board = self.acme.get()?.board();
+        board.tls_alpn01(name)
     }
 }

@@ -21,8 +21,10 @@ use crate::control::Controller;
 use crate::error::{Error, SourceError};
 use crate::proxy::{Gateway, ProxySettings};
 use crate::runtime::{Runtime, Shared};
-use crate::source::{ConfigSource, FileSource, ManifestsSource, OperatorSource};
+
+use crate::source::{Acme, ConfigSource, FileSource, ManifestsSource, OperatorSource};
 use crate::tls;
+use vestibule_acme::DirStore;
 
 /// Structured logs on stderr (`RUST_LOG` filters; default `info`).
 pub fn init_logging(format: LogFormat) {
@@ -60,16 +62,21 @@ fn check_bind(flag: &'static str, addr: SocketAddr) -> Result<(), Error> {
 }
 
 /// The config source the flags name (clap requires exactly one).
-fn source(cli: &Cli) -> Result<Box<dyn ConfigSource>, Error> {
+fn source(cli: &Cli, shared: &Shared) -> Result<Box<dyn ConfigSource>, Error> {
     Ok(match (&cli.manifests, &cli.config, &cli.operator) {
-        (Some(dir), _, _) => Box::new(ManifestsSource::new(
-            dir,
-            cli.max_manifest_bytes,
-            vestibule_config::Options {
+        (Some(dir), _, _) => {
+            let options = vestibule_config::Options {
                 require_tenant: cli.require_tenant,
                 ..Default::default()
-            },
-        )),
+            };
+            let source = ManifestsSource::new(dir, cli.max_manifest_bytes, options.clone());
+            match &cli.state_dir {
+                Some(state) => {
+                    Box::new(source.with_acme(acme_issuer(cli, shared, state, &options)?))
+                }
+                None => Box::new(source),
+            }
+        }
         (None, Some(file), _) => Box::new(FileSource::new(file)),
         (_, _, url) => {
             // clap requires --token-file with --operator.
@@ -87,12 +94,48 @@ fn source(cli: &Cli) -> Result<Box<dyn ConfigSource>, Error> {
     })
 }
 
+/// The ACME issuer of `--manifests` mode: certificates kept under
+/// `<state>/acme`, metrics in the gateway's registry, challenges answered
+/// by this process's listeners.
+fn acme_issuer(
+    cli: &Cli,
+    shared: &Shared,
+    state: &std::path::Path,
+    options: &vestibule_config::Options,
+) -> Result<Acme, Error> {
+    let store = Arc::new(DirStore::open(state, &options.acme_namespace)?);
+    let metrics =
+        vestibule_acme::Metrics::new(shared.metrics.registry()).map_err(Error::Metrics)?;
+    let (nudge, nudges) = tokio::sync::mpsc::unbounded_channel();
+    let (handle, run) = vestibule_acme::issuer(vestibule_acme::Settings {
+        store: store.clone(),
+        metrics,
+        limits: cli.acme_limits(),
+        timeouts: vestibule_acme::Timeouts::default(),
+        on_change: Arc::new(move || {
+            let _ = nudge.send(());
+        }),
+    });
+    let _ = shared.acme.set(handle.clone());
+    Ok(Acme {
+        store,
+        handle,
+        run: std::sync::Mutex::new(Some(Box::pin(run))),
+        nudges: std::sync::Mutex::new(Some(nudges)),
+    })
+}
+
 /// Runs the gateway; returns only on a startup error (Pingora's server owns
 /// the process and exits it on shutdown); [`Error::exit_code`] says how
 /// the process ends.
 pub fn run(cli: Cli) -> Result<(), Error> {
-    let source = source(&cli)?;
-    let shared = Shared::new(cli.upstream_settings(), source.describe()).map_err(Error::Metrics)?;
+    let shared = Shared::new(cli.upstream_settings(), String::new()).map_err(Error::Metrics)?;
+    let source = source(&cli, &shared)?;
+    shared
+        .status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .source = source.describe();
     if let (Some(cert), Some(key)) = (&cli.default_cert, &cli.default_key) {
         // clap requires both together.
         let now = crate::runtime::unix_now() as i64;

@@ -199,15 +199,26 @@ impl<'a> Translator<'a> {
                 tenant: tenant.clone(),
                 issuer: issuer.to_string(),
                 certificate: issued.clone(),
+                not_after: issued
+                    .as_ref()
+                    .and_then(|_| self.secrets.annotation(&namespace, &name, acme::NOT_AFTER)),
+                renew_at: issued
+                    .as_ref()
+                    .and_then(|_| self.secrets.annotation(&namespace, &name, acme::RENEW_AT)),
             },
         );
         match issued {
             Some(id) => {
                 let not_after = self.secrets.annotation(&namespace, &name, acme::NOT_AFTER);
-                (
-                    HostTls::Certificate(id),
-                    domain_state(&domain, CertificateState::Issued, not_after, String::new()),
-                )
+                // The certificate serves until it expires; the status says
+                // when its renewal is failing.
+                let message = self
+                    .acme_failures
+                    .get(host)
+                    .map(|p| format!("renewal failed, retried with backoff: {p}"))
+                    .unwrap_or_default();
+                let state = domain_state(&domain, CertificateState::Issued, not_after, message);
+                (HostTls::Certificate(id), state)
             }
             None => {
                 let (state, message) = match self.acme_failures.get(host) {
@@ -283,6 +294,13 @@ fn certificate_ready(states: &[DomainCertificate]) -> Condition {
         )
     } else if !pending.is_empty() {
         (Reason::CertificatePending, pending, "not issued yet")
+    } else if let Some(d) = states.iter().find(|d| !d.message.is_empty()) {
+        return Condition::new(
+            ConditionType::CertificateReady,
+            true,
+            Reason::RenewalFailing,
+            format!("{}: {}", d.domain, d.message),
+        );
     } else {
         return Condition::new(
             ConditionType::CertificateReady,

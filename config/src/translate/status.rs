@@ -171,6 +171,8 @@ pub enum Reason {
     CertificatePending,
     /// ACME: the last order for some domain failed.
     CertificateFailed,
+    /// ACME: every domain is served, but a renewal is failing.
+    RenewalFailing,
     /// ACME: a wildcard domain needs DNS-01, which is not supported.
     Dns01Required,
     /// `tls.acme` names no accepted `AcmeIssuer`, or none is the default.

@@ -465,7 +465,12 @@ impl Gateway {
     /// it is not); `None` for any other path.
     fn acme_http01(&self, req: &RequestHeader) -> Option<Option<Bytes>> {
         let token = req.uri.path().strip_prefix(ACME_CHALLENGE_PATH)?;
-        Some(self.shared.runtime.load().acme_http01.get(token).cloned())
+        // From the config (operator mode), else from this process's issuer.
+        let from_config = self.shared.runtime.load().acme_http01.get(token).cloned();
+        Some(from_config.or_else(|| {
+            let acme = self.shared.acme.get()?;
+            acme.board().http01(token).map(Bytes::from)
+        }))
     }
 
     /// Whether `host` (a configured vhost) would be presented a different

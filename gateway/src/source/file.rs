@@ -89,6 +89,6 @@ impl ConfigSource for FileSource {
             return;
         };
         let relevant = move |p: &Path| p.file_name() == Some(name.as_os_str());
-        reload_on_change(&dir, false, relevant, |edge| self.load(edge), events).await;
+        reload_on_change(&dir, false, relevant, |edge| self.load(edge), events, None).await;
     }
 }

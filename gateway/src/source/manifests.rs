@@ -1,10 +1,15 @@
-//! `--manifests DIR`: Kubernetes YAML translated in process, watched.
+//! `--manifests DIR`: Kubernetes YAML translated in process, watched; with
+//! `--state-dir`, the ACME issuer of this process gets the translator's
+//! plan and its certificates and failures go into the next translation.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use vestibule_acme::DirStore;
 use vestibule_config::manifests::ManifestCache;
 use vestibule_config::{translate_with, CertificateMemo, GatewayConfig, Options};
 
@@ -19,6 +24,17 @@ pub struct ManifestsSource {
     /// TLS Secret checks from the last translation, for the Secrets the
     /// cache hands back unchanged.
     certificates: Mutex<CertificateMemo>,
+    acme: Option<Acme>,
+}
+
+/// The issuer side of a manifests source.
+pub struct Acme {
+    pub store: Arc<DirStore>,
+    pub handle: vestibule_acme::Handle,
+    /// The issuer's loop, run next to the file watcher.
+    pub run: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
+    /// Reloads the issuer asks for (a certificate stored, a failure).
+    pub nudges: Mutex<Option<UnboundedReceiver<()>>>,
 }
 
 impl ManifestsSource {
@@ -30,7 +46,14 @@ impl ManifestsSource {
             options,
             cache: Mutex::new(ManifestCache::with_max_file_bytes(max_file_bytes)),
             certificates: Mutex::new(CertificateMemo::default()),
+            acme: None,
         }
+    }
+
+    /// Issues ACME certificates for the Tenants that ask for them.
+    pub fn with_acme(mut self, acme: Acme) -> Self {
+        self.acme = Some(acme);
+        self
     }
 
     /// Loads and translates the directory. A document that does not parse
@@ -45,7 +68,7 @@ impl ManifestsSource {
                 path: self.dir.clone(),
             });
         }
-        let loaded = {
+        let mut loaded = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             let loaded = cache.load(std::slice::from_ref(&self.dir));
             if edge == Edge::Leading {
@@ -62,6 +85,10 @@ impl ManifestsSource {
         if !loaded.errors.is_empty() {
             return Err(SourceError::Manifests(loaded.errors));
         }
+        if let Some(acme) = &self.acme {
+            loaded.snapshot.secrets.extend(acme.store.secrets());
+            loaded.snapshot.acme_failures = acme.handle.failures();
+        }
         // The translator is pure; a panic in it is a bug, but it must not
         // take the watcher (and with it every later change) down.
         let options = &self.options;
@@ -73,6 +100,14 @@ impl ManifestsSource {
         .map_err(|_| SourceError::TranslatorPanicked)?;
         for status in &translation.statuses {
             tracing::debug!(?status, "object status");
+        }
+        match &self.acme {
+            Some(acme) => acme.handle.set_plan(translation.acme),
+            None if !translation.acme.domains.is_empty() => tracing::warn!(
+                domains = translation.acme.domains.len(),
+                "Tenants ask for ACME certificates, which --manifests mode issues only with --state-dir"
+            ),
+            None => {}
         }
         Ok(translation.config)
     }
@@ -91,6 +126,16 @@ impl ConfigSource for ManifestsSource {
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
         let dir = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
         let relevant = |p: &Path| vestibule_config::manifests::is_manifest_file(p) || p.is_dir();
-        reload_on_change(&dir, true, relevant, |edge| self.load(edge), events).await;
+        let (issuer, nudges) = match &self.acme {
+            Some(acme) => (
+                acme.run.lock().unwrap_or_else(|p| p.into_inner()).take(),
+                acme.nudges.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            ),
+            None => (None, None),
+        };
+        if let Some(issuer) = issuer {
+            tokio::spawn(issuer);
+        }
+        reload_on_change(&dir, true, relevant, |edge| self.load(edge), events, nudges).await;
     }
 }

@@ -10,7 +10,7 @@ mod operator;
 mod watch;
 
 pub use file::FileSource;
-pub use manifests::ManifestsSource;
+pub use manifests::{Acme, ManifestsSource};
 pub use operator::OperatorSource;
 
 use std::sync::Arc;

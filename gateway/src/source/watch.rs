@@ -119,6 +119,7 @@ pub async fn reload_on_change(
     relevant: impl Fn(&Path) -> bool + Send + 'static,
     load: impl Fn(Edge) -> Result<GatewayConfig, SourceError>,
     events: mpsc::UnboundedSender<SourceEvent>,
+    mut nudges: Option<mpsc::UnboundedReceiver<()>>,
 ) {
     let (_watcher, mut rx) = match watch_dir(dir, recursive, relevant) {
         Ok(w) => w,
@@ -133,7 +134,7 @@ pub async fn reload_on_change(
     // When the last load finished; `None` before the first.
     let mut last_load: Option<Instant> = None;
     loop {
-        let Some(mut complete) = rx.recv().await else {
+        let Some(mut complete) = next_event(&mut rx, &mut nudges).await else {
             return;
         };
         let first = Instant::now();
@@ -175,6 +176,27 @@ pub async fn reload_on_change(
         last_load = Some(Instant::now());
         if events.send(event).is_err() {
             return;
+        }
+    }
+}
+
+/// The next file event, or a nudge (a reload asked for by something other
+/// than the files, such as a newly issued certificate), which counts as a
+/// complete file. `None` when the watcher is gone.
+async fn next_event(
+    rx: &mut mpsc::UnboundedReceiver<bool>,
+    nudges: &mut Option<mpsc::UnboundedReceiver<()>>,
+) -> Option<bool> {
+    loop {
+        let Some(n) = nudges.as_mut() else {
+            return rx.recv().await;
+        };
+        tokio::select! {
+            event = rx.recv() => return event,
+            nudge = n.recv() => match nudge {
+                Some(()) => return Some(true),
+                None => *nudges = None,
+            },
         }
     }
 }

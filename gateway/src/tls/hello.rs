@@ -11,6 +11,7 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 
 use super::{certificate_for, LiveCerts};
 use crate::conn::ConnGuard;
+use crate::route::{normalize_host, HostBuf};
 
 /// Reads each TLS connection's ClientHello before the handshake, then puts
 /// it back for rustls. It
@@ -97,6 +98,13 @@ impl PreTlsProcess for HelloGate {
             ));
         };
         if let Hello::Parsed(Some(name)) = &hello {
+            let mut buf = HostBuf::new();
+            if let Ok(normalized) = normalize_host(name.as_bytes(), &mut buf) {
+                // A tenant domain waiting for its ACME certificate: this
+                // handshake starts the order (it gets the default
+                // certificate or `unrecognized_name` meanwhile).
+                self.live.on_demand(normalized);
+            }
             if certificate_for(&*self.live, Some(name)).is_none() {
                 metrics.no_certificate.inc();
                 // Best effort: the connection is dropped either way.

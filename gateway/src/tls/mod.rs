@@ -48,6 +48,12 @@ pub trait LiveCerts: Send + Sync + 'static {
     /// gets in the live runtime: its host's, else the default one.
     fn certificate(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>>;
     fn tls_metrics(&self) -> &TlsMetrics;
+    /// A handshake named `name` (normalized): if its host waits for an
+    /// ACME certificate, ask the issuer for it (on-demand issuance). Must
+    /// not block.
+    fn on_demand(&self, name: &str);
+    /// The TLS-ALPN-01 challenge certificate pending for `name`, if any.
+    fn tls_alpn01(&self, name: &str) -> Option<Arc<CertifiedKey>>;
 }
 
 /// [`LiveCerts::certificate`] for a server name as the client sent it.

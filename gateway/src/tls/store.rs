@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
-use vestibule_config::model::{CertId, GatewayConfig, HostTls};
+use vestibule_config::model::{CertId, GatewayConfig, HostTls, TlsUnavailable, Unavailable};
 use vestibule_config::HostPattern;
 
 use super::cert::{CertProblem, ParsedCert};
@@ -38,6 +38,9 @@ pub struct CertStore {
     /// (tenant, certificate) of every host served a certificate; a key found
     /// broken when built adds to the report at scrape time.
     used: Vec<(Box<str>, Arc<ParsedCert>)>,
+    /// Exact hosts whose ACME certificate is not issued yet: a handshake
+    /// naming one may start its order.
+    acme_pending: HashSet<Box<str>>,
 }
 
 impl CertStore {
@@ -54,6 +57,16 @@ impl CertStore {
             let tenant = vhost.tenant.as_ref().map_or("", |t| t.as_str());
             let cert = match &vhost.tls {
                 None => None,
+                Some(HostTls::Unavailable(Unavailable {
+                    reason: TlsUnavailable::AcmePending,
+                    ..
+                })) => {
+                    if let HostPattern::Exact(h) = &vhost.host {
+                        store.acme_pending.insert(h.as_str().into());
+                    }
+                    store.report_error(tenant, CertProblem::Unavailable);
+                    None
+                }
                 Some(HostTls::Unavailable(_)) => {
                     store.report_error(tenant, CertProblem::Unavailable);
                     None
@@ -120,6 +133,12 @@ impl CertStore {
             Some(Some(cert)) => cert.key().ok().or(default),
             _ => default,
         }
+    }
+
+    /// Whether `name` (normalized) is a host whose ACME certificate is
+    /// wanted and not issued yet.
+    pub fn is_acme_pending(&self, name: &str) -> bool {
+        !self.acme_pending.is_empty() && self.acme_pending.contains(name)
     }
 
     /// Hosts not served their certificate, by (tenant, reason): the

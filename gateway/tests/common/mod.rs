@@ -424,23 +424,24 @@ impl Gateway {
     /// Starts the binary with `source` (`--config F` or `--manifests D`) and
     /// short health intervals, and waits for `/readyz`.
     pub async fn start(source: &[&str], extra: &[&str]) -> Gateway {
-        let http = free_addr();
         let admin = free_addr();
         let mut cmd = Command::new(gateway_bin());
-        let https = match extra.iter().position(|a| *a == "--https") {
-            Some(i) => extra[i + 1].parse().unwrap(),
+        // A listener the caller chose, or a free one.
+        let mut listener = |flag: &str| match extra.iter().position(|a| *a == flag) {
+            Some(i) => extra[i + 1].parse::<SocketAddr>().unwrap(),
             None => {
-                let https = free_addr();
-                cmd.args(["--https", &https.to_string()]);
-                https
+                let addr = free_addr();
+                cmd.args([flag, &addr.to_string()]);
+                addr
             }
         };
+        let https = listener("--https");
+        let http = listener("--http");
         if !extra.contains(&"--threads") {
             cmd.args(["--threads", "2"]);
         }
         let child = cmd
             .args(source)
-            .args(["--http", &http.to_string()])
             .args(["--admin", &admin.to_string()])
             .args(["--health-interval", "200ms", "--drain-seconds", "1"])
             .args(extra)

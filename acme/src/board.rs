@@ -1,0 +1,68 @@
+//! The challenge board: answers to pending ACME challenges, published by
+//! orders and read by the data plane without locks (an HTTP-01 request or
+//! a TLS-ALPN-01 handshake reads one `ArcSwap`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::sign::CertifiedKey;
+
+/// Pending challenges of the orders under way in this process.
+#[derive(Default)]
+pub struct Board {
+    /// HTTP-01: token -> key authorization.
+    http01: ArcSwap<HashMap<String, String>>,
+    /// TLS-ALPN-01: domain -> the self-signed challenge certificate.
+    tls_alpn01: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl Board {
+    /// The key authorization for an HTTP-01 `token`, if one is pending.
+    pub fn http01(&self, token: &str) -> Option<String> {
+        self.http01.load().get(token).cloned()
+    }
+
+    /// The TLS-ALPN-01 certificate for `domain` (normalized), if pending.
+    pub fn tls_alpn01(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        self.tls_alpn01.load().get(domain).cloned()
+    }
+
+    /// Whether any TLS-ALPN-01 challenge is pending (a cheap test for the
+    /// handshake path).
+    pub fn has_tls_alpn01(&self) -> bool {
+        !self.tls_alpn01.load().is_empty()
+    }
+
+    pub(crate) fn publish_http01(&self, token: &str, key_authorization: &str) {
+        self.http01.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(token.to_string(), key_authorization.to_string());
+            m
+        });
+    }
+
+    pub(crate) fn withdraw_http01(&self, token: &str) {
+        self.http01.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(token);
+            m
+        });
+    }
+
+    pub(crate) fn publish_tls_alpn01(&self, domain: &str, cert: Arc<CertifiedKey>) {
+        self.tls_alpn01.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(domain.to_string(), cert.clone());
+            m
+        });
+    }
+
+    pub(crate) fn withdraw_tls_alpn01(&self, domain: &str) {
+        self.tls_alpn01.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(domain);
+            m
+        });
+    }
+}

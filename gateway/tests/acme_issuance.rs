@@ -1,0 +1,432 @@
+//! ACME issuance against a real CA (Debian's `pebble`, on loopback), in
+//! `--manifests` mode with `--state-dir`: a Tenant with `tls.acme` gets a
+//! certificate that verifies against pebble's root; on-demand issuance
+//! starts at the first handshake and never for a name no Tenant owns; a CA
+//! outage keeps issued certificates serving and pending orders back off.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod pebble;
+mod pki;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pebble::Pebble;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Service `app` in `saas` over one upstream.
+fn app(up: &Upstream) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: saas}}
+spec: {{ports: [{{name: web, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: app-1, namespace: saas, labels: {{kubernetes.io/service-name: app}}}}
+addressType: IPv4
+ports: [{{name: web, port: {port}}}]
+endpoints:
+  - addresses: [{ip}]
+"#,
+        port = up.addr.port(),
+        ip = up.addr.ip(),
+    )
+}
+
+fn issuer(pebble: &Pebble, challenge: &str, issue: &str) -> String {
+    let bundle: String = pebble
+        .listener_ca_pem
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        r#"
+apiVersion: vestibule.dev/v1alpha1
+kind: AcmeIssuer
+metadata: {{name: pebble}}
+spec:
+  directoryUrl: {dir}
+  email: ops@example.com
+  challenge: {challenge}
+  issue: {issue}
+  default: true
+  caBundle: |
+{bundle}"#,
+        dir = pebble.directory,
+    )
+}
+
+fn tenant(name: &str, domains: &[&str]) -> String {
+    format!(
+        r#"
+apiVersion: vestibule.dev/v1alpha1
+kind: Tenant
+metadata: {{name: {name}}}
+spec:
+  domains: [{domains}]
+  backend: {{namespace: saas, services: [{{name: app, port: 80}}]}}
+  tls: {{acme: {{}}}}
+"#,
+        domains = domains
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Writes a manifest file whole (renamed into place).
+fn put(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A TLS client trusting only `roots` (PEM).
+fn client(roots: &[&str]) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            store.add(cert.unwrap()).unwrap();
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// One verified HTTPS GET to `host` (as SNI and Host) on `addr`.
+async fn https_get(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    host: &str,
+) -> Result<Response, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    read_response(&mut BufReader::new(tls)).await
+}
+
+/// Waits until `host` answers 200 from the app over verified HTTPS.
+async fn wait_served(
+    gw: &Gateway,
+    config: &Arc<rustls::ClientConfig>,
+    host: &str,
+    within: Duration,
+    pebble: &Pebble,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let last = match https_get(gw.https, config, host).await {
+            Ok(r) if r.status == 200 && r.upstream() == Some("app") => return start.elapsed(),
+            Ok(r) => format!("{r:?}"),
+            Err(e) => e,
+        };
+        if start.elapsed() > within {
+            panic!(
+                "{host} not served over verified HTTPS within {within:?}: {last}\nmetrics:\n{}\npebble log:\n{}",
+                acme_metrics(gw).await,
+                pebble.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn acme_metrics(gw: &Gateway) -> String {
+    gw.admin_get("/metrics")
+        .await
+        .body
+        .lines()
+        .filter(|l| l.starts_with("vestibule_acme_"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The value of the series `line` (name and labels), 0 when absent.
+async fn metric(gw: &Gateway, series: &str) -> f64 {
+    gw.admin_get("/metrics")
+        .await
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+const ISSUED_NEW: &str = r#"vestibule_acme_orders_total{kind="new",result="issued"}"#;
+const FAILED_NEW: &str = r#"vestibule_acme_orders_total{kind="new",result="failed"}"#;
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn issued_domains(state: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.join("acme/certs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The listeners pebble validates against, chosen before the gateway starts.
+struct Ports {
+    http: SocketAddr,
+    https: SocketAddr,
+}
+
+impl Ports {
+    fn new() -> Ports {
+        Ports {
+            http: free_addr(),
+            https: free_addr(),
+        }
+    }
+
+    fn args<'a>(&'a self, buf: &'a mut Vec<String>, state: &'a Path) -> Vec<&'a str> {
+        *buf = vec![
+            self.http.to_string(),
+            self.https.to_string(),
+            state.to_string_lossy().into_owned(),
+        ];
+        vec![
+            "--http",
+            &buf[0],
+            "--https",
+            &buf[1],
+            "--state-dir",
+            &buf[2],
+            "--acme-retry-min",
+            "500ms",
+            "--acme-retry-max",
+            "2s",
+        ]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_at_onboarding_end_to_end_and_kept_across_restarts() {
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
+    let dir = TempDir::new("acme-http01-manifests");
+    let state = TempDir::new("acme-http01-state");
+    put(&dir.0, "app.yaml", &app(&up));
+    put(
+        &dir.0,
+        "issuer.yaml",
+        &issuer(&pebble, "HTTP-01", "Onboarding"),
+    );
+    let mut buf = Vec::new();
+    let extra = ports.args(&mut buf, &state.0);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let verified = client(&[&pebble.root_pem]);
+
+    // Tenant created -> first verified HTTPS request to its domain.
+    let created = Instant::now();
+    put(
+        &dir.0,
+        "shop.yaml",
+        &tenant("shop", &["shop.customer.test"]),
+    );
+    wait_served(
+        &gw,
+        &verified,
+        "shop.customer.test",
+        Duration::from_secs(60),
+        &pebble,
+    )
+    .await;
+    eprintln!(
+        "ACME HTTP-01: Tenant created -> first HTTPS request served in {} ms",
+        created.elapsed().as_millis()
+    );
+    assert_eq!(metric(&gw, ISSUED_NEW).await, 1.0);
+
+    // Stored under the state dir: key and account private to the process.
+    let cert_dir = state.0.join("acme/certs/shop.customer.test");
+    assert_eq!(mode(&cert_dir.join("tls.key")), 0o600);
+    let accounts: Vec<_> = std::fs::read_dir(state.0.join("acme/accounts"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(mode(&accounts[0].path()), 0o600);
+    let account = std::fs::read(accounts[0].path()).unwrap();
+
+    // A restart serves the stored certificate at once, orders nothing and
+    // keeps the account.
+    drop(gw);
+    let mut buf = Vec::new();
+    let extra = ports.args(&mut buf, &state.0);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let r = https_get(gw.https, &verified, "shop.customer.test")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metric(&gw, ISSUED_NEW).await, 0.0);
+    assert_eq!(std::fs::read(accounts[0].path()).unwrap(), account);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_orders_at_the_first_handshake_and_never_for_unowned_names() {
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
+    let dir = TempDir::new("acme-ondemand-manifests");
+    let state = TempDir::new("acme-ondemand-state");
+    put(&dir.0, "app.yaml", &app(&up));
+    put(
+        &dir.0,
+        "issuer.yaml",
+        &issuer(&pebble, "HTTP-01", "OnDemand"),
+    );
+    put(
+        &dir.0,
+        "tenant.yaml",
+        &tenant("od", &["od.customer.test", "*.wild.customer.test"]),
+    );
+    let mut buf = Vec::new();
+    let extra = ports.args(&mut buf, &state.0);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let verified = client(&[&pebble.root_pem]);
+
+    // Names no Tenant owns, a wildcard tenant domain (DNS-01, never
+    // attempted) and an owned name's sibling: handshakes fail, no order.
+    for sni in [
+        "evil.test",
+        "other.customer.test",
+        "x.wild.customer.test",
+        "wild.customer.test",
+    ] {
+        assert!(https_get(gw.https, &verified, sni).await.is_err(), "{sni}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        acme_metrics(&gw)
+            .await
+            .matches("vestibule_acme_orders_total{")
+            .count(),
+        0
+    );
+    assert!(issued_domains(&state.0).is_empty());
+
+    // The first handshake for the tenant's domain has no certificate yet
+    // (unrecognized_name) and starts the order; a later one is served.
+    let first = https_get(gw.https, &verified, "od.customer.test").await;
+    assert!(first.is_err(), "{first:?}");
+    wait_served(
+        &gw,
+        &verified,
+        "od.customer.test",
+        Duration::from_secs(60),
+        &pebble,
+    )
+    .await;
+    assert_eq!(metric(&gw, ISSUED_NEW).await, 1.0);
+    assert_eq!(issued_domains(&state.0), ["od.customer.test"]);
+    // Nothing else was ordered meanwhile.
+    assert_eq!(
+        acme_metrics(&gw)
+            .await
+            .matches("vestibule_acme_orders_total{")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_outage_keeps_certificates_serving_and_pending_orders_back_off() {
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
+    let dir = TempDir::new("acme-outage-manifests");
+    let state = TempDir::new("acme-outage-state");
+    put(&dir.0, "app.yaml", &app(&up));
+    put(
+        &dir.0,
+        "issuer.yaml",
+        &issuer(&pebble, "HTTP-01", "Onboarding"),
+    );
+    put(&dir.0, "a.yaml", &tenant("a", &["a.customer.test"]));
+    let mut buf = Vec::new();
+    let extra = ports.args(&mut buf, &state.0);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let verified = client(&[&pebble.root_pem]);
+    wait_served(
+        &gw,
+        &verified,
+        "a.customer.test",
+        Duration::from_secs(60),
+        &pebble,
+    )
+    .await;
+
+    // The CA goes away; a new tenant's order fails and backs off, the
+    // issued certificate keeps serving.
+    pebble.set_down(true);
+    put(&dir.0, "b.yaml", &tenant("b", &["b.customer.test"]));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metric(&gw, FAILED_NEW).await >= 2.0
+        })
+        .await
+        .is_some(),
+        "no failed orders: {}",
+        acme_metrics(&gw).await
+    );
+    for _ in 0..5 {
+        let r = https_get(gw.https, &verified, "a.customer.test")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert!(https_get(gw.https, &verified, "b.customer.test")
+        .await
+        .is_err());
+
+    // The CA is back: the pending order completes within the backoff cap.
+    pebble.set_down(false);
+    wait_served(
+        &gw,
+        &verified,
+        "b.customer.test",
+        Duration::from_secs(30),
+        &pebble,
+    )
+    .await;
+    assert_eq!(metric(&gw, ISSUED_NEW).await, 2.0);
+}
