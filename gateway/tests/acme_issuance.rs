@@ -430,3 +430,35 @@ async fn a_ca_outage_keeps_certificates_serving_and_pending_orders_back_off() {
     .await;
     assert_eq!(metric(&gw, ISSUED_NEW).await, 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_end_to_end_on_the_https_listener() {
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    let ports = Ports::new();
+    // Nothing listens on pebble's HTTP-01 port: only TLS-ALPN-01 can pass.
+    let pebble = Pebble::start(free_addr().port(), ports.https.port()).await;
+    let dir = TempDir::new("acme-alpn-manifests");
+    let state = TempDir::new("acme-alpn-state");
+    put(&dir.0, "app.yaml", &app(&up));
+    put(&dir.0, "issuer.yaml", &issuer(&pebble, "TLS-ALPN-01", "OnDemand"));
+    put(&dir.0, "tenant.yaml", &tenant("alpn", &["alpn.customer.test"]));
+    let mut buf = Vec::new();
+    let extra = ports.args(&mut buf, &state.0);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let verified = client(&[&pebble.root_pem]);
+
+    // acme-tls/1 with no pending challenge is refused, not served a
+    // tenant certificate.
+    let mut probe = Arc::unwrap_or_clone(client(&[&pebble.root_pem]));
+    probe.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    assert!(https_get(gw.https, &Arc::new(probe), "alpn.customer.test").await.is_err());
+
+    let created = Instant::now();
+    assert!(https_get(gw.https, &verified, "alpn.customer.test").await.is_err());
+    wait_served(&gw, &verified, "alpn.customer.test", Duration::from_secs(60), &pebble).await;
+    eprintln!(
+        "ACME TLS-ALPN-01: first handshake -> HTTPS request served in {} ms",
+        created.elapsed().as_millis()
+    );
+    assert_eq!(metric(&gw, ISSUED_NEW).await, 1.0);
+}

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 
-use super::{certificate_for, LiveCerts};
+use super::{alpn_challenge, certificate_for, LiveCerts};
 use crate::conn::ConnGuard;
 use crate::route::{normalize_host, HostBuf};
 
@@ -44,6 +44,8 @@ const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
 enum Hello {
     /// Parsed; the server name if the client sent one.
     Parsed(Option<String>),
+    /// An ACME TLS-ALPN-01 validation for this server name.
+    AcmeChallenge(String),
     /// Not a ClientHello rustls could read, or the peer went away.
     Unreadable,
 }
@@ -69,8 +71,14 @@ async fn read_hello(stream: &mut L4Stream) -> (Vec<u8>, Hello) {
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
-                let name = accepted.client_hello().server_name().map(str::to_string);
-                return (seen, Hello::Parsed(name));
+                let hello = accepted.client_hello();
+                let name = hello.server_name().map(str::to_string);
+                return match name {
+                    Some(name) if alpn_challenge::is_challenge(&hello) => {
+                        (seen, Hello::AcmeChallenge(name))
+                    }
+                    name => (seen, Hello::Parsed(name)),
+                };
             }
             Ok(None) if seen.len() < MAX_HELLO => continue,
             _ => return (seen, Hello::Unreadable),
@@ -97,6 +105,29 @@ impl PreTlsProcess for HelloGate {
                 "no ClientHello within the header timeout",
             ));
         };
+        if let Hello::AcmeChallenge(name) = &hello {
+            let mut buf = HostBuf::new();
+            let cert = normalize_host(name.as_bytes(), &mut buf)
+                .ok()
+                .and_then(|n| self.live.tls_alpn01(n));
+            let answered = match cert {
+                Some(cert) => tokio::time::timeout(
+                    self.timeout,
+                    alpn_challenge::answer(stream, &seen, cert),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok()),
+                None => false,
+            };
+            return Err(Error::explain(
+                ErrorType::HandshakeError,
+                if answered {
+                    "ACME TLS-ALPN-01 challenge answered"
+                } else {
+                    "acme-tls/1 for a server name with no pending challenge"
+                },
+            ));
+        }
         if let Hello::Parsed(Some(name)) = &hello {
             let mut buf = HostBuf::new();
             if let Ok(normalized) = normalize_host(name.as_bytes(), &mut buf) {

@@ -12,6 +12,9 @@
 //!   reads the *current* runtime through the same `ArcSwap` as the routes, so
 //!   a config swap changes certificates for the next handshake without
 //!   touching the listener; established connections keep their session.
+//! - [`HelloGate`] (Pingora's pre-TLS hook) reads the ClientHello first:
+//!   it refuses names without certificate, starts on-demand ACME orders and
+//!   answers TLS-ALPN-01 validations (`alpn_challenge`).
 //! - [`HandshakeObserver`] (Pingora's post-handshake callback) counts
 //!   handshakes and stores the SNI in the session digest, which the proxy
 //!   needs for 421 Misdirected Request.
@@ -24,6 +27,7 @@
 //!
 //! Key material never reaches logs: errors carry a reason, never PEM bytes.
 
+mod alpn_challenge;
 mod cert;
 mod handshake;
 mod hello;
