@@ -440,8 +440,16 @@ async fn tls_alpn01_end_to_end_on_the_https_listener() {
     let dir = TempDir::new("acme-alpn-manifests");
     let state = TempDir::new("acme-alpn-state");
     put(&dir.0, "app.yaml", &app(&up));
-    put(&dir.0, "issuer.yaml", &issuer(&pebble, "TLS-ALPN-01", "OnDemand"));
-    put(&dir.0, "tenant.yaml", &tenant("alpn", &["alpn.customer.test"]));
+    put(
+        &dir.0,
+        "issuer.yaml",
+        &issuer(&pebble, "TLS-ALPN-01", "OnDemand"),
+    );
+    put(
+        &dir.0,
+        "tenant.yaml",
+        &tenant("alpn", &["alpn.customer.test"]),
+    );
     let mut buf = Vec::new();
     let extra = ports.args(&mut buf, &state.0);
     let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
@@ -451,14 +459,124 @@ async fn tls_alpn01_end_to_end_on_the_https_listener() {
     // tenant certificate.
     let mut probe = Arc::unwrap_or_clone(client(&[&pebble.root_pem]));
     probe.alpn_protocols = vec![b"acme-tls/1".to_vec()];
-    assert!(https_get(gw.https, &Arc::new(probe), "alpn.customer.test").await.is_err());
+    assert!(https_get(gw.https, &Arc::new(probe), "alpn.customer.test")
+        .await
+        .is_err());
 
     let created = Instant::now();
-    assert!(https_get(gw.https, &verified, "alpn.customer.test").await.is_err());
-    wait_served(&gw, &verified, "alpn.customer.test", Duration::from_secs(60), &pebble).await;
+    assert!(https_get(gw.https, &verified, "alpn.customer.test")
+        .await
+        .is_err());
+    wait_served(
+        &gw,
+        &verified,
+        "alpn.customer.test",
+        Duration::from_secs(60),
+        &pebble,
+    )
+    .await;
     eprintln!(
         "ACME TLS-ALPN-01: first handshake -> HTTPS request served in {} ms",
         created.elapsed().as_millis()
     );
     assert_eq!(metric(&gw, ISSUED_NEW).await, 1.0);
+}
+
+/// RFC 3339 for a time `secs` from now.
+fn from_now(secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    k8s_openapi::jiff::Timestamp::from_second(now + secs)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_certificate_is_renewed_with_no_failed_request() {
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
+    let dir = TempDir::new("acme-renew-manifests");
+    let state = TempDir::new("acme-renew-state");
+    put(&dir.0, "app.yaml", &app(&up));
+    put(
+        &dir.0,
+        "issuer.yaml",
+        &issuer(&pebble, "HTTP-01", "OnDemand"),
+    );
+    put(
+        &dir.0,
+        "tenant.yaml",
+        &tenant("renew", &["renew.customer.test"]),
+    );
+
+    // A certificate issued earlier, valid for two more minutes, due for
+    // renewal a few seconds after the gateway starts (by another CA, so the
+    // swap to pebble's certificate is visible to a client).
+    let old_ca = pki::Pki::new();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["renew.customer.test".to_string()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::minutes(2);
+    let leaf = params.signed_by(&key, &old_ca.issuer_for_tests()).unwrap();
+    let cert_dir = state.0.join("acme/certs/renew.customer.test");
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    std::fs::write(
+        cert_dir.join("tls.crt"),
+        format!("{}{}", leaf.pem(), old_ca.ca_pem),
+    )
+    .unwrap();
+    std::fs::write(cert_dir.join("tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(
+        cert_dir.join("meta.json"),
+        serde_json::json!({
+            "tenant": "renew",
+            "order": "https://old-ca.test/order/1",
+            "notAfter": from_now(120),
+            "renewAt": from_now(3),
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    let mut buf = Vec::new();
+    let extra = ports.args(&mut buf, &state.0);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let either = client(&[&pebble.root_pem, &old_ca.ca_pem]);
+    let pebble_only = client(&[&pebble.root_pem]);
+
+    // The old certificate serves at once; requests run across the renewal
+    // and the swap, and none fails.
+    let r = https_get(gw.https, &client(&[&old_ca.ca_pem]), "renew.customer.test").await;
+    assert_eq!(r.unwrap().status, 200);
+    let start = Instant::now();
+    let (mut ok, mut renewed_after) = (0, None);
+    while start.elapsed() < Duration::from_secs(30) {
+        let r = https_get(gw.https, &either, "renew.customer.test").await;
+        assert_eq!(r.as_ref().map(|r| r.status), Ok(200), "request {ok}: {r:?}");
+        ok += 1;
+        if renewed_after.is_none()
+            && https_get(gw.https, &pebble_only, "renew.customer.test")
+                .await
+                .is_ok()
+        {
+            renewed_after = Some(start.elapsed());
+        }
+        if renewed_after.is_some_and(|t| start.elapsed() > t + Duration::from_secs(1)) {
+            break;
+        }
+    }
+    let renewed_after = renewed_after.unwrap_or_else(|| panic!("not renewed: {}", pebble.log()));
+    eprintln!("renewed after {renewed_after:?}; {ok} requests, none failed");
+    assert_eq!(
+        metric(
+            &gw,
+            r#"vestibule_acme_orders_total{kind="renewal",result="issued"}"#
+        )
+        .await,
+        1.0
+    );
 }

@@ -33,7 +33,11 @@ impl ResolvesServerCert for Fixed {
 /// Completes the handshake begun with the bytes in `seen` (the ClientHello
 /// the gate read) presenting `cert`, then closes the TLS session. The
 /// caller bounds the time it takes.
-pub async fn answer(stream: &mut L4Stream, seen: &[u8], cert: Arc<CertifiedKey>) -> std::io::Result<()> {
+pub async fn answer(
+    stream: &mut L4Stream,
+    seen: &[u8],
+    cert: Arc<CertifiedKey>,
+) -> std::io::Result<()> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -111,12 +111,11 @@ impl PreTlsProcess for HelloGate {
                 .ok()
                 .and_then(|n| self.live.tls_alpn01(n));
             let answered = match cert {
-                Some(cert) => tokio::time::timeout(
-                    self.timeout,
-                    alpn_challenge::answer(stream, &seen, cert),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok()),
+                Some(cert) => {
+                    tokio::time::timeout(self.timeout, alpn_challenge::answer(stream, &seen, cert))
+                        .await
+                        .is_ok_and(|r| r.is_ok())
+                }
                 None => false,
             };
             return Err(Error::explain(

@@ -33,6 +33,11 @@ impl Pki {
         }
     }
 
+    /// The CA as an rcgen issuer, for leaves a test builds itself.
+    pub fn issuer_for_tests(&self) -> &rcgen::Issuer<'static, rcgen::KeyPair> {
+        &self.issuer
+    }
+
     /// A leaf for `names` with a key of `alg`; the chain is leaf + CA.
     pub fn issue(&self, names: &[&str], alg: &'static rcgen::SignatureAlgorithm) -> Certificate {
         self.issue_dated(names, alg, None)
