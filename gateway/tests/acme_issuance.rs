@@ -521,7 +521,7 @@ async fn a_short_lived_certificate_is_renewed_with_no_failed_request() {
         rcgen::CertificateParams::new(vec!["renew.customer.test".to_string()]).unwrap();
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::minutes(2);
-    let leaf = params.signed_by(&key, &old_ca.issuer_for_tests()).unwrap();
+    let leaf = params.signed_by(&key, old_ca.issuer_for_tests()).unwrap();
     let cert_dir = state.0.join("acme/certs/renew.customer.test");
     std::fs::create_dir_all(&cert_dir).unwrap();
     std::fs::write(
