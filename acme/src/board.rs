@@ -2,22 +2,53 @@
 //! orders and read by the data plane without locks (an HTTP-01 request or
 //! a TLS-ALPN-01 handshake reads one `ArcSwap`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
 
 /// Pending challenges of the orders under way in this process.
-#[derive(Default)]
 pub struct Board {
     /// HTTP-01: token -> key authorization.
     http01: ArcSwap<HashMap<String, String>>,
     /// TLS-ALPN-01: domain -> the self-signed challenge certificate.
     tls_alpn01: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// Bumped at every change, for processes that pass challenges on (the
+    /// operator puts HTTP-01 tokens in the config it serves).
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Board {
+            http01: ArcSwap::default(),
+            tls_alpn01: ArcSwap::default(),
+            changes: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Board {
+    /// Every pending HTTP-01 challenge, sorted.
+    pub fn http01_all(&self) -> BTreeMap<String, String> {
+        self.http01
+            .load()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Changes as they happen.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g += 1);
+    }
+
     /// The key authorization for an HTTP-01 `token`, if one is pending.
     pub fn http01(&self, token: &str) -> Option<String> {
         self.http01.load().get(token).cloned()
@@ -40,6 +71,7 @@ impl Board {
             m.insert(token.to_string(), key_authorization.to_string());
             m
         });
+        self.changed();
     }
 
     pub(crate) fn withdraw_http01(&self, token: &str) {
@@ -48,6 +80,7 @@ impl Board {
             m.remove(token);
             m
         });
+        self.changed();
     }
 
     pub(crate) fn publish_tls_alpn01(&self, domain: &str, cert: Arc<CertifiedKey>) {
@@ -56,6 +89,7 @@ impl Board {
             m.insert(domain.to_string(), cert.clone());
             m
         });
+        self.changed();
     }
 
     pub(crate) fn withdraw_tls_alpn01(&self, domain: &str) {
@@ -64,5 +98,6 @@ impl Board {
             m.remove(domain);
             m
         });
+        self.changed();
     }
 }

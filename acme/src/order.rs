@@ -42,6 +42,10 @@ pub enum OrderError {
 pub struct Timeouts {
     pub request: Duration,
     pub validation: Duration,
+    /// How long a published challenge takes to reach every listener that
+    /// may be asked for it: nothing in process, the config stream's
+    /// propagation to every gateway replica in operator mode.
+    pub propagation: Duration,
 }
 
 impl Default for Timeouts {
@@ -49,6 +53,7 @@ impl Default for Timeouts {
         Timeouts {
             request: Duration::from_secs(30),
             validation: Duration::from_secs(120),
+            propagation: Duration::ZERO,
         }
     }
 }
@@ -152,6 +157,9 @@ pub async fn issue(
                     }
                 }
             });
+            if !timeouts.propagation.is_zero() {
+                tokio::time::sleep(timeouts.propagation).await;
+            }
             bounded("challenge ready", t, challenge.set_ready()).await?;
         }
     }

@@ -174,7 +174,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -242,7 +247,15 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(6 * 3600));
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn every_default_parses() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["vestibule-gateway", "--config", "c.yaml"]).unwrap();
+        assert_eq!(cli.acme_retry_max, Duration::from_secs(6 * 3600));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! process against a fake API server.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod error;
 pub mod leader;
 pub mod metrics;
@@ -52,6 +53,12 @@ pub struct Settings {
     pub token_reload: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Limits on the ACME orders the leader places.
+    pub acme_limits: vestibule_acme::Limits,
+    /// How long a pending HTTP-01 challenge is given to reach every gateway
+    /// replica (config published, long polls answered) before the CA is
+    /// told to validate.
+    pub acme_propagation: Duration,
 }
 
 impl Settings {
@@ -70,6 +77,8 @@ impl Settings {
             server: server::Limits::default(),
             token_reload: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            acme_limits: vestibule_acme::Limits::default(),
+            acme_propagation: Duration::from_secs(2),
         }
     }
 }
@@ -194,10 +203,48 @@ pub async fn start(client: Client, settings: Settings) -> Result<Running, Error>
     let mut tasks = JoinSet::new();
     let stores = watch::Stores::start(&client, &settings, &mut tasks, shutdown_rx.clone());
 
+    let (acme, acme_run) = acme::issuer(
+        client.clone(),
+        settings.translate.acme_namespace.clone(),
+        metrics.registry(),
+        settings.acme_limits,
+        settings.acme_propagation,
+        stores.dirty.clone(),
+    )?;
+    {
+        let mut shutdown = shutdown_rx.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = acme_run => {}
+                _ = stopped(&mut shutdown) => {}
+            }
+            Ok(())
+        });
+    }
+    // A new leader orders what the old one left; a replica that stops
+    // leading stops ordering: both through a translation.
+    {
+        let (mut leader, dirty, mut shutdown) =
+            (leader_rx.clone(), stores.dirty.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = leader.changed() => if changed.is_err() { return Ok(()) },
+                    _ = stopped(&mut shutdown) => return Ok(()),
+                }
+                dirty.notify_one();
+            }
+        });
+    }
+
     tasks.spawn(publish::run(
         stores.clone(),
         settings.clone(),
         metrics.clone(),
+        publish::Acme {
+            handle: acme,
+            leader: leader_rx.clone(),
+        },
         published_tx,
         status_tx,
         shutdown_rx.clone(),

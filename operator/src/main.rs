@@ -303,6 +303,8 @@ fn settings(args: RunArgs) -> Settings {
     settings.publish_service = args.publish_service;
     settings.gateway_replicas = args.gateway_replicas;
     settings.metrics = args.metrics;
+    // Issued certificates and the ACME account live beside the operator.
+    settings.translate.acme_namespace = args.lease_namespace.clone();
     let mut lease = LeaseSettings::with_duration(
         args.lease_namespace,
         identity,

@@ -119,6 +119,11 @@ impl Metrics {
         })
     }
 
+    /// The registry, for other components' metrics (the ACME issuer).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -96,10 +96,18 @@ pub struct StatusInput {
     pub load_balancer: Option<Vec<IngressLoadBalancerIngress>>,
 }
 
+/// The ACME issuer as the translation loop sees it.
+pub struct Acme {
+    pub handle: vestibule_acme::Handle,
+    /// Only the leader orders certificates.
+    pub leader: watch::Receiver<bool>,
+}
+
 pub async fn run(
     stores: Stores,
     settings: Settings,
     metrics: Arc<Metrics>,
+    acme: Acme,
     published: watch::Sender<Option<Arc<Published>>>,
     statuses: watch::Sender<Option<Arc<StatusInput>>>,
     mut shutdown: watch::Receiver<bool>,
@@ -115,9 +123,22 @@ pub async fn run(
     loop {
         translation += 1;
         let started = Instant::now();
-        let snapshot = stores.snapshot();
+        let mut snapshot = stores.snapshot();
+        snapshot.acme_failures = acme.handle.failures();
         let mut result = vestibule_config::translate(&snapshot, &settings.translate);
+        // Pending HTTP-01 challenges travel to every gateway replica.
+        let challenges = acme.handle.board().http01_all();
+        if !challenges.is_empty() {
+            result.config.acme_http01 = challenges;
+            result.config = result.config.seal();
+        }
         result.config = per_replica(result.config, settings.gateway_replicas);
+        let leading = *acme.leader.borrow();
+        acme.handle.set_plan(if leading {
+            std::mem::take(&mut result.acme)
+        } else {
+            Default::default()
+        });
         let elapsed = started.elapsed();
         metrics.translate_seconds.observe(elapsed.as_secs_f64());
         for (kind, n) in [
@@ -127,6 +148,7 @@ pub async fn run(
             ("EndpointSlice", snapshot.endpoint_slices.len()),
             ("Secret", snapshot.secrets.len()),
             ("Tenant", snapshot.tenants.len()),
+            ("AcmeIssuer", snapshot.acme_issuers.len()),
         ] {
             metrics
                 .objects_watched

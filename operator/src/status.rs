@@ -20,6 +20,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use vestibule_config::issuer::{AcmeIssuer, AcmeIssuerStatus};
 use vestibule_config::tenant::{Tenant, TenantStatus};
 use vestibule_config::translate::{Condition, ObjectKind, ObjectStatus};
 
@@ -148,9 +149,11 @@ impl Writer {
                         self.tenant_status(&tenant, status).await;
                     }
                 }
-                // The operator does not watch AcmeIssuers yet (issue 14's
-                // operator mode): nothing of them to write.
-                ObjectKind::AcmeIssuer => {}
+                ObjectKind::AcmeIssuer => {
+                    if let Some(issuer) = stores.acme_issuer(&status.object.name) {
+                        self.issuer_status(&issuer, status).await;
+                    }
+                }
             }
         }
         // A problem that went away may come back later: report it again then.
@@ -294,6 +297,39 @@ impl Writer {
             .await
         {
             tracing::info!(tenant = %name, routes = desired.routes, "Tenant status updated");
+        }
+    }
+
+    // === AcmeIssuer ===
+
+    async fn issuer_status(&mut self, issuer: &AcmeIssuer, status: &ObjectStatus) {
+        let current = issuer.status.clone().unwrap_or_default();
+        let as_tenant = TenantStatus {
+            conditions: current.conditions,
+            ..TenantStatus::default()
+        };
+        let desired = AcmeIssuerStatus {
+            conditions: tenant_status(
+                &status.conditions,
+                0,
+                issuer.metadata.generation,
+                &as_tenant,
+                Timestamp::now(),
+            )
+            .conditions,
+        };
+        if issuer.status.as_ref() == Some(&desired) {
+            return;
+        }
+        let patch = json!({"status": desired});
+        let name = issuer.metadata.name.clone().unwrap_or_default();
+        let key = (ObjectKind::AcmeIssuer, String::new(), name.clone());
+        let api: Api<AcmeIssuer> = Api::all(self.client.clone());
+        if self
+            .patch_status(api, key, &issuer.metadata, patch, "AcmeIssuer")
+            .await
+        {
+            tracing::info!(issuer = %name, "AcmeIssuer status updated");
         }
     }
 

@@ -17,6 +17,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
+use vestibule_config::issuer::AcmeIssuer;
 use vestibule_config::tenant::Tenant;
 use vestibule_config::Snapshot;
 
@@ -24,6 +25,8 @@ use crate::{Error, Settings};
 
 /// Only TLS Secrets are cached: the operator never needs (or holds) others.
 pub const TLS_SECRET_SELECTOR: &str = "type=kubernetes.io/tls";
+/// Opaque Secrets holding an AcmeIssuer's External Account Binding key.
+pub const EAB_SECRET_SELECTOR: &str = "vestibule.dev/acme-eab=true";
 
 /// Read handles to every cache, cheap to clone.
 #[derive(Clone)]
@@ -34,6 +37,7 @@ pub struct Stores {
     pub endpoint_slices: Vec<Store<EndpointSlice>>,
     pub secrets: Vec<Store<Secret>>,
     pub tenants: Store<Tenant>,
+    pub acme_issuers: Store<AcmeIssuer>,
     /// The `--publish-service` Service, watched on its own so it is seen
     /// even outside the watched namespaces.
     pub publish_service: Option<Store<Service>>,
@@ -68,14 +72,34 @@ impl Stores {
         let all = watcher::Config::default();
         let ingress_classes = spawn.one("IngressClass", Api::all(client.clone()), all.clone());
         let tenants = spawn.one("Tenant", Api::all(client.clone()), all.clone());
+        let acme_issuers = spawn.one("AcmeIssuer", Api::all(client.clone()), all.clone());
         let ingresses = spawn.each("Ingress", &namespaces, &all);
         let services = spawn.each("Service", &namespaces, &all);
         let endpoint_slices = spawn.each("EndpointSlice", &namespaces, &all);
-        let secrets = spawn.each(
+        let mut secrets = spawn.each(
             "Secret",
             &namespaces,
             &watcher::Config::default().fields(TLS_SECRET_SELECTOR),
         );
+        // External Account Binding keys are Opaque Secrets: those labelled
+        // for it are watched too (never every Secret of the cluster).
+        secrets.extend(spawn.each(
+            "Secret",
+            &namespaces,
+            &watcher::Config::default().labels(EAB_SECRET_SELECTOR),
+        ));
+        // Issued certificates live in the acme namespace, watched or not.
+        let acme_ns = settings.translate.acme_namespace.as_str();
+        if !namespaces.iter().any(|n| n.is_none_or(|n| n == acme_ns)) {
+            secrets.extend(
+                spawn.each(
+                    "Secret",
+                    &[Some(acme_ns)],
+                    &watcher::Config::default()
+                        .labels(&format!("{}=true", vestibule_config::acme::ISSUED_LABEL)),
+                ),
+            );
+        }
         let publish_service = settings.publish_service.as_ref().map(|p| {
             spawn.one(
                 "PublishService",
@@ -90,6 +114,7 @@ impl Stores {
             endpoint_slices,
             secrets,
             tenants,
+            acme_issuers,
             publish_service,
             dirty,
         }
@@ -99,7 +124,8 @@ impl Stores {
     /// translation never sees a half-filled cluster.
     pub async fn ready(&self) -> bool {
         let mut ok = self.ingress_classes.wait_until_ready().await.is_ok()
-            && self.tenants.wait_until_ready().await.is_ok();
+            && self.tenants.wait_until_ready().await.is_ok()
+            && self.acme_issuers.wait_until_ready().await.is_ok();
         for s in &self.ingresses {
             ok &= s.wait_until_ready().await.is_ok();
         }
@@ -127,6 +153,7 @@ impl Stores {
             endpoint_slices: owned_all(&self.endpoint_slices),
             secrets: owned_all(&self.secrets),
             tenants: owned(&self.tenants),
+            acme_issuers: owned(&self.acme_issuers),
             ..Snapshot::default()
         }
     }
@@ -135,6 +162,10 @@ impl Stores {
     pub fn ingress(&self, namespace: &str, name: &str) -> Option<Arc<Ingress>> {
         let key = reflector::ObjectRef::new(name).within(namespace);
         self.ingresses.iter().find_map(|s| s.get(&key))
+    }
+
+    pub fn acme_issuer(&self, name: &str) -> Option<Arc<AcmeIssuer>> {
+        self.acme_issuers.get(&reflector::ObjectRef::new(name))
     }
 
     pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {

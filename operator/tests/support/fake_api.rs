@@ -44,6 +44,13 @@ const RESOURCES: &[(&str, &str, &str, bool, bool)] = &[
         false,
     ),
     ("tenants", "vestibule.dev/v1alpha1", "Tenant", false, true),
+    (
+        "acmeissuers",
+        "vestibule.dev/v1alpha1",
+        "AcmeIssuer",
+        false,
+        true,
+    ),
     ("leases", "coordination.k8s.io/v1", "Lease", true, false),
     ("events", "events.k8s.io/v1", "Event", true, false),
 ];

@@ -1,0 +1,217 @@
+//! ACME in operator mode, against a real CA (Debian's `pebble`): two
+//! operator replicas (one leads) and two gateway replicas on the fake API
+//! server. One order per domain reaches the CA, the certificate is written
+//! to a `kubernetes.io/tls` Secret, the Tenant status says it is issued,
+//! and both gateway replicas serve it.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../operator/tests/support/mod.rs"]
+#[allow(clippy::all)]
+mod op;
+
+#[path = "../../gateway/tests/common/mod.rs"]
+#[allow(clippy::all, dead_code)]
+mod common;
+
+#[path = "../../gateway/tests/pki/mod.rs"]
+#[allow(clippy::all)]
+mod pki;
+
+#[path = "../../gateway/tests/pebble/mod.rs"]
+#[allow(clippy::all)]
+mod pebble;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_addr, read_response, Gateway, Response, Upstream};
+use op::FakeApi;
+use pebble::Pebble;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const ACME_NS: &str = "vestibule";
+
+fn verifying(root_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        store.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn https_get(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    host: &str,
+) -> Result<Response, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    read_response(&mut BufReader::new(tls)).await
+}
+
+fn orders(op: &vestibule_operator::Running) -> f64 {
+    op.metrics
+        .render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"vestibule_acme_orders_total{kind="new",result="issued"}"#)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_orders_once_stores_a_secret_and_every_gateway_serves_it() {
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    // Pebble validates HTTP-01 against replica A; both replicas must serve
+    // the certificate afterwards.
+    let (http_a, https_a) = (free_addr(), free_addr());
+    let pebble = Pebble::start(http_a.port(), https_a.port()).await;
+
+    let api = FakeApi::start().await;
+    api.apply(op::service("saas", "app", 80));
+    api.apply(op::endpoint_slice(
+        "saas",
+        "app",
+        &["127.0.0.2"],
+        i32::from(up.addr.port()),
+    ));
+    api.apply(json!({
+        "apiVersion": "vestibule.dev/v1alpha1",
+        "kind": "AcmeIssuer",
+        "metadata": {"name": "pebble"},
+        "spec": {
+            "directoryUrl": pebble.directory,
+            "caBundle": pebble.listener_ca_pem,
+            "issue": "Onboarding",
+            "default": true,
+        },
+    }));
+
+    let operators: Vec<_> = {
+        let mut v = Vec::new();
+        for id in ["op-1", "op-2"] {
+            let mut settings = op::test_settings(id);
+            settings.translate.acme_namespace = ACME_NS.into();
+            settings.acme_propagation = Duration::from_millis(1500);
+            v.push(op::start(&api, settings).await);
+        }
+        v
+    };
+    let token = operators[0].config_addr;
+    let token_file = op::test_settings("reader").token_file;
+    let url = format!("http://{token}");
+    let source = [
+        "--operator",
+        url.as_str(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let (a_http, a_https) = (http_a.to_string(), https_a.to_string());
+    let gw_a = Gateway::start(&source, &["--http", &a_http, "--https", &a_https]).await;
+    let url_b = format!("http://{}", operators[1].config_addr);
+    let source_b = [
+        "--operator",
+        url_b.as_str(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let gw_b = Gateway::start(&source_b, &[]).await;
+
+    // The Tenant onboards with tls.acme.
+    let created = Instant::now();
+    let mut tenant = op::tenant("shop", &["shop.customer.test"], &["saas"]);
+    tenant["spec"]["backend"] =
+        json!({"namespace": "saas", "services": [{"name": "app", "port": 80}]});
+    tenant["spec"]["tls"] = json!({"acme": {}});
+    api.apply(tenant);
+
+    let config = verifying(&pebble.root_pem);
+    for (name, gw) in [("A", &gw_a), ("B", &gw_b)] {
+        let mut last = String::new();
+        let served = loop {
+            match https_get(gw.https, &config, "shop.customer.test").await {
+                Ok(r) if r.status == 200 && r.upstream() == Some("app") => break true,
+                Ok(r) => last = format!("{r:?}"),
+                Err(e) => last = e,
+            }
+            if created.elapsed() > Duration::from_secs(60) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            served,
+            "replica {name} never served the ACME certificate: {last}\n{}",
+            pebble.log()
+        );
+    }
+    eprintln!(
+        "operator mode: Tenant created -> both replicas serve the ACME certificate in {} ms",
+        created.elapsed().as_millis()
+    );
+
+    // One order in all, by the leader; the certificate is in its Secret.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(orders(&operators[0]) + orders(&operators[1]), 1.0);
+    let secret = api
+        .get("Secret", Some(ACME_NS), "acme.shop.customer.test")
+        .expect("the certificate Secret");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["metadata"]["labels"]["vestibule.dev/tenant"], "shop");
+    let annotations = &secret["metadata"]["annotations"];
+    for key in [
+        "vestibule.dev/acme-not-after",
+        "vestibule.dev/acme-renew-at",
+        "vestibule.dev/acme-order",
+    ] {
+        assert!(annotations[key].is_string(), "{key}: {secret}");
+    }
+    assert!(api
+        .list("Secret")
+        .iter()
+        .any(|s| s["metadata"]["labels"]["vestibule.dev/acme-account"] == "true"));
+
+    // The Tenant's status says so, per domain.
+    let mut status = json!(null);
+    for _ in 0..60 {
+        status = api.get("Tenant", None, "shop").unwrap()["status"].clone();
+        if status["certificates"][0]["state"] == "Issued" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["certificates"][0]["state"], "Issued", "{status}");
+    assert!(
+        status["certificates"][0]["notAfter"].is_string(),
+        "{status}"
+    );
+
+    for o in operators {
+        o.shutdown().await.unwrap();
+    }
+}
