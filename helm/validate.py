@@ -47,6 +47,10 @@ WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "escal
 ALLOWED_WRITES = {
     ("networking.k8s.io", "ingresses/status"): {"patch", "update"},
     ("vestibule.dev", "tenants/status"): {"patch", "update"},
+    ("vestibule.dev", "acmeissuers/status"): {"patch", "update"},
+    # ACME certificates and the account, in the release namespace only
+    # (checked below).
+    ("", "secrets"): {"create", "update"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "events"): {"create", "patch"},
     ("coordination.k8s.io", "leases"): {"create", "update"},
@@ -428,8 +432,9 @@ def check_rbac(docs, case: str, v: dict[str, Any]) -> None:
                     F.check(verbs <= READ_ONLY | allowed, f"[{case}] {kn(r)}: unexpected verbs {sorted(verbs)} on {group or 'core'}/{res}")
                     if res == "leases" and verbs & {"update", "get"}:
                         F.check(bool(rule.get("resourceNames")), f"[{case}] {kn(r)}: Lease get/update not limited by name")
-                    if res == "secrets":
-                        F.check(verbs <= READ_ONLY, f"[{case}] {kn(r)}: Secrets beyond get/list/watch")
+                    if res == "secrets" and writes:
+                        F.check(r["kind"] == "Role" and r["metadata"].get("namespace") == NAMESPACE,
+                                f"[{case}] {kn(r)}: Secret writes outside the release namespace")
 
     # What the operator needs, per scope.
     def grants(group: str, res: str, verb: str, namespace: str | None) -> bool:
@@ -471,6 +476,14 @@ def check_rbac(docs, case: str, v: dict[str, Any]) -> None:
         F.check(grants("vestibule.dev", "tenants/status", verb, None), f"[{case}] operator lacks {verb} tenants/status")
     for verb in ("get", "create", "update"):
         F.check(grants("coordination.k8s.io", "leases", verb, NAMESPACE), f"[{case}] operator lacks {verb} leases in {NAMESPACE}")
+    # ACME: issuers, their status, and the Secrets the leader writes.
+    for verb in ("get", "list", "watch"):
+        F.check(grants("vestibule.dev", "acmeissuers", verb, None), f"[{case}] operator lacks {verb} acmeissuers")
+    for verb in ("patch", "update"):
+        F.check(grants("vestibule.dev", "acmeissuers/status", verb, None), f"[{case}] operator lacks {verb} acmeissuers/status")
+    for verb in ("get", "list", "watch", "create", "update"):
+        F.check(grants("", "secrets", verb, NAMESPACE), f"[{case}] operator lacks {verb} secrets in {NAMESPACE} (ACME)")
+    F.check(not grants("", "secrets", "create", None), f"[{case}] Secret writes granted cluster-wide")
     pub = v["operator"]["publishService"]
     if pub["enabled"] and not pub["override"]:
         for verb in ("list", "watch"):
