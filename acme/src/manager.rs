@@ -75,6 +75,10 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Called after a certificate was stored or a failure recorded.
     pub on_change: Arc<dyn Fn() + Send + Sync>,
+    /// Whether handshakes reach [`Handle::on_demand`] (the gateway's own
+    /// issuer). Without them (the operator's), domains of on-demand issuers
+    /// are ordered at onboarding.
+    pub sees_handshakes: bool,
 }
 
 /// The issuer's handle and its loop, for the caller to spawn.
@@ -230,7 +234,11 @@ impl Loop {
             return renew_at <= now;
         }
         match &planned.certificate {
-            None => issuer.issue == IssueWhen::Onboarding || state.is_some_and(|s| s.requested),
+            None => {
+                issuer.issue == IssueWhen::Onboarding
+                    || !self.settings.sees_handshakes
+                    || state.is_some_and(|s| s.requested)
+            }
             Some(_) => planned
                 .renew_at
                 .as_deref()

@@ -115,6 +115,7 @@ fn acme_issuer(
         on_change: Arc::new(move || {
             let _ = nudge.send(());
         }),
+        sees_handshakes: true,
     });
     let _ = shared.acme.set(handle.clone());
     Ok(Acme {

@@ -178,6 +178,9 @@ pub fn issuer(
             ..Default::default()
         },
         on_change: Arc::new(move || on_change.notify_one()),
+        // Gateways do not report handshakes to the operator (yet): every
+        // planned domain is ordered at onboarding.
+        sees_handshakes: false,
     });
     let mut challenges = handle.board().subscribe();
     let run = async move {

@@ -107,7 +107,8 @@ async fn the_leader_orders_once_stores_a_secret_and_every_gateway_serves_it() {
         "spec": {
             "directoryUrl": pebble.directory,
             "caBundle": pebble.listener_ca_pem,
-            "issue": "Onboarding",
+            // On demand: in operator mode ordered at onboarding all the same.
+            "issue": "OnDemand",
             "default": true,
         },
     }));
