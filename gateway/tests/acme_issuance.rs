@@ -580,3 +580,142 @@ async fn a_short_lived_certificate_is_renewed_with_no_failed_request() {
         1.0
     );
 }
+
+/// Latencies of keep-alive HTTPS requests to `host` until `stop` is set.
+async fn steady_load(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    host: &'static str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Duration> {
+    use std::sync::atomic::Ordering;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(host).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut conn = BufReader::new(tls);
+    let mut latencies = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        conn.get_mut()
+            .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = read_response(&mut conn).await.unwrap();
+        assert_eq!(r.status, 200);
+        latencies.push(start.elapsed());
+    }
+    latencies
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// The issue's bench: p99 of requests to an issued tenant while 100 new
+/// domains are issued, and how long the 100 take. Not a test (no figure
+/// is asserted); run it with the release gateway:
+/// `cargo test --release -p vestibule-gateway --test acme_issuance -- --ignored --nocapture bench_`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bench: run by hand, see the doc comment"]
+async fn bench_p99_of_issued_tenants_while_100_domains_are_issued() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    let ports = Ports::new();
+    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
+    let dir = TempDir::new("acme-bench-manifests");
+    let state = TempDir::new("acme-bench-state");
+    put(&dir.0, "app.yaml", &app(&up));
+    put(
+        &dir.0,
+        "issuer.yaml",
+        &issuer(&pebble, "HTTP-01", "Onboarding"),
+    );
+    put(
+        &dir.0,
+        "steady.yaml",
+        &tenant("steady", &["steady.customer.test"]),
+    );
+    let mut buf = Vec::new();
+    let mut extra = ports.args(&mut buf, &state.0);
+    extra.extend([
+        "--acme-concurrency",
+        "8",
+        "--no-access-log",
+        "--threads",
+        "1",
+    ]);
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let verified = client(&[&pebble.root_pem]);
+    wait_served(
+        &gw,
+        &verified,
+        "steady.customer.test",
+        Duration::from_secs(60),
+        &pebble,
+    )
+    .await;
+
+    let phase = |stop: Arc<AtomicBool>| {
+        (0..4)
+            .map(|_| {
+                tokio::spawn(steady_load(
+                    gw.https,
+                    verified.clone(),
+                    "steady.customer.test",
+                    stop.clone(),
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    let collect = |tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>| async move {
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        all
+    };
+
+    // Baseline: no issuance.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = phase(stop.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let base = collect(tasks).await;
+
+    // 100 tenants onboard at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = phase(stop.clone());
+    let started = Instant::now();
+    let tenants: String = (0..100)
+        .map(|i| tenant(&format!("t{i}"), &[&format!("t{i}.customer.test")]))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    put(&dir.0, "hundred.yaml", &tenants);
+    while issued_domains(&state.0).len() < 101 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "not issued: {}",
+            acme_metrics(&gw).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let issued_in = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let during = collect(tasks).await;
+    eprintln!(
+        "bench: 100 domains issued in {:.1} s ({:.1}/s); steady tenant, 4 keep-alive TLS connections: \
+         baseline {} requests p50 {:?} p99 {:?}; during issuance {} requests p50 {:?} p99 {:?}",
+        issued_in.as_secs_f64(),
+        100.0 / issued_in.as_secs_f64(),
+        base.len(),
+        percentile(&base, 0.5),
+        percentile(&base, 0.99),
+        during.len(),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99),
+    );
+}

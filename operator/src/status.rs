@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use vestibule_config::issuer::{AcmeIssuer, AcmeIssuerStatus};
 use vestibule_config::tenant::{Tenant, TenantStatus};
-use vestibule_config::translate::{Condition, ObjectKind, ObjectStatus};
+use vestibule_config::translate::{Condition, ObjectKind, ObjectStatus, Reason};
 
 use crate::metrics::Metrics;
 use crate::publish::StatusInput;
@@ -146,6 +146,7 @@ impl Writer {
                 }
                 ObjectKind::Tenant => {
                     if let Some(tenant) = stores.tenant(&status.object.name) {
+                        self.tenant_events(&tenant, status, &mut problems).await;
                         self.tenant_status(&tenant, status).await;
                     }
                 }
@@ -212,8 +213,51 @@ impl Writer {
         status: &ObjectStatus,
         problems: &mut HashSet<ProblemKey>,
     ) {
-        let uid = ingress.metadata.uid.clone().unwrap_or_default();
-        for c in status.problems() {
+        let regarding = ObjectReference {
+            api_version: Some("networking.k8s.io/v1".into()),
+            kind: Some("Ingress".into()),
+            namespace: ingress.metadata.namespace.clone(),
+            name: ingress.metadata.name.clone(),
+            uid: ingress.metadata.uid.clone(),
+            resource_version: ingress.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        self.events(regarding, status.problems(), problems).await;
+    }
+
+    /// Warning Events about a Tenant: its problems, and a renewal that
+    /// fails while the old certificate still serves.
+    async fn tenant_events(
+        &mut self,
+        tenant: &Tenant,
+        status: &ObjectStatus,
+        problems: &mut HashSet<ProblemKey>,
+    ) {
+        let regarding = ObjectReference {
+            api_version: Some("vestibule.dev/v1alpha1".into()),
+            kind: Some("Tenant".into()),
+            name: tenant.metadata.name.clone(),
+            uid: tenant.metadata.uid.clone(),
+            resource_version: tenant.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        let renewal = status
+            .conditions
+            .iter()
+            .filter(|c| c.reason == Reason::RenewalFailing);
+        self.events(regarding, status.problems().chain(renewal), problems)
+            .await;
+    }
+
+    /// One Event per (object, reason, message) not emitted yet.
+    async fn events<'c>(
+        &mut self,
+        regarding: ObjectReference,
+        conditions: impl Iterator<Item = &'c Condition>,
+        problems: &mut HashSet<ProblemKey>,
+    ) {
+        let uid = regarding.uid.clone().unwrap_or_default();
+        for c in conditions {
             let key = ProblemKey {
                 uid: uid.clone(),
                 reason: name_of(&c.reason),
@@ -223,16 +267,21 @@ impl Writer {
             if self.emitted.contains(&key) {
                 continue;
             }
-            if self.emit(ingress, c).await {
+            if self.emit(&regarding, c).await {
                 self.emitted.insert(key);
             }
         }
     }
 
-    /// Creates one Warning Event about `ingress`; false if the API refused.
-    async fn emit(&mut self, ingress: &Ingress, c: &Condition) -> bool {
-        let ns = ingress.metadata.namespace.clone().unwrap_or_default();
-        let name = ingress.metadata.name.clone().unwrap_or_default();
+    /// Creates one Warning Event about `regarding` (in its namespace, or
+    /// `default` for a cluster-scoped object); false if the API refused.
+    async fn emit(&mut self, regarding: &ObjectReference, c: &Condition) -> bool {
+        let ns = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = regarding.name.clone().unwrap_or_default();
+        let kind = regarding.kind.clone().unwrap_or_default();
         let reason = name_of(&c.reason);
         let event = Event {
             metadata: ObjectMeta {
@@ -247,26 +296,18 @@ impl Writer {
             type_: Some("Warning".into()),
             reporting_controller: Some(REPORTING_CONTROLLER.into()),
             reporting_instance: Some(self.identity.clone()),
-            regarding: Some(ObjectReference {
-                api_version: Some("networking.k8s.io/v1".into()),
-                kind: Some("Ingress".into()),
-                namespace: Some(ns.clone()),
-                name: Some(name.clone()),
-                uid: ingress.metadata.uid.clone(),
-                resource_version: ingress.metadata.resource_version.clone(),
-                ..Default::default()
-            }),
+            regarding: Some(regarding.clone()),
             ..Default::default()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
                 self.metrics.events_emitted.inc();
-                tracing::info!(ingress = %format!("{ns}/{name}"), %reason, "Event emitted");
+                tracing::info!(%kind, object = %format!("{ns}/{name}"), %reason, "Event emitted");
                 true
             }
             Err(e) => {
-                tracing::warn!(ingress = %format!("{ns}/{name}"), %reason, error = %e, "cannot emit Event; will retry");
+                tracing::warn!(%kind, object = %format!("{ns}/{name}"), %reason, error = %e, "cannot emit Event; will retry");
                 self.failed = true;
                 false
             }

@@ -452,7 +452,7 @@ async fn config_server_wire_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_tls_secrets_are_watched() {
+async fn only_tls_and_labelled_secrets_are_watched() {
     let api = FakeApi::start().await;
     seed(&api);
     let op = start(&api, test_settings("op-a")).await;
@@ -463,13 +463,22 @@ async fn only_tls_secrets_are_watched() {
         .filter(|r| r.path.ends_with("/secrets"))
         .collect();
     assert!(!secret_watches.is_empty());
+    // TLS Secrets, and Opaque Secrets labelled as an AcmeIssuer's EAB key:
+    // never every Secret of the cluster.
+    let (mut tls, mut eab) = (0, 0);
     for r in secret_watches {
-        assert!(
-            r.query.contains("fieldSelector=type%3Dkubernetes.io%2Ftls"),
-            "{}",
-            r.query
-        );
+        if r.query.contains("fieldSelector=type%3Dkubernetes.io%2Ftls") {
+            tls += 1;
+        } else if r
+            .query
+            .contains("labelSelector=vestibule.dev%2Facme-eab%3Dtrue")
+        {
+            eab += 1;
+        } else {
+            panic!("an unselective Secret watch: {}", r.query);
+        }
     }
+    assert!(tls > 0 && eab > 0, "{tls} {eab}");
     op.shutdown().await.expect("clean shutdown");
 }
 
