@@ -14,10 +14,19 @@ pub struct Board {
     /// HTTP-01: token -> key authorization.
     http01: ArcSwap<HashMap<String, String>>,
     /// TLS-ALPN-01: domain -> the self-signed challenge certificate.
-    tls_alpn01: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    tls_alpn01: ArcSwap<HashMap<String, AlpnChallenge>>,
     /// Bumped at every change, for processes that pass challenges on (the
     /// operator puts HTTP-01 tokens in the config it serves).
     changes: watch::Sender<u64>,
+}
+
+/// A TLS-ALPN-01 challenge certificate, built for this process's
+/// listeners and as PEM for other processes' (a throwaway key).
+#[derive(Clone)]
+pub struct AlpnChallenge {
+    pub key: Arc<CertifiedKey>,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl Default for Board {
@@ -56,7 +65,16 @@ impl Board {
 
     /// The TLS-ALPN-01 certificate for `domain` (normalized), if pending.
     pub fn tls_alpn01(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
-        self.tls_alpn01.load().get(domain).cloned()
+        self.tls_alpn01.load().get(domain).map(|c| c.key.clone())
+    }
+
+    /// Every pending TLS-ALPN-01 challenge: domain -> (certificate, key) PEM.
+    pub fn tls_alpn01_all(&self) -> BTreeMap<String, (String, String)> {
+        self.tls_alpn01
+            .load()
+            .iter()
+            .map(|(d, c)| (d.clone(), (c.cert_pem.clone(), c.key_pem.clone())))
+            .collect()
     }
 
     /// Whether any TLS-ALPN-01 challenge is pending (a cheap test for the
@@ -83,7 +101,7 @@ impl Board {
         self.changed();
     }
 
-    pub(crate) fn publish_tls_alpn01(&self, domain: &str, cert: Arc<CertifiedKey>) {
+    pub(crate) fn publish_tls_alpn01(&self, domain: &str, cert: AlpnChallenge) {
         self.tls_alpn01.rcu(|m| {
             let mut m = HashMap::clone(m);
             m.insert(domain.to_string(), cert.clone());

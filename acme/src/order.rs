@@ -14,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use vestibule_config::issuer::ChallengeKind;
 use vestibule_config::Hostname;
 
-use crate::board::Board;
+use crate::board::{AlpnChallenge, Board};
 
 /// What an order produced: the chain and its fresh key, as PEM.
 pub struct Certificate {
@@ -224,7 +224,7 @@ async fn invalid_detail(order: &mut instant_acme::Order, t: Duration) -> String 
 /// The self-signed certificate of RFC 8737 §3: the domain as its only SAN
 /// and the critical acmeIdentifier extension holding SHA-256 of the key
 /// authorization.
-fn tls_alpn01_certificate(domain: &Hostname, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+fn tls_alpn01_certificate(domain: &Hostname, digest: &[u8]) -> Result<AlpnChallenge, String> {
     let mut params =
         rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
@@ -233,8 +233,9 @@ fn tls_alpn01_certificate(domain: &Hostname, digest: &[u8]) -> Result<Arc<Certif
     let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let signing =
         rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signing,
-    )))
+    Ok(AlpnChallenge {
+        key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }

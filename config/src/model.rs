@@ -42,7 +42,15 @@ pub struct GatewayConfig {
     /// HTTP listener (RFC 8555 §8.3).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub acme_http01: BTreeMap<String, String>,
+    /// Pending ACME TLS-ALPN-01 challenges: domain -> the self-signed
+    /// challenge certificate (a throwaway key), which every replica presents
+    /// to a ClientHello offering only `acme-tls/1` (RFC 8737).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acme_tls_alpn01: BTreeMap<Hostname, Certificate>,
 }
+
+/// Longest PEM accepted for a TLS-ALPN-01 challenge certificate or key.
+const MAX_CHALLENGE_PEM: usize = 8 * 1024;
 
 /// Longest ACME token or key authorization accepted (RFC 8555 tokens are
 /// 128 bits of base64url; a key authorization adds a 43-byte thumbprint).
@@ -74,6 +82,8 @@ impl GatewayConfig {
             tenants: &'a BTreeMap<TenantId, Tenant>,
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
             acme_http01: &'a BTreeMap<String, String>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            acme_tls_alpn01: &'a BTreeMap<Hostname, Certificate>,
         }
         let unsealed = Unsealed {
             version: "",
@@ -83,6 +93,7 @@ impl GatewayConfig {
             certificates: &self.certificates,
             tenants: &self.tenants,
             acme_http01: &self.acme_http01,
+            acme_tls_alpn01: &self.acme_tls_alpn01,
         };
         // Streamed into the hash: no buffer the size of every PEM. Plain
         // data with string keys cannot fail to serialize.
@@ -160,6 +171,13 @@ impl GatewayConfig {
                 });
             }
         }
+        for (domain, cert) in &self.acme_tls_alpn01 {
+            if cert.cert_pem.len() > MAX_CHALLENGE_PEM || cert.key_pem.len() > MAX_CHALLENGE_PEM {
+                return Err(ConfigError::AcmeTlsAlpn01 {
+                    domain: domain.to_string(),
+                });
+            }
+        }
         if !self.version.is_empty() && self.version != self.content_version() {
             return Err(ConfigError::Version {
                 stated: self.version.clone(),
@@ -177,6 +195,8 @@ pub enum ConfigError {
     Parse(String),
     #[error("config refers to something it does not define: {0}")]
     Reference(String),
+    #[error("ACME TLS-ALPN-01 challenge for {domain}: certificate or key over 8 KiB")]
+    AcmeTlsAlpn01 { domain: String },
     #[error("ACME HTTP-01 challenge {token:?}: token and key authorization must be base64url (at most 256 bytes)")]
     AcmeChallenge { token: String },
     #[error("config version {stated} does not match its content (hash {actual})")]

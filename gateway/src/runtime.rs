@@ -16,7 +16,7 @@ use vestibule_config::model::{ConfigVersion, GatewayConfig, PoolId, RouteName, T
 use crate::metrics::{Metrics, RouteStats};
 use crate::ratelimit::TenantLimiter;
 use crate::route::RouteTable;
-use crate::tls::{CertCache, CertStore};
+use crate::tls::{CertCache, CertStore, ParsedCert};
 use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 /// The bounded route label of the default backend.
@@ -54,6 +54,9 @@ pub struct Runtime {
     pub limiters: BTreeMap<TenantId, Arc<TenantLimiter>>,
     /// Pending ACME HTTP-01 challenges: token -> key authorization.
     pub acme_http01: HashMap<Box<str>, bytes::Bytes, ahash::RandomState>,
+    /// Pending ACME TLS-ALPN-01 challenges from the config: domain -> the
+    /// challenge certificate (an unusable one is left out and logged).
+    pub acme_tls_alpn01: HashMap<Box<str>, Arc<rustls::sign::CertifiedKey>, ahash::RandomState>,
     pub summary: Summary,
     /// (tenant, route) metric label sets in use, to forget stale ones.
     labels: Labels,
@@ -79,6 +82,7 @@ impl Runtime {
             certs: CertStore::default(),
             limiters: BTreeMap::new(),
             acme_http01: HashMap::default(),
+            acme_tls_alpn01: HashMap::default(),
             summary: Summary::default(),
             labels: Labels::default(),
         }
@@ -179,6 +183,20 @@ impl Runtime {
                 .acme_http01
                 .iter()
                 .map(|(t, k)| (t.as_str().into(), bytes::Bytes::from(k.clone())))
+                .collect(),
+            acme_tls_alpn01: config
+                .acme_tls_alpn01
+                .iter()
+                .filter_map(|(domain, c)| {
+                    let parsed = ParsedCert::parse(c.cert_pem.as_bytes(), c.key_pem.as_bytes());
+                    match parsed.as_ref().map(ParsedCert::key) {
+                        Ok(Ok(key)) => Some((domain.as_str().into(), key.clone())),
+                        _ => {
+                            tracing::warn!(%domain, "unusable TLS-ALPN-01 challenge certificate in the config");
+                            None
+                        }
+                    }
+                })
                 .collect(),
             summary,
             labels,
@@ -347,7 +365,10 @@ impl crate::tls::LiveCerts for Shared {
     }
 
     fn tls_alpn01(&self, name: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let board = self.acme.get()?.board();
-        board.tls_alpn01(name)
+        // From the config (operator mode), else from this process's issuer.
+        if let Some(key) = self.runtime.load().acme_tls_alpn01.get(name) {
+            return Some(key.clone());
+        }
+        self.acme.get()?.board().tls_alpn01(name)
     }
 }

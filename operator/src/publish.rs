@@ -126,10 +126,21 @@ pub async fn run(
         let mut snapshot = stores.snapshot();
         snapshot.acme_failures = acme.handle.failures();
         let mut result = vestibule_config::translate(&snapshot, &settings.translate);
-        // Pending HTTP-01 challenges travel to every gateway replica.
-        let challenges = acme.handle.board().http01_all();
-        if !challenges.is_empty() {
-            result.config.acme_http01 = challenges;
+        // Pending challenges travel to every gateway replica.
+        let board = acme.handle.board();
+        let (http01, tls_alpn01) = (board.http01_all(), board.tls_alpn01_all());
+        if !http01.is_empty() || !tls_alpn01.is_empty() {
+            result.config.acme_http01 = http01;
+            result.config.acme_tls_alpn01 = tls_alpn01
+                .into_iter()
+                .filter_map(|(domain, (cert_pem, key_pem))| {
+                    let domain = vestibule_config::Hostname::parse(&domain).ok()?;
+                    Some((
+                        domain,
+                        vestibule_config::model::Certificate { cert_pem, key_pem },
+                    ))
+                })
+                .collect();
             result.config = result.config.seal();
         }
         result.config = per_replica(result.config, settings.gateway_replicas);

@@ -94,6 +94,7 @@ impl<'a> Translator<'a> {
             tenants,
             // Pending ACME challenges come from the issuer, not from objects.
             acme_http01: Default::default(),
+            acme_tls_alpn01: Default::default(),
         }
         .seal();
         let translation = Translation {
