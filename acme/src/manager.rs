@@ -65,6 +65,50 @@ impl Handle {
     pub fn board(&self) -> &Arc<Board> {
         &self.board
     }
+
+    /// Where the planned domains stand, for the admin endpoint (at most
+    /// [`SUMMARY_NAMES`] names per list).
+    pub fn summary(&self) -> Summary {
+        let plan = self.plan.borrow().clone();
+        let failures = self.failures.load();
+        let pending: Vec<String> = plan
+            .domains
+            .iter()
+            .filter(|(d, p)| p.certificate.is_none() && !failures.contains_key(*d))
+            .map(|(d, _)| d.to_string())
+            .collect();
+        Summary {
+            domains: plan.domains.len(),
+            issued: plan
+                .domains
+                .values()
+                .filter(|p| p.certificate.is_some())
+                .count(),
+            pending_count: pending.len(),
+            pending: pending.into_iter().take(SUMMARY_NAMES).collect(),
+            failed_count: failures.len(),
+            failed: failures
+                .iter()
+                .take(SUMMARY_NAMES)
+                .map(|(d, p)| (d.to_string(), p.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Names listed per kind in a [`Summary`].
+pub const SUMMARY_NAMES: usize = 100;
+
+/// The issuer's view of its plan: counts, and the first names pending or
+/// failing (with the CA's problem).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub domains: usize,
+    pub issued: usize,
+    pub pending_count: usize,
+    pub pending: Vec<String>,
+    pub failed_count: usize,
+    pub failed: BTreeMap<String, String>,
 }
 
 /// Everything the issuer is built from.

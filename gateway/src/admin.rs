@@ -112,6 +112,7 @@ impl Admin {
                     version: runtime.version.as_str(),
                     summary: &runtime.summary,
                     status: self.shared.status(),
+                    acme: self.shared.acme.get().map(|a| a.summary()),
                 };
                 let body = serde_json::to_vec_pretty(&view).unwrap_or_default();
                 (StatusCode::OK, "application/json", body)
@@ -129,6 +130,10 @@ struct ConfigView<'a> {
     summary: &'a Summary,
     #[serde(flatten)]
     status: ConfigStatus,
+    /// The ACME issuer of `--manifests` mode: planned, issued, pending and
+    /// failing domains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acme: Option<vestibule_acme::manager::Summary>,
 }
 
 /// The token, trimmed; `None` when the file can't be read or is empty.
