@@ -77,43 +77,40 @@ impl Board {
             .collect()
     }
 
-    /// Whether any TLS-ALPN-01 challenge is pending (a cheap test for the
-    /// handshake path).
-    pub fn has_tls_alpn01(&self) -> bool {
-        !self.tls_alpn01.load().is_empty()
-    }
-
     pub(crate) fn publish_http01(&self, token: &str, key_authorization: &str) {
-        self.http01.rcu(|m| {
-            let mut m = HashMap::clone(m);
+        self.edit(&self.http01, |m| {
             m.insert(token.to_string(), key_authorization.to_string());
-            m
         });
-        self.changed();
     }
 
     pub(crate) fn withdraw_http01(&self, token: &str) {
-        self.http01.rcu(|m| {
-            let mut m = HashMap::clone(m);
+        self.edit(&self.http01, |m| {
             m.remove(token);
-            m
         });
-        self.changed();
     }
 
     pub(crate) fn publish_tls_alpn01(&self, domain: &str, cert: AlpnChallenge) {
-        self.tls_alpn01.rcu(|m| {
-            let mut m = HashMap::clone(m);
+        self.edit(&self.tls_alpn01, |m| {
             m.insert(domain.to_string(), cert.clone());
-            m
         });
-        self.changed();
     }
 
     pub(crate) fn withdraw_tls_alpn01(&self, domain: &str) {
-        self.tls_alpn01.rcu(|m| {
-            let mut m = HashMap::clone(m);
+        self.edit(&self.tls_alpn01, |m| {
             m.remove(domain);
+        });
+    }
+
+    /// Publishes a changed copy of `map` (writes are rare: one per order
+    /// step; reads never wait).
+    fn edit<V: Clone>(
+        &self,
+        map: &ArcSwap<HashMap<String, V>>,
+        change: impl Fn(&mut HashMap<String, V>),
+    ) {
+        map.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            change(&mut m);
             m
         });
         self.changed();

@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pebble::Pebble;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use pebble::{client, https_get, Pebble};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -93,49 +92,6 @@ fn put(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-/// A TLS client trusting only `roots` (PEM).
-fn client(roots: &[&str]) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for pem in roots {
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            store.add(cert.unwrap()).unwrap();
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
-}
-
-/// One verified HTTPS GET to `host` (as SNI and Host) on `addr`.
-async fn https_get(
-    addr: SocketAddr,
-    config: &Arc<rustls::ClientConfig>,
-    host: &str,
-) -> Result<Response, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(host.to_string()).unwrap();
-    let mut tls = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "handshake timed out".to_string())?
-    .map_err(|e| format!("handshake: {e}"))?;
-    tls.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    read_response(&mut BufReader::new(tls)).await
-}
-
 /// Waits until `host` answers 200 from the app over verified HTTPS.
 async fn wait_served(
     gw: &Gateway,
@@ -201,58 +157,80 @@ fn issued_domains(state: &Path) -> Vec<String> {
     names
 }
 
-/// The listeners pebble validates against, chosen before the gateway starts.
-struct Ports {
+/// One test's world: an upstream `app`, the gateway's listeners chosen
+/// first so pebble validates against them, a manifests directory holding
+/// the app's Service and an AcmeIssuer, and a state directory.
+struct Scene {
+    _up: Upstream,
     http: SocketAddr,
     https: SocketAddr,
+    pebble: Pebble,
+    dir: TempDir,
+    state: TempDir,
+    /// Trusts pebble's root only.
+    verified: Arc<rustls::ClientConfig>,
 }
 
-impl Ports {
-    fn new() -> Ports {
-        Ports {
-            http: free_addr(),
-            https: free_addr(),
+impl Scene {
+    async fn new(tag: &str, challenge: &str, issue: &str) -> Scene {
+        let http = free_addr();
+        Scene::validated_on(tag, challenge, issue, http, http.port()).await
+    }
+
+    /// A scene whose pebble sends HTTP-01 validations to `pebble_http`.
+    async fn validated_on(
+        tag: &str,
+        challenge: &str,
+        issue: &str,
+        http: SocketAddr,
+        pebble_http: u16,
+    ) -> Scene {
+        let up = Upstream::start_on("app", "127.0.0.2:0").await;
+        let https = free_addr();
+        let pebble = Pebble::start(pebble_http, https.port()).await;
+        let dir = TempDir::new(&format!("{tag}-manifests"));
+        let state = TempDir::new(&format!("{tag}-state"));
+        put(&dir.0, "app.yaml", &app(&up));
+        put(&dir.0, "issuer.yaml", &issuer(&pebble, challenge, issue));
+        let verified = client(&[&pebble.root_pem]);
+        Scene {
+            _up: up,
+            http,
+            https,
+            pebble,
+            dir,
+            state,
+            verified,
         }
     }
 
-    fn args<'a>(&'a self, buf: &'a mut Vec<String>, state: &'a Path) -> Vec<&'a str> {
-        *buf = vec![
-            self.http.to_string(),
-            self.https.to_string(),
-            state.to_string_lossy().into_owned(),
-        ];
-        vec![
+    /// The gateway on this scene, short ACME backoff, and `extra` flags.
+    async fn gateway(&self, extra: &[&str]) -> Gateway {
+        let (http, https) = (self.http.to_string(), self.https.to_string());
+        let state = self.state.0.to_string_lossy().into_owned();
+        let mut args = vec![
             "--http",
-            &buf[0],
+            &http,
             "--https",
-            &buf[1],
+            &https,
             "--state-dir",
-            &buf[2],
+            &state,
             "--acme-retry-min",
             "500ms",
             "--acme-retry-max",
             "2s",
-        ]
+        ];
+        args.extend(extra);
+        Gateway::start(&["--manifests", self.dir.0.to_str().unwrap()], &args).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_at_onboarding_end_to_end_and_kept_across_restarts() {
-    let up = Upstream::start_on("app", "127.0.0.2:0").await;
-    let ports = Ports::new();
-    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
-    let dir = TempDir::new("acme-http01-manifests");
-    let state = TempDir::new("acme-http01-state");
-    put(&dir.0, "app.yaml", &app(&up));
-    put(
-        &dir.0,
-        "issuer.yaml",
-        &issuer(&pebble, "HTTP-01", "Onboarding"),
-    );
-    let mut buf = Vec::new();
-    let extra = ports.args(&mut buf, &state.0);
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
-    let verified = client(&[&pebble.root_pem]);
+    let s = Scene::new("acme-http01", "HTTP-01", "Onboarding").await;
+    let (pebble, dir, state) = (&s.pebble, &s.dir, &s.state);
+    let gw = s.gateway(&[]).await;
+    let verified = &s.verified;
 
     // Tenant created -> first verified HTTPS request to its domain.
     let created = Instant::now();
@@ -263,10 +241,10 @@ async fn http01_at_onboarding_end_to_end_and_kept_across_restarts() {
     );
     wait_served(
         &gw,
-        &verified,
+        verified,
         "shop.customer.test",
         Duration::from_secs(60),
-        &pebble,
+        pebble,
     )
     .await;
     eprintln!(
@@ -289,10 +267,8 @@ async fn http01_at_onboarding_end_to_end_and_kept_across_restarts() {
     // A restart serves the stored certificate at once, orders nothing and
     // keeps the account.
     drop(gw);
-    let mut buf = Vec::new();
-    let extra = ports.args(&mut buf, &state.0);
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
-    let r = https_get(gw.https, &verified, "shop.customer.test")
+    let gw = s.gateway(&[]).await;
+    let r = https_get(gw.https, verified, "shop.customer.test")
         .await
         .unwrap();
     assert_eq!(r.status, 200);
@@ -303,26 +279,15 @@ async fn http01_at_onboarding_end_to_end_and_kept_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_orders_at_the_first_handshake_and_never_for_unowned_names() {
-    let up = Upstream::start_on("app", "127.0.0.2:0").await;
-    let ports = Ports::new();
-    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
-    let dir = TempDir::new("acme-ondemand-manifests");
-    let state = TempDir::new("acme-ondemand-state");
-    put(&dir.0, "app.yaml", &app(&up));
-    put(
-        &dir.0,
-        "issuer.yaml",
-        &issuer(&pebble, "HTTP-01", "OnDemand"),
-    );
+    let s = Scene::new("acme-ondemand", "HTTP-01", "OnDemand").await;
+    let (pebble, dir, state) = (&s.pebble, &s.dir, &s.state);
     put(
         &dir.0,
         "tenant.yaml",
         &tenant("od", &["od.customer.test", "*.wild.customer.test"]),
     );
-    let mut buf = Vec::new();
-    let extra = ports.args(&mut buf, &state.0);
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
-    let verified = client(&[&pebble.root_pem]);
+    let gw = s.gateway(&[]).await;
+    let verified = &s.verified;
 
     // Names no Tenant owns, a wildcard tenant domain (DNS-01, never
     // attempted) and an owned name's sibling: handshakes fail, no order.
@@ -332,7 +297,7 @@ async fn on_demand_orders_at_the_first_handshake_and_never_for_unowned_names() {
         "x.wild.customer.test",
         "wild.customer.test",
     ] {
-        assert!(https_get(gw.https, &verified, sni).await.is_err(), "{sni}");
+        assert!(https_get(gw.https, verified, sni).await.is_err(), "{sni}");
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -346,14 +311,14 @@ async fn on_demand_orders_at_the_first_handshake_and_never_for_unowned_names() {
 
     // The first handshake for the tenant's domain has no certificate yet
     // (unrecognized_name) and starts the order; a later one is served.
-    let first = https_get(gw.https, &verified, "od.customer.test").await;
+    let first = https_get(gw.https, verified, "od.customer.test").await;
     assert!(first.is_err(), "{first:?}");
     wait_served(
         &gw,
-        &verified,
+        verified,
         "od.customer.test",
         Duration::from_secs(60),
-        &pebble,
+        pebble,
     )
     .await;
     assert_eq!(metric(&gw, ISSUED_NEW).await, 1.0);
@@ -370,28 +335,17 @@ async fn on_demand_orders_at_the_first_handshake_and_never_for_unowned_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_outage_keeps_certificates_serving_and_pending_orders_back_off() {
-    let up = Upstream::start_on("app", "127.0.0.2:0").await;
-    let ports = Ports::new();
-    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
-    let dir = TempDir::new("acme-outage-manifests");
-    let state = TempDir::new("acme-outage-state");
-    put(&dir.0, "app.yaml", &app(&up));
-    put(
-        &dir.0,
-        "issuer.yaml",
-        &issuer(&pebble, "HTTP-01", "Onboarding"),
-    );
+    let s = Scene::new("acme-outage", "HTTP-01", "Onboarding").await;
+    let (pebble, dir) = (&s.pebble, &s.dir);
     put(&dir.0, "a.yaml", &tenant("a", &["a.customer.test"]));
-    let mut buf = Vec::new();
-    let extra = ports.args(&mut buf, &state.0);
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
-    let verified = client(&[&pebble.root_pem]);
+    let gw = s.gateway(&[]).await;
+    let verified = &s.verified;
     wait_served(
         &gw,
-        &verified,
+        verified,
         "a.customer.test",
         Duration::from_secs(60),
-        &pebble,
+        pebble,
     )
     .await;
 
@@ -409,12 +363,12 @@ async fn a_ca_outage_keeps_certificates_serving_and_pending_orders_back_off() {
         acme_metrics(&gw).await
     );
     for _ in 0..5 {
-        let r = https_get(gw.https, &verified, "a.customer.test")
+        let r = https_get(gw.https, verified, "a.customer.test")
             .await
             .unwrap();
         assert_eq!(r.status, 200);
     }
-    assert!(https_get(gw.https, &verified, "b.customer.test")
+    assert!(https_get(gw.https, verified, "b.customer.test")
         .await
         .is_err());
 
@@ -422,10 +376,10 @@ async fn a_ca_outage_keeps_certificates_serving_and_pending_orders_back_off() {
     pebble.set_down(false);
     wait_served(
         &gw,
-        &verified,
+        verified,
         "b.customer.test",
         Duration::from_secs(30),
-        &pebble,
+        pebble,
     )
     .await;
     assert_eq!(metric(&gw, ISSUED_NEW).await, 2.0);
@@ -433,27 +387,23 @@ async fn a_ca_outage_keeps_certificates_serving_and_pending_orders_back_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_end_to_end_on_the_https_listener() {
-    let up = Upstream::start_on("app", "127.0.0.2:0").await;
-    let ports = Ports::new();
     // Nothing listens on pebble's HTTP-01 port: only TLS-ALPN-01 can pass.
-    let pebble = Pebble::start(free_addr().port(), ports.https.port()).await;
-    let dir = TempDir::new("acme-alpn-manifests");
-    let state = TempDir::new("acme-alpn-state");
-    put(&dir.0, "app.yaml", &app(&up));
-    put(
-        &dir.0,
-        "issuer.yaml",
-        &issuer(&pebble, "TLS-ALPN-01", "OnDemand"),
-    );
+    let s = Scene::validated_on(
+        "acme-alpn",
+        "TLS-ALPN-01",
+        "OnDemand",
+        free_addr(),
+        free_addr().port(),
+    )
+    .await;
+    let (pebble, dir) = (&s.pebble, &s.dir);
     put(
         &dir.0,
         "tenant.yaml",
         &tenant("alpn", &["alpn.customer.test"]),
     );
-    let mut buf = Vec::new();
-    let extra = ports.args(&mut buf, &state.0);
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
-    let verified = client(&[&pebble.root_pem]);
+    let gw = s.gateway(&[]).await;
+    let verified = &s.verified;
 
     // acme-tls/1 with no pending challenge is refused, not served a
     // tenant certificate.
@@ -464,15 +414,15 @@ async fn tls_alpn01_end_to_end_on_the_https_listener() {
         .is_err());
 
     let created = Instant::now();
-    assert!(https_get(gw.https, &verified, "alpn.customer.test")
+    assert!(https_get(gw.https, verified, "alpn.customer.test")
         .await
         .is_err());
     wait_served(
         &gw,
-        &verified,
+        verified,
         "alpn.customer.test",
         Duration::from_secs(60),
-        &pebble,
+        pebble,
     )
     .await;
     eprintln!(
@@ -495,17 +445,8 @@ fn from_now(secs: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_certificate_is_renewed_with_no_failed_request() {
-    let up = Upstream::start_on("app", "127.0.0.2:0").await;
-    let ports = Ports::new();
-    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
-    let dir = TempDir::new("acme-renew-manifests");
-    let state = TempDir::new("acme-renew-state");
-    put(&dir.0, "app.yaml", &app(&up));
-    put(
-        &dir.0,
-        "issuer.yaml",
-        &issuer(&pebble, "HTTP-01", "OnDemand"),
-    );
+    let s = Scene::new("acme-renew", "HTTP-01", "OnDemand").await;
+    let (pebble, dir, state) = (&s.pebble, &s.dir, &s.state);
     put(
         &dir.0,
         "tenant.yaml",
@@ -542,9 +483,7 @@ async fn a_short_lived_certificate_is_renewed_with_no_failed_request() {
     )
     .unwrap();
 
-    let mut buf = Vec::new();
-    let extra = ports.args(&mut buf, &state.0);
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
+    let gw = s.gateway(&[]).await;
     let either = client(&[&pebble.root_pem, &old_ca.ca_pem]);
     let pebble_only = client(&[&pebble.root_pem]);
 
@@ -622,39 +561,29 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[ignore = "bench: run by hand, see the doc comment"]
 async fn bench_p99_of_issued_tenants_while_100_domains_are_issued() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let up = Upstream::start_on("app", "127.0.0.2:0").await;
-    let ports = Ports::new();
-    let pebble = Pebble::start(ports.http.port(), ports.https.port()).await;
-    let dir = TempDir::new("acme-bench-manifests");
-    let state = TempDir::new("acme-bench-state");
-    put(&dir.0, "app.yaml", &app(&up));
-    put(
-        &dir.0,
-        "issuer.yaml",
-        &issuer(&pebble, "HTTP-01", "Onboarding"),
-    );
+    let s = Scene::new("acme-bench", "HTTP-01", "Onboarding").await;
+    let (pebble, dir, state) = (&s.pebble, &s.dir, &s.state);
     put(
         &dir.0,
         "steady.yaml",
         &tenant("steady", &["steady.customer.test"]),
     );
-    let mut buf = Vec::new();
-    let mut extra = ports.args(&mut buf, &state.0);
-    extra.extend([
-        "--acme-concurrency",
-        "8",
-        "--no-access-log",
-        "--threads",
-        "1",
-    ]);
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &extra).await;
-    let verified = client(&[&pebble.root_pem]);
+    let gw = s
+        .gateway(&[
+            "--acme-concurrency",
+            "8",
+            "--no-access-log",
+            "--threads",
+            "1",
+        ])
+        .await;
+    let verified = &s.verified;
     wait_served(
         &gw,
-        &verified,
+        verified,
         "steady.customer.test",
         Duration::from_secs(60),
-        &pebble,
+        pebble,
     )
     .await;
 

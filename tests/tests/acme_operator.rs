@@ -21,55 +21,14 @@ mod pki;
 #[allow(clippy::all)]
 mod pebble;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, read_response, Gateway, Response, Upstream};
+use common::{free_addr, Gateway, Upstream};
 use op::FakeApi;
-use pebble::Pebble;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use pebble::{client, https_get, Pebble};
 use serde_json::json;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const ACME_NS: &str = "vestibule";
-
-fn verifying(root_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        store.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-async fn https_get(
-    addr: SocketAddr,
-    config: &Arc<rustls::ClientConfig>,
-    host: &str,
-) -> Result<Response, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(host.to_string()).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tls.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    read_response(&mut BufReader::new(tls)).await
-}
 
 fn orders(op: &vestibule_operator::Running) -> f64 {
     op.metrics
@@ -151,7 +110,7 @@ async fn the_leader_orders_once_stores_a_secret_and_every_gateway_serves_it() {
     tenant["spec"]["tls"] = json!({"acme": {}});
     api.apply(tenant);
 
-    let config = verifying(&pebble.root_pem);
+    let config = client(&[&pebble.root_pem]);
     for (name, gw) in [("A", &gw_a), ("B", &gw_b)] {
         let mut last = String::new();
         let served = loop {

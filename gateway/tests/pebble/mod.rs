@@ -10,11 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::common::{free_addr, TempDir};
+use crate::common::{free_addr, read_response, Response, TempDir};
 use crate::pki::Pki;
 
 pub struct Pebble {
@@ -172,7 +174,7 @@ async fn cuttable_proxy(target: SocketAddr, down: watch::Receiver<bool>) -> Sock
 async fn get(pki: &Pki, addr: SocketAddr, path: &str) -> String {
     let config = pki.client(&[b"http/1.1"], false);
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
         .connect(name, tcp)
         .await
@@ -188,4 +190,47 @@ async fn get(pki: &Pki, addr: SocketAddr, path: &str) -> String {
     text.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
+}
+
+/// A TLS client (HTTP/1.1, no resumption) trusting only `roots` (PEM).
+pub fn client(roots: &[&str]) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            store.add(cert.unwrap()).unwrap();
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// One verified HTTPS GET to `host` (as SNI and Host) on `addr`.
+pub async fn https_get(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    host: &str,
+) -> Result<Response, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).unwrap();
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    read_response(&mut BufReader::new(tls)).await
 }
