@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod gateway_api;
 pub mod hostname;
 pub mod issuer;
 pub mod manifests;
