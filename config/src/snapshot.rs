@@ -9,6 +9,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
 use std::collections::BTreeMap;
 
+use crate::gateway_api::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use crate::hostname::Hostname;
 use crate::issuer::AcmeIssuer;
 use crate::tenant::Tenant;
@@ -25,6 +26,10 @@ pub struct Snapshot {
     pub secrets: Vec<Arc<Secret>>,
     pub tenants: Vec<Arc<Tenant>>,
     pub acme_issuers: Vec<Arc<AcmeIssuer>>,
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub http_routes: Vec<Arc<HttpRoute>>,
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
     /// Domains whose last ACME order failed, with the CA's problem (from
     /// the issuer, not from objects): their Tenant's status says so.
     pub acme_failures: BTreeMap<Hostname, String>,
@@ -39,6 +44,10 @@ impl Snapshot {
             && self.secrets.is_empty()
             && self.tenants.is_empty()
             && self.acme_issuers.is_empty()
+            && self.gateway_classes.is_empty()
+            && self.gateways.is_empty()
+            && self.http_routes.is_empty()
+            && self.reference_grants.is_empty()
     }
 
     /// Moves `other`'s objects to the end of `self`.
@@ -51,6 +60,10 @@ impl Snapshot {
             secrets,
             tenants,
             acme_issuers,
+            gateway_classes,
+            gateways,
+            http_routes,
+            reference_grants,
             acme_failures,
         } = other;
         self.ingress_classes.extend(ingress_classes);
@@ -60,6 +73,10 @@ impl Snapshot {
         self.secrets.extend(secrets);
         self.tenants.extend(tenants);
         self.acme_issuers.extend(acme_issuers);
+        self.gateway_classes.extend(gateway_classes);
+        self.gateways.extend(gateways);
+        self.http_routes.extend(http_routes);
+        self.reference_grants.extend(reference_grants);
         self.acme_failures.extend(acme_failures);
     }
 

@@ -1,6 +1,7 @@
 //! Golden tests: every `testdata/<case>.in.yaml` is translated and compared
 //! with `snapshots/golden__<case>.snap` (the config and the statuses).
-//! A first line `# options: --require-tenant` turns that option on.
+//! A leading comment line `# options: --require-tenant` turns that option
+//! on; `# base: NAME` prepends `testdata/bases/NAME.yaml`.
 //! Update snapshots after an intended change with `cargo insta review`
 //! (or `INSTA_UPDATE=always cargo test -p vestibule-config --test golden`).
 
@@ -19,14 +20,29 @@ fn redact(mut t: vestibule_config::Translation) -> vestibule_config::Translation
 }
 
 fn run_case(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("read case");
+    let mut text = std::fs::read_to_string(path).expect("read case");
     let options = Options {
         require_tenant: text
             .lines()
-            .next()
-            .is_some_and(|l| l.starts_with("# options:") && l.contains("--require-tenant")),
+            .take_while(|l| l.starts_with('#'))
+            .any(|l| l.starts_with("# options:") && l.contains("--require-tenant")),
         ..Options::default()
     };
+    // `# base: NAME` prepends `testdata/bases/NAME.yaml` (shared objects,
+    // such as the Gateway API conformance base).
+    let base = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .find_map(|l| l.strip_prefix("# base: "))
+        .map(|name| {
+            let file = path
+                .with_file_name("bases")
+                .join(format!("{}.yaml", name.trim()));
+            std::fs::read_to_string(&file).expect("read base")
+        });
+    if let Some(base) = base {
+        text = format!("{base}\n---\n{text}");
+    }
     let mut loaded = Loaded::default();
     load_text(path, &text, &mut loaded);
     assert!(

@@ -155,6 +155,9 @@ impl Writer {
                         self.issuer_status(&issuer, status).await;
                     }
                 }
+                // The operator does not watch Gateway API objects yet
+                // (issue 15): `translate` and `--manifests` report them.
+                ObjectKind::GatewayClass | ObjectKind::Gateway | ObjectKind::HttpRoute => {}
             }
         }
         // A problem that went away may come back later: report it again then.

@@ -3,8 +3,9 @@
 
 use super::httproutes::{
     HttpRouteRulesBackendRefsFiltersRequestRedirectPathType, HttpRouteRulesBackendRefsFiltersType,
-    HttpRouteRulesBackendRefsFiltersUrlRewritePathType, HttpRouteRulesFiltersRequestRedirectPathType,
-    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType,
+    HttpRouteRulesBackendRefsFiltersUrlRewritePathType,
+    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewritePathType,
 };
 
 impl Default for HttpRouteRulesBackendRefsFiltersRequestRedirectPathType {

@@ -132,6 +132,22 @@ pub(super) fn add_object(
         ("vestibule.dev/v1alpha1", "Tenant") => {
             snapshot.tenants.push(Arc::new(typed(value).map_err(what)?))
         }
+        ("gateway.networking.k8s.io/v1", "GatewayClass") => snapshot
+            .gateway_classes
+            .push(Arc::new(typed(value).map_err(what)?)),
+        ("gateway.networking.k8s.io/v1", "Gateway") => snapshot
+            .gateways
+            .push(Arc::new(namespaced(value).map_err(what)?)),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => snapshot
+            .http_routes
+            .push(Arc::new(namespaced(value).map_err(what)?)),
+        // v1beta1 is the version most clusters serve; the schema is the same.
+        (
+            "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+            "ReferenceGrant",
+        ) => snapshot
+            .reference_grants
+            .push(Arc::new(namespaced(value).map_err(what)?)),
         ("vestibule.dev/v1alpha1", "AcmeIssuer") => snapshot
             .acme_issuers
             .push(Arc::new(typed(value).map_err(what)?)),

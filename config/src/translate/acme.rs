@@ -56,6 +56,8 @@ impl<'a> Translator<'a> {
                     conditions: vec![condition],
                     routes: None,
                     certificates: Vec::new(),
+                    listeners: Vec::new(),
+                    parents: Vec::new(),
                 },
             );
         }

@@ -211,6 +211,8 @@ impl<'a> Translator<'a> {
                 conditions,
                 routes: None,
                 certificates: Vec::new(),
+                listeners: Vec::new(),
+                parents: Vec::new(),
             },
         );
     }

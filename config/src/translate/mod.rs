@@ -17,6 +17,7 @@
 mod acme;
 pub mod backend;
 mod classes;
+mod gateway_api;
 mod ingress;
 mod output;
 pub mod status;
@@ -39,6 +40,7 @@ use crate::model::{
 use crate::tenant::Tenant;
 
 use backend::{merge_weighted, PortRef, ServiceIndex, Unresolved};
+pub use gateway_api::GATEWAY_CONTROLLER;
 pub use status::{Condition, ConditionType, ObjectKind, ObjectRef, ObjectStatus, Reason};
 use tenants::{AcceptedTenant, Ownership};
 pub use tls::CertificateMemo;
@@ -118,6 +120,7 @@ fn run(
             t.add_ingress(ingress);
         }
     }
+    t.add_gateway_api(snapshot);
     t.add_tenant_backends_and_tls();
     t.finish()
 }

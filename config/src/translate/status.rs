@@ -30,6 +30,10 @@ pub enum ObjectKind {
     Ingress,
     Tenant,
     AcmeIssuer,
+    GatewayClass,
+    Gateway,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,34 @@ pub struct ObjectStatus {
     /// For Tenants with `tls.acme`: each domain's certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<DomainCertificate>,
+    /// For Gateways: each listener's conditions and attached routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerStatus>,
+    /// For HTTPRoutes: the conditions per parent Gateway of ours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<ParentStatus>,
+}
+
+/// A Gateway listener's status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    pub name: String,
+    pub attached_routes: u32,
+    pub conditions: Vec<Condition>,
+}
+
+/// An HTTPRoute's status for one parentRef.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentStatus {
+    /// `namespace/name` of the Gateway.
+    pub gateway: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    pub conditions: Vec<Condition>,
 }
 
 /// Where one tenant domain's ACME certificate stands.
@@ -83,6 +115,18 @@ pub enum CertificateState {
 }
 
 impl ObjectStatus {
+    /// A status with only these conditions.
+    pub fn new(object: ObjectRef, conditions: Vec<Condition>) -> Self {
+        ObjectStatus {
+            object,
+            conditions,
+            routes: None,
+            certificates: Vec::new(),
+            listeners: Vec::new(),
+            parents: Vec::new(),
+        }
+    }
+
     pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }
@@ -119,6 +163,7 @@ impl Condition {
         match self.type_ {
             ConditionType::Accepted
             | ConditionType::ResolvedRefs
+            | ConditionType::Programmed
             | ConditionType::CertificateReady => !self.status,
             ConditionType::Conflicted | ConditionType::DomainsConflict => self.status,
         }
@@ -137,6 +182,8 @@ pub enum ConditionType {
     DomainsConflict,
     /// Tenant: the certificate Secret is present and valid.
     CertificateReady,
+    /// Gateway API: the object (or listener) is served.
+    Programmed,
 }
 
 /// Why a condition has its status. Stable names: they appear in Events and
@@ -179,4 +226,21 @@ pub enum Reason {
     IssuerNotFound,
     /// An `AcmeIssuer` whose spec can't be used.
     InvalidIssuer,
+    // Gateway API reasons, as the spec names them.
+    Programmed,
+    Invalid,
+    ListenersNotValid,
+    HostnameConflict,
+    NoConflicts,
+    UnsupportedProtocol,
+    PortUnavailable,
+    InvalidRouteKinds,
+    InvalidCertificateRef,
+    RefNotPermitted,
+    NoMatchingParent,
+    NotAllowedByListeners,
+    NoMatchingListenerHostname,
+    UnsupportedValue,
+    InvalidKind,
+    BackendNotFound,
 }

@@ -146,6 +146,8 @@ impl<'a> Translator<'a> {
                     conditions,
                     routes: Some(0),
                     certificates: Vec::new(),
+                    listeners: Vec::new(),
+                    parents: Vec::new(),
                 },
             );
             self.tenants.push(AcceptedTenant {
