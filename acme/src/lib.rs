@@ -8,6 +8,7 @@
 //! - [`store`]: the narrow interface to storage, and the `--state-dir` store;
 //! - [`account`]: one account per directory, created once and kept;
 //! - [`schedule`]: renewal times, backoff and rates, without I/O;
+//! - [`renewal_info`]: ACME Renewal Information (RFC 9773);
 //! - [`metrics`].
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod board;
 pub mod manager;
 pub mod metrics;
 pub mod order;
+pub mod renewal_info;
 pub mod schedule;
 pub mod store;
 

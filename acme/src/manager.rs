@@ -25,6 +25,7 @@ use crate::account::Accounts;
 use crate::board::Board;
 use crate::metrics::Metrics;
 use crate::order::{self, OrderError, Timeouts};
+use crate::renewal_info;
 use crate::schedule::{self, Bucket, Limits};
 use crate::store::{Issued, Store};
 
@@ -136,7 +137,10 @@ pub fn issuer(settings: Settings) -> (Handle, impl std::future::Future<Output = 
         board: Arc::default(),
     };
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (ari_tx, ari_rx) = mpsc::unbounded_channel();
     let state = Loop {
+        ari_tx,
+        ari_rx: Some(ari_rx),
         accounts: Arc::new(Accounts::new(
             settings.store.clone(),
             settings.timeouts.request,
@@ -155,6 +159,11 @@ pub fn issuer(settings: Settings) -> (Handle, impl std::future::Future<Output = 
 
 #[derive(Default)]
 struct DomainState {
+    /// When the CA's renewal information says to renew the current
+    /// certificate, and when to ask again.
+    ari_renew_at: Option<SystemTime>,
+    ari_next: Option<SystemTime>,
+    ari_in_flight: bool,
     /// A handshake asked for it.
     requested: bool,
     in_flight: bool,
@@ -168,6 +177,12 @@ struct DomainState {
 struct TenantState {
     in_flight: usize,
     bucket: Bucket,
+}
+
+/// A renewal-information answer.
+struct AriDone {
+    domain: Hostname,
+    result: Result<renewal_info::Answer, String>,
 }
 
 /// A finished order.
@@ -189,6 +204,8 @@ struct Loop {
     tenants: HashMap<TenantId, TenantState>,
     in_flight: usize,
     done_tx: mpsc::UnboundedSender<Done>,
+    ari_tx: mpsc::UnboundedSender<AriDone>,
+    ari_rx: Option<mpsc::UnboundedReceiver<AriDone>>,
 }
 
 impl Loop {
@@ -198,8 +215,12 @@ impl Loop {
         mut demand_rx: mpsc::Receiver<Box<str>>,
         mut done_rx: mpsc::UnboundedReceiver<Done>,
     ) {
+        let Some(mut ari_rx) = self.ari_rx.take() else {
+            return;
+        };
         loop {
             self.start_due(SystemTime::now());
+            self.ask_renewal_info(SystemTime::now());
             let wake = self.next_wake(SystemTime::now());
             tokio::select! {
                 changed = plan_rx.changed() => {
@@ -211,6 +232,7 @@ impl Loop {
                 }
                 Some(domain) = demand_rx.recv() => self.on_demand(&domain),
                 Some(done) = done_rx.recv() => self.finish(done),
+                Some(ari) = ari_rx.recv() => self.ari_answer(ari),
                 _ = tokio::time::sleep(wake) => {}
             }
         }
@@ -219,6 +241,19 @@ impl Loop {
     fn set_plan(&mut self, plan: Arc<AcmePlan>) {
         self.domains
             .retain(|d, s| s.in_flight || plan.domains.contains_key(d));
+        // A certificate this loop stored is in the plan now: the plan (and
+        // the new certificate's renewal information) decide from here.
+        for (domain, state) in self.domains.iter_mut() {
+            let planned = plan.domains.get(domain);
+            let shown = planned
+                .and_then(|p| p.renew_at.as_deref())
+                .and_then(schedule::parse_rfc3339);
+            if state.stored_renew_at.is_some() && shown == state.stored_renew_at {
+                state.stored_renew_at = None;
+                state.ari_renew_at = None;
+                state.ari_next = None;
+            }
+        }
         self.failures.rcu(|f| {
             f.iter()
                 .filter(|(d, _)| plan.domains.contains_key(*d))
@@ -277,6 +312,9 @@ impl Loop {
         if let Some(renew_at) = state.and_then(|s| s.stored_renew_at) {
             return renew_at <= now;
         }
+        if state.and_then(|s| s.ari_renew_at).is_some_and(|t| t <= now) {
+            return planned.certificate.is_some();
+        }
         match &planned.certificate {
             None => {
                 issuer.issue == IssueWhen::Onboarding
@@ -331,6 +369,71 @@ impl Loop {
         }
     }
 
+    /// Asks the CA's renewal information for issued certificates that are
+    /// due a check (a few at a time; answers come back as [`AriDone`]).
+    fn ask_renewal_info(&mut self, now: SystemTime) {
+        const AT_ONCE: usize = 8;
+        let asking = self.domains.values().filter(|s| s.ari_in_flight).count();
+        let plan = self.plan.clone();
+        let due = plan
+            .domains
+            .iter()
+            .filter_map(|(d, p)| Some((d, p, p.ari_id.as_ref()?, plan.issuers.get(&p.issuer)?)))
+            .filter(|(d, ..)| {
+                self.domains.get(*d).is_none_or(|s| {
+                    !s.ari_in_flight
+                        && !s.in_flight
+                        && s.stored_renew_at.is_none()
+                        && s.ari_next.is_none_or(|t| t <= now)
+                })
+            })
+            .take(AT_ONCE.saturating_sub(asking))
+            .map(|(d, _, id, issuer)| (d.clone(), id.clone(), issuer.clone()))
+            .collect::<Vec<_>>();
+        for (domain, id, issuer) in due {
+            let state = self.domains.entry(domain.clone()).or_default();
+            state.ari_in_flight = true;
+            let (accounts, tx, timeout) = (
+                self.accounts.clone(),
+                self.ari_tx.clone(),
+                self.settings.timeouts.request,
+            );
+            tokio::spawn(async move {
+                let result = match accounts.get(&issuer).await {
+                    Ok(account) => renewal_info::ask(&account, domain.as_str(), &id, timeout).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.send(AriDone { domain, result });
+            });
+        }
+    }
+
+    fn ari_answer(&mut self, done: AriDone) {
+        let now = SystemTime::now();
+        let state = self.domains.entry(done.domain.clone()).or_default();
+        state.ari_in_flight = false;
+        match done.result {
+            Ok(renewal_info::Answer::Window {
+                renew_at,
+                ask_again,
+            }) => {
+                if state.ari_renew_at != Some(renew_at) {
+                    tracing::info!(domain = %done.domain, renew_at = %schedule::rfc3339(renew_at), "ACME renewal information");
+                }
+                state.ari_renew_at = Some(renew_at);
+                state.ari_next = Some(now + ask_again);
+            }
+            // Ask again a day later: the CA may start publishing it.
+            Ok(renewal_info::Answer::Unsupported) => {
+                state.ari_next = Some(now + Duration::from_secs(24 * 3600))
+            }
+            Err(e) => {
+                tracing::debug!(domain = %done.domain, error = %e, "no ACME renewal information");
+                state.ari_next = Some(now + Duration::from_secs(3600));
+            }
+        }
+    }
+
     fn spawn_order(&self, domain: Hostname, tenant: TenantId, issuer: IssuerPlan, renewal: bool) {
         let accounts = self.accounts.clone();
         let board = self.board.clone();
@@ -343,7 +446,7 @@ impl Loop {
                 let account = accounts.get(&issuer).await?;
                 let cert =
                     order::issue(&account, &domain, issuer.challenge, &board, timeouts).await?;
-                let (not_before, not_after) = validity(&cert.chain_pem)?;
+                let (not_before, not_after, ari_id) = validity(&cert.chain_pem)?;
                 let renew_at = schedule::renew_at(not_before, not_after);
                 let issued = Issued {
                     domain: domain.clone(),
@@ -353,6 +456,7 @@ impl Loop {
                     order_url: cert.order_url,
                     not_after: schedule::rfc3339(not_after),
                     renew_at: schedule::rfc3339(renew_at),
+                    ari_id,
                 };
                 store
                     .save(&issued)
@@ -425,6 +529,12 @@ impl Loop {
         };
         for (domain, planned) in &self.plan.domains {
             let state = self.domains.get(domain);
+            if let Some(t) = state.and_then(|s| s.ari_renew_at) {
+                consider(t);
+            }
+            if let Some(t) = state.and_then(|s| s.ari_next) {
+                consider(t);
+            }
             if let Some(t) = state.and_then(|s| s.retry_at) {
                 consider(t);
             } else if let Some(t) = state.and_then(|s| s.stored_renew_at).or_else(|| {
@@ -440,8 +550,8 @@ impl Loop {
     }
 }
 
-/// The leaf's notBefore and notAfter.
-fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime), OrderError> {
+/// The leaf's notBefore, notAfter and renewal-information id.
+fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime, Option<String>), OrderError> {
     use rustls_pki_types::pem::PemObject;
     let bad = |detail: String| OrderError::Unreachable {
         step: "certificate",
@@ -456,5 +566,6 @@ fn validity(chain_pem: &str) -> Result<(SystemTime, SystemTime), OrderError> {
     Ok((
         at(cert.validity().not_before.timestamp()),
         at(cert.validity().not_after.timestamp()),
+        renewal_info::certificate_id(&leaf),
     ))
 }

@@ -44,9 +44,13 @@ pub fn backoff(failures: u32, limits: &Limits) -> Duration {
 
 /// When a certificate valid from `not_before` to `not_after` is renewed:
 /// at two thirds of its lifetime (Let's Encrypt's advice: 60 days into 90).
+/// Whole seconds, as annotations carry it (so the time a loop stored and the
+/// time the plan brings back compare equal).
 pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    not_before + lifetime * 2 / 3
+    let at = not_before + lifetime * 2 / 3;
+    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// RFC 3339, as annotations carry times.

@@ -32,6 +32,8 @@ pub struct Issued {
     pub not_after: String,
     /// RFC 3339: when this certificate is due for renewal.
     pub renew_at: String,
+    /// Its ACME Renewal Information id, when the leaf has an AKI.
+    pub ari_id: Option<String>,
 }
 
 // Keys never reach logs, even through `{:?}`.
@@ -95,6 +97,8 @@ struct Meta {
     order: String,
     not_after: String,
     renew_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ari_id: Option<String>,
 }
 
 impl DirStore {
@@ -159,12 +163,15 @@ impl DirStore {
     }
 
     fn secret(&self, domain: &Hostname, chain: String, key: String, meta: &Meta) -> Secret {
-        let annotations = [
+        let mut annotations = vec![
             (acme::DOMAIN, domain.to_string()),
             (acme::ORDER, meta.order.clone()),
             (acme::NOT_AFTER, meta.not_after.clone()),
             (acme::RENEW_AT, meta.renew_at.clone()),
         ];
+        if let Some(id) = &meta.ari_id {
+            annotations.push((acme::ARI_ID, id.clone()));
+        }
         let labels = [
             (acme::ISSUED_LABEL, "true".to_string()),
             (acme::TENANT_LABEL, meta.tenant.clone()),
@@ -200,6 +207,7 @@ impl DirStore {
             order: issued.order_url.clone(),
             not_after: issued.not_after.clone(),
             renew_at: issued.renew_at.clone(),
+            ari_id: issued.ari_id.clone(),
         };
         let meta_json =
             serde_json::to_string_pretty(&meta).map_err(|e| StoreError::Other(e.to_string()))?;
@@ -298,6 +306,7 @@ mod tests {
             order_url: "https://ca/order/1".into(),
             not_after: "2030-01-01T00:00:00Z".into(),
             renew_at: "2029-09-01T00:00:00Z".into(),
+            ari_id: None,
         };
         futures_lite_block_on(store.save(&issued)).unwrap();
         let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -23,6 +23,9 @@ pub const NOT_AFTER: &str = "vestibule.dev/acme-not-after";
 pub const RENEW_AT: &str = "vestibule.dev/acme-renew-at";
 /// Annotation: the ACME order that produced it.
 pub const ORDER: &str = "vestibule.dev/acme-order";
+/// Annotation: the certificate's ACME Renewal Information id (RFC 9773
+/// §4.1, `base64url(AKI).base64url(serial)`).
+pub const ARI_ID: &str = "vestibule.dev/acme-ari-id";
 /// Annotation: the domain (label values can't hold a 253-byte name).
 pub const DOMAIN: &str = "vestibule.dev/acme-domain";
 /// Label: the tenant the certificate was issued for.
@@ -110,6 +113,9 @@ pub struct PlannedDomain {
     /// Secret's annotation; unknown for a Secret not written by an issuer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_at: Option<String>,
+    /// Its ACME Renewal Information id, to ask the CA when to renew.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ari_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pebble::{client, https_get, Pebble};
+use pebble::{client, from_now, https_get, AriDirectory, Pebble};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -44,9 +44,19 @@ endpoints:
 }
 
 fn issuer(pebble: &Pebble, challenge: &str, issue: &str) -> String {
-    let bundle: String = pebble
-        .listener_ca_pem
-        .lines()
+    issuer_at(
+        &pebble.directory,
+        &[&pebble.listener_ca_pem],
+        challenge,
+        issue,
+    )
+}
+
+/// An AcmeIssuer for `directory`, whose endpoints' roots are `roots`.
+fn issuer_at(directory: &str, roots: &[&str], challenge: &str, issue: &str) -> String {
+    let bundle: String = roots
+        .iter()
+        .flat_map(|pem| pem.lines())
         .map(|l| format!("    {l}\n"))
         .collect();
     format!(
@@ -55,14 +65,13 @@ apiVersion: vestibule.dev/v1alpha1
 kind: AcmeIssuer
 metadata: {{name: pebble}}
 spec:
-  directoryUrl: {dir}
+  directoryUrl: {directory}
   email: ops@example.com
   challenge: {challenge}
   issue: {issue}
   default: true
   caBundle: |
 {bundle}"#,
-        dir = pebble.directory,
     )
 }
 
@@ -432,17 +441,6 @@ async fn tls_alpn01_end_to_end_on_the_https_listener() {
     assert_eq!(metric(&gw, ISSUED_NEW).await, 1.0);
 }
 
-/// RFC 3339 for a time `secs` from now.
-fn from_now(secs: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    k8s_openapi::jiff::Timestamp::from_second(now + secs)
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_lived_certificate_is_renewed_with_no_failed_request() {
     let s = Scene::new("acme-renew", "HTTP-01", "OnDemand").await;
@@ -647,4 +645,76 @@ async fn bench_p99_of_issued_tenants_while_100_domains_are_issued() {
         percentile(&during, 0.5),
         percentile(&during, 0.99),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_information_from_the_ca_renews_before_two_thirds_of_the_lifetime() {
+    let s = Scene::new("acme-ari", "HTTP-01", "Onboarding").await;
+    // Pebble 2.4 publishes no renewal information: a directory in front of
+    // it adds RFC 9773's, with the first certificate's window already open.
+    let ari = AriDirectory::start(&s.pebble).await;
+    put(
+        &s.dir.0,
+        "issuer.yaml",
+        &issuer_at(
+            &ari.directory,
+            &[&s.pebble.listener_ca_pem, &ari.ca_pem],
+            "HTTP-01",
+            "Onboarding",
+        ),
+    );
+    put(&s.dir.0, "t.yaml", &tenant("ari", &["ari.customer.test"]));
+    let gw = s.gateway(&[]).await;
+    wait_served(
+        &gw,
+        &s.verified,
+        "ari.customer.test",
+        Duration::from_secs(60),
+        &s.pebble,
+    )
+    .await;
+
+    // The issued certificate is asked about, its window is open: it is
+    // renewed at once, not at two thirds of pebble's five years; the new
+    // one (window a month away) is not.
+    let renewed = eventually(Duration::from_secs(30), || async {
+        metric(
+            &gw,
+            r#"vestibule_acme_orders_total{kind="renewal",result="issued"}"#,
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    assert!(
+        renewed.is_some(),
+        "not renewed: {}\nasked: {:?}",
+        acme_metrics(&gw).await,
+        ari.asked.lock().unwrap()
+    );
+    let asked = eventually(Duration::from_secs(10), || async {
+        let asked = ari.asked.lock().unwrap().clone();
+        asked.iter().any(|id| Some(id) != asked.first())
+    })
+    .await;
+    assert!(
+        asked.is_some(),
+        "the renewed certificate was never asked about: {:?}",
+        ari.asked.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(
+            &gw,
+            r#"vestibule_acme_orders_total{kind="renewal",result="issued"}"#
+        )
+        .await,
+        1.0
+    );
+    let first = ari.asked.lock().unwrap()[0].clone();
+    assert!(first.contains('.'), "{first}");
+    let r = https_get(gw.https, &s.verified, "ari.customer.test")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
 }

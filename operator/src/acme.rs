@@ -102,12 +102,15 @@ impl Store for SecretStore {
     }
 
     async fn save(&self, issued: &Issued) -> Result<(), StoreError> {
-        let annotations = BTreeMap::from([
+        let mut annotations = BTreeMap::from([
             (acme::DOMAIN.to_string(), issued.domain.to_string()),
             (acme::ORDER.to_string(), issued.order_url.clone()),
             (acme::NOT_AFTER.to_string(), issued.not_after.clone()),
             (acme::RENEW_AT.to_string(), issued.renew_at.clone()),
         ]);
+        if let Some(id) = &issued.ari_id {
+            annotations.insert(acme::ARI_ID.to_string(), id.clone());
+        }
         let labels = BTreeMap::from([
             (acme::ISSUED_LABEL.to_string(), "true".to_string()),
             (

@@ -207,6 +207,9 @@ impl<'a> Translator<'a> {
                 renew_at: issued
                     .as_ref()
                     .and_then(|_| self.secrets.annotation(&namespace, &name, acme::RENEW_AT)),
+                ari_id: issued
+                    .as_ref()
+                    .and_then(|_| self.secrets.annotation(&namespace, &name, acme::ARI_ID)),
             },
         );
         match issued {

@@ -29,6 +29,9 @@ pub struct Pebble {
     /// The root pebble issues under: clients verify the gateway with it.
     pub root_pem: String,
     down: watch::Sender<bool>,
+    /// Pebble's ACME listener (not through the proxy) and its PKI.
+    listen: SocketAddr,
+    listener_pki: Pki,
     _dir: TempDir,
 }
 
@@ -105,6 +108,8 @@ impl Pebble {
             listener_ca_pem: pki.ca_pem.clone(),
             root_pem,
             down,
+            listen,
+            listener_pki: pki,
             _dir: dir,
         }
     }
@@ -180,7 +185,7 @@ async fn get(pki: &Pki, addr: SocketAddr, path: &str) -> String {
         .await
         .unwrap();
     tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -233,4 +238,121 @@ pub async fn https_get(
     .await
     .map_err(|e| e.to_string())?;
     read_response(&mut BufReader::new(tls)).await
+}
+
+/// An ACME directory that is pebble's plus ACME Renewal Information
+/// (RFC 9773), which Debian's pebble 2.4 lacks: `/dir` serves pebble's
+/// directory with `renewalInfo` pointing here, `/ari/ID` answers a window
+/// already open for the first certificate asked about (renew now) and one a
+/// month away for any other. Everything else goes to pebble directly.
+pub struct AriDirectory {
+    pub directory: String,
+    /// Roots of this server's certificate (add to the issuer's caBundle).
+    pub ca_pem: String,
+    /// The certificate ids asked about, in order.
+    pub asked: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl AriDirectory {
+    pub async fn start(pebble: &Pebble) -> AriDirectory {
+        let pki = Pki::new();
+        let leaf = pki.issue(&["127.0.0.1"], &rcgen::PKCS_ECDSA_P256_SHA256);
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                .map(|c| c.unwrap())
+                .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = listener.local_addr().unwrap();
+        let upstream_dir = get(&pebble.listener_pki, pebble.listen, "/dir").await;
+        let mut dir: serde_json::Value = serde_json::from_str(&upstream_dir).unwrap();
+        dir["renewalInfo"] = format!("https://{me}/ari").into();
+        let dir = dir.to_string();
+        let asked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let seen = asked.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, dir, seen) = (acceptor.clone(), dir.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut conn = BufReader::new(tls);
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            match tokio::io::AsyncBufReadExt::read_line(&mut conn, &mut line).await
+                            {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) if line == "\r\n" => break,
+                                Ok(_) => head.push_str(&line),
+                            }
+                        }
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let body = if path == "/dir" {
+                            dir.clone()
+                        } else if let Some(id) = path.strip_prefix("/ari/") {
+                            let first = {
+                                let mut seen = seen.lock().unwrap();
+                                let first = seen.first().is_none_or(|f| f == id);
+                                seen.push(id.to_string());
+                                first
+                            };
+                            let (start, end) = if first {
+                                (-120, -60)
+                            } else {
+                                (30 * 86400, 31 * 86400)
+                            };
+                            serde_json::json!({"suggestedWindow": {"start": from_now(start), "end": from_now(end)}}).to_string()
+                        } else {
+                            String::new()
+                        };
+                        let status = if body.is_empty() {
+                            "404 Not Found"
+                        } else {
+                            "200 OK"
+                        };
+                        let response = format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nRetry-After: 3600\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.get_mut().write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        AriDirectory {
+            directory: format!("https://{me}/dir"),
+            ca_pem: pki.ca_pem.clone(),
+            asked,
+        }
+    }
+}
+
+/// RFC 3339 for a time `secs` from now.
+pub fn from_now(secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    k8s_openapi::jiff::Timestamp::from_second(now + secs)
+        .unwrap()
+        .to_string()
 }
