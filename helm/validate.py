@@ -51,6 +51,7 @@ ALLOWED_WRITES = {
     # ACME certificates and the account, in the release namespace only
     # (checked below).
     ("", "secrets"): {"create", "update"},
+    ("", "configmaps"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "events"): {"create", "patch"},
     ("coordination.k8s.io", "leases"): {"create", "update"},
@@ -484,6 +485,9 @@ def check_rbac(docs, case: str, v: dict[str, Any]) -> None:
     for verb in ("get", "list", "watch", "create", "update"):
         F.check(grants("", "secrets", verb, NAMESPACE), f"[{case}] operator lacks {verb} secrets in {NAMESPACE} (ACME)")
     F.check(not grants("", "secrets", "create", None), f"[{case}] Secret writes granted cluster-wide")
+    for verb in ("get", "create", "patch"):
+        F.check(grants("", "configmaps", verb, NAMESPACE), f"[{case}] operator lacks {verb} configmaps in {NAMESPACE} (ACME demand)")
+    F.check(not grants("", "configmaps", "patch", None), f"[{case}] ConfigMap writes granted cluster-wide")
     pub = v["operator"]["publishService"]
     if pub["enabled"] and not pub["override"]:
         for verb in ("list", "watch"):

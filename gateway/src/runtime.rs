@@ -248,6 +248,9 @@ pub struct Shared {
     pub cert_cache: CertCache,
     /// The ACME issuer of `--manifests` mode with `--state-dir`.
     pub acme: std::sync::OnceLock<vestibule_acme::Handle>,
+    /// In operator mode: names whose order a handshake asks for, reported
+    /// to the operator's issuer.
+    pub acme_demand: std::sync::OnceLock<tokio::sync::mpsc::Sender<Box<str>>>,
 }
 
 impl Shared {
@@ -264,6 +267,7 @@ impl Shared {
             upstream: Arc::new(upstream),
             cert_cache: CertCache::default(),
             acme: std::sync::OnceLock::new(),
+            acme_demand: std::sync::OnceLock::new(),
         }))
     }
 
@@ -357,10 +361,16 @@ impl crate::tls::LiveCerts for Shared {
     }
 
     fn on_demand(&self, name: &str) {
-        if let Some(acme) = self.acme.get() {
-            if self.runtime.load().certs.is_acme_pending(name) {
-                acme.on_demand(name);
-            }
+        let (acme, demand) = (self.acme.get(), self.acme_demand.get());
+        if (acme.is_none() && demand.is_none()) || !self.runtime.load().certs.is_acme_pending(name)
+        {
+            return;
+        }
+        if let Some(acme) = acme {
+            acme.on_demand(name);
+        } else if let Some(demand) = demand {
+            // Full: the next handshake asks again.
+            let _ = demand.try_send(name.into());
         }
     }
 

@@ -49,6 +49,9 @@ fn downstream_buffers() -> L4BufferSettings {
     L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
 }
 
+/// Handshake names waiting to be reported to the operator's issuer.
+const DEMAND_QUEUE: usize = 256;
+
 /// Connections the admin listener holds in all, and per client IP.
 const ADMIN_CONNECTIONS: u32 = 64;
 const ADMIN_CONNECTIONS_PER_IP: u32 = 16;
@@ -81,6 +84,8 @@ fn source(cli: &Cli, shared: &Shared) -> Result<Box<dyn ConfigSource>, Error> {
         (_, _, url) => {
             // clap requires --token-file with --operator.
             let token = cli.token_file.clone().unwrap_or_default();
+            let (demand, demands) = tokio::sync::mpsc::channel(DEMAND_QUEUE);
+            let _ = shared.acme_demand.set(demand);
             Box::new(
                 OperatorSource::new(
                     url.as_deref().unwrap_or_default(),
@@ -88,7 +93,8 @@ fn source(cli: &Cli, shared: &Shared) -> Result<Box<dyn ConfigSource>, Error> {
                     cli.ca_file.as_deref(),
                     cli.state_dir.as_deref(),
                 )
-                .map_err(SourceError::from)?,
+                .map_err(SourceError::from)?
+                .with_demand(demands),
             )
         }
     })

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use tokio::sync::Notify;
 use vestibule_acme::{Issued, Store, StoreError};
@@ -181,9 +181,9 @@ pub fn issuer(
             ..Default::default()
         },
         on_change: Arc::new(move || on_change.notify_one()),
-        // Gateways do not report handshakes to the operator (yet): every
-        // planned domain is ordered at onboarding.
-        sees_handshakes: false,
+        // Gateways report handshakes (`POST /v1/acme/demand`, relayed by
+        // [`relay_demand`]).
+        sees_handshakes: true,
     });
     let mut challenges = handle.board().subscribe();
     let run = async move {
@@ -195,4 +195,121 @@ pub fn issuer(
         tokio::join!(run, passes_challenges_on);
     };
     Ok((handle, run))
+}
+
+// === on-demand requests from gateway replicas ===
+
+/// The ConfigMap (in the operator's namespace) through which replicas that
+/// do not lead pass on-demand requests to the one that does: a gateway's
+/// request lands on whichever replica its connection reached.
+pub const DEMAND_CONFIGMAP: &str = "vestibule-acme-demand";
+/// Names it holds at most; more are dropped (a later handshake asks again).
+const DEMAND_KEYS_MAX: usize = 1024;
+/// How often the leader takes the requests others left.
+const LEADER_POLL: Duration = Duration::from_secs(1);
+
+/// Relays `POST /v1/acme/demand` requests to the leader's issuer: directly
+/// on the leader, through [`DEMAND_CONFIGMAP`] elsewhere.
+pub async fn relay_demand(
+    client: Client,
+    namespace: String,
+    handle: vestibule_acme::Handle,
+    leader: tokio::sync::watch::Receiver<bool>,
+    mut demands: tokio::sync::mpsc::Receiver<Vec<vestibule_config::Hostname>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let mut tick = tokio::time::interval(LEADER_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(names) = demands.recv() => {
+                if *leader.borrow() {
+                    for n in &names {
+                        handle.on_demand(n.as_str());
+                    }
+                } else if let Err(e) = record(&api, &names).await {
+                    tracing::warn!(error = %e, "cannot pass on-demand requests to the leader");
+                }
+            }
+            _ = tick.tick() => if *leader.borrow() {
+                if let Err(e) = take(&api, &handle).await {
+                    tracing::debug!(error = %e, "cannot read on-demand requests");
+                }
+            },
+            _ = crate::stopped(&mut shutdown) => return Ok(()),
+        }
+    }
+}
+
+/// Adds `names` to the ConfigMap (created on first use), within its bound.
+async fn record(
+    api: &Api<ConfigMap>,
+    names: &[vestibule_config::Hostname],
+) -> Result<(), kube::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        .to_string();
+    let data: BTreeMap<String, String> =
+        names.iter().map(|n| (n.to_string(), now.clone())).collect();
+    match api.get_opt(DEMAND_CONFIGMAP).await? {
+        None => {
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(DEMAND_CONFIGMAP.into()),
+                    ..Default::default()
+                },
+                data: Some(data),
+                ..Default::default()
+            };
+            match api.create(&PostParams::default(), &cm).await {
+                // Another replica created it meanwhile: add to it.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    merge(api, &names_patch(names, &now)).await
+                }
+                other => other.map(drop),
+            }
+        }
+        Some(cm) if cm.data.as_ref().map_or(0, BTreeMap::len) >= DEMAND_KEYS_MAX => Ok(()),
+        Some(_) => merge(api, &names_patch(names, &now)).await,
+    }
+}
+
+fn names_patch(names: &[vestibule_config::Hostname], value: &str) -> serde_json::Value {
+    let data: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|n| (n.to_string(), value.into()))
+        .collect();
+    serde_json::json!({ "data": data })
+}
+
+async fn merge(api: &Api<ConfigMap>, patch: &serde_json::Value) -> Result<(), kube::Error> {
+    api.patch(
+        DEMAND_CONFIGMAP,
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map(drop)
+}
+
+/// The leader hands the recorded names to its issuer and removes them.
+async fn take(api: &Api<ConfigMap>, handle: &vestibule_acme::Handle) -> Result<(), kube::Error> {
+    let Some(cm) = api.get_opt(DEMAND_CONFIGMAP).await? else {
+        return Ok(());
+    };
+    let data = cm.data.unwrap_or_default();
+    if data.is_empty() {
+        return Ok(());
+    }
+    for name in data.keys() {
+        handle.on_demand(name);
+    }
+    let removed: serde_json::Map<String, serde_json::Value> = data
+        .keys()
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    merge(api, &serde_json::json!({ "data": removed })).await
 }

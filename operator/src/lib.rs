@@ -203,6 +203,7 @@ pub async fn start(client: Client, settings: Settings) -> Result<Running, Error>
     let mut tasks = JoinSet::new();
     let stores = watch::Stores::start(&client, &settings, &mut tasks, shutdown_rx.clone());
 
+    let (demand_tx, demand_rx) = tokio::sync::mpsc::channel(256);
     let (acme, acme_run) = acme::issuer(
         client.clone(),
         settings.translate.acme_namespace.clone(),
@@ -237,6 +238,14 @@ pub async fn start(client: Client, settings: Settings) -> Result<Running, Error>
         });
     }
 
+    tasks.spawn(acme::relay_demand(
+        client.clone(),
+        settings.translate.acme_namespace.clone(),
+        acme.clone(),
+        leader_rx.clone(),
+        demand_rx,
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(publish::run(
         stores.clone(),
         settings.clone(),
@@ -259,6 +268,7 @@ pub async fn start(client: Client, settings: Settings) -> Result<Running, Error>
             limits: settings.server.clone(),
             waiting: Arc::new(tokio::sync::Semaphore::new(settings.server.max_waiting)),
             shutdown: shutdown_rx.clone(),
+            demand: demand_tx,
         },
         settings.shutdown_grace,
     ));

@@ -147,7 +147,14 @@ pub struct ConfigState {
     pub limits: Limits,
     pub waiting: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
+    /// Handshakes gateways saw for domains waiting for an ACME certificate
+    /// (`POST /v1/acme/demand`), to the relay in [`crate::acme`].
+    pub demand: tokio::sync::mpsc::Sender<Vec<vestibule_config::Hostname>>,
 }
+
+/// Largest `POST /v1/acme/demand` body, and names in it.
+const MAX_DEMAND_BYTES: usize = 4096;
+const MAX_DEMAND_NAMES: usize = 16;
 
 /// Accepts connections until shutdown, then lets open ones finish (waiting
 /// long-polls are answered 503 at once) for at most `grace`.
@@ -233,11 +240,18 @@ where
 async fn handle(req: Request<Incoming>, state: &ConfigState) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/v1/config") => config(&req, state).await,
+        (&Method::POST, "/v1/acme/demand") => demand(req, state).await,
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => match state.published.borrow().is_some() {
             true => plain(StatusCode::OK, "ready\n"),
             false => plain(StatusCode::SERVICE_UNAVAILABLE, "no config yet\n"),
         },
+        (_, "/v1/acme/demand") => {
+            let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            res
+        }
         (_, "/v1/config" | "/healthz" | "/readyz") => {
             let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
             res.headers_mut()
@@ -248,15 +262,49 @@ async fn handle(req: Request<Incoming>, state: &ConfigState) -> Response<Full<By
     }
 }
 
+/// `POST /v1/acme/demand`: domain names, one per line, that handshakes
+/// asked for while their ACME certificate is not issued. Names no Tenant
+/// owns are dropped by the issuer; this only relays.
+async fn demand(req: Request<Incoming>, state: &ConfigState) -> Response<Full<Bytes>> {
+    use http_body_util::{BodyExt, Limited};
+    if let Some(refused) = unauthorized(req.headers(), state) {
+        return refused;
+    }
+    let Ok(body) = Limited::new(req.into_body(), MAX_DEMAND_BYTES)
+        .collect()
+        .await
+    else {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "at most 4 KiB of names\n");
+    };
+    let body = body.to_bytes();
+    let names: Vec<vestibule_config::Hostname> = String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| vestibule_config::Hostname::parse(l.trim()).ok())
+        .take(MAX_DEMAND_NAMES)
+        .collect();
+    if !names.is_empty() && state.demand.try_send(names).is_err() {
+        return retry_later("busy\n");
+    }
+    plain(StatusCode::ACCEPTED, "noted\n")
+}
+
+/// The 401 for a request without the bearer token, if it has none.
+fn unauthorized(headers: &HeaderMap, state: &ConfigState) -> Option<Response<Full<Bytes>>> {
+    if authorized(headers, &state.token) {
+        return None;
+    }
+    state.metrics.unauthorized.inc();
+    let mut res = plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"vestibule\""),
+    );
+    Some(res)
+}
+
 async fn config(req: &Request<Incoming>, state: &ConfigState) -> Response<Full<Bytes>> {
-    if !authorized(req.headers(), &state.token) {
-        state.metrics.unauthorized.inc();
-        let mut res = plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
-        res.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"vestibule\""),
-        );
-        return res;
+    if let Some(refused) = unauthorized(req.headers(), state) {
+        return refused;
     }
     let after = query_param(req.uri().query().unwrap_or(""), "after").filter(|a| !a.is_empty());
     let gzip = accepts_gzip(req.headers());

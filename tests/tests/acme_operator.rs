@@ -66,8 +66,7 @@ async fn the_leader_orders_once_stores_a_secret_and_every_gateway_serves_it() {
         "spec": {
             "directoryUrl": pebble.directory,
             "caBundle": pebble.listener_ca_pem,
-            // On demand: in operator mode ordered at onboarding all the same.
-            "issue": "OnDemand",
+            "issue": "Onboarding",
             "default": true,
         },
     }));
@@ -171,6 +170,101 @@ async fn the_leader_orders_once_stores_a_secret_and_every_gateway_serves_it() {
         "{status}"
     );
 
+    for o in operators {
+        o.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_in_operator_mode_reaches_the_leader_through_any_replica() {
+    let up = Upstream::start_on("app", "127.0.0.2:0").await;
+    let (http_a, https_a) = (free_addr(), free_addr());
+    let pebble = Pebble::start(http_a.port(), https_a.port()).await;
+    let api = FakeApi::start().await;
+    api.apply(op::service("saas", "app", 80));
+    api.apply(op::endpoint_slice(
+        "saas",
+        "app",
+        &["127.0.0.2"],
+        i32::from(up.addr.port()),
+    ));
+    api.apply(json!({
+        "apiVersion": "vestibule.dev/v1alpha1",
+        "kind": "AcmeIssuer",
+        "metadata": {"name": "pebble"},
+        "spec": {"directoryUrl": pebble.directory, "caBundle": pebble.listener_ca_pem, "issue": "OnDemand", "default": true},
+    }));
+    let mut operators = Vec::new();
+    for id in ["op-1", "op-2"] {
+        let mut settings = op::test_settings(id);
+        settings.translate.acme_namespace = ACME_NS.into();
+        settings.acme_propagation = Duration::from_millis(1500);
+        operators.push(op::start(&api, settings).await);
+    }
+    let started = Instant::now();
+    while !operators.iter().any(|o| *o.leader.borrow()) {
+        assert!(started.elapsed() < Duration::from_secs(10), "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = operators.iter().position(|o| *o.leader.borrow()).unwrap();
+    let follower = 1 - leader;
+    let token_file = op::test_settings("reader").token_file;
+    let token = token_file.to_str().unwrap();
+    let url = |i: usize| format!("http://{}", operators[i].config_addr);
+    let (a_url, b_url) = (url(leader), url(follower));
+    let (a_http, a_https) = (http_a.to_string(), https_a.to_string());
+    let gw_a = Gateway::start(
+        &["--operator", &a_url, "--token-file", token],
+        &["--http", &a_http, "--https", &a_https],
+    )
+    .await;
+    // Replica B talks to the operator that does not lead.
+    let gw_b = Gateway::start(&["--operator", &b_url, "--token-file", token], &[]).await;
+
+    let mut tenant = op::tenant("od", &["od.customer.test"], &["saas"]);
+    tenant["spec"]["backend"] =
+        json!({"namespace": "saas", "services": [{"name": "app", "port": 80}]});
+    tenant["spec"]["tls"] = json!({"acme": {}});
+    api.apply(tenant);
+    // On demand: nothing is ordered until a handshake asks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(orders(&operators[0]) + orders(&operators[1]), 0.0);
+    assert!(api
+        .get("Secret", Some(ACME_NS), "acme.od.customer.test")
+        .is_none());
+
+    // A handshake on replica B (unrecognized_name meanwhile) reaches the
+    // leader through the non-leading operator; both replicas then serve.
+    let config = client(&[&pebble.root_pem]);
+    let asked = Instant::now();
+    assert!(https_get(gw_b.https, &config, "od.customer.test")
+        .await
+        .is_err());
+    for (name, gw) in [("B", &gw_b), ("A", &gw_a)] {
+        let mut last = String::new();
+        let served = loop {
+            match https_get(gw.https, &config, "od.customer.test").await {
+                Ok(r) if r.status == 200 && r.upstream() == Some("app") => break true,
+                Ok(r) => last = format!("{r:?}"),
+                Err(e) => last = e,
+            }
+            if asked.elapsed() > Duration::from_secs(60) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            served,
+            "replica {name} never served the on-demand certificate: {last}\n{}",
+            pebble.log()
+        );
+    }
+    eprintln!(
+        "operator mode, on demand: first handshake -> both replicas serve in {} ms",
+        asked.elapsed().as_millis()
+    );
+    assert_eq!(orders(&operators[leader]), 1.0);
+    assert_eq!(orders(&operators[follower]), 0.0);
     for o in operators {
         o.shutdown().await.unwrap();
     }

@@ -2,7 +2,9 @@
 //! (`GET /v1/config?after=VERSION`, bearer token, gzip), applies every new
 //! version through the same swap path as the file sources, and persists the
 //! last applied config under `--state-dir` (write + rename) so a gateway that
-//! restarts while the operator is down still serves.
+//! restarts while the operator is down still serves. Handshakes for tenant
+//! domains waiting for an ACME certificate are reported back
+//! (`POST /v1/acme/demand`, batched, each name at most every 30 s).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{header, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
@@ -38,7 +40,14 @@ pub struct OperatorSource {
     token_file: PathBuf,
     state_dir: Option<PathBuf>,
     tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    /// Names handshakes asked for (see [`OperatorSource::with_demand`]).
+    demand: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Box<str>>>>,
 }
+
+/// A name is reported at most this often.
+const DEMAND_AGAIN: Duration = Duration::from_secs(30);
+/// Names per report.
+const DEMAND_BATCH: usize = 16;
 
 /// What one poll returned.
 enum Poll {
@@ -91,15 +100,64 @@ impl OperatorSource {
             token_file: token_file.to_path_buf(),
             state_dir: state_dir.map(Path::to_path_buf),
             tls,
+            demand: std::sync::Mutex::new(None),
         })
     }
 
-    fn state_file(&self) -> Option<PathBuf> {
-        self.state_dir.as_ref().map(|d| d.join(STATE_FILE))
+    /// Reports the names `demand` receives to the operator's issuer.
+    pub fn with_demand(self, demand: tokio::sync::mpsc::Receiver<Box<str>>) -> Self {
+        *self.demand.lock().unwrap_or_else(|p| p.into_inner()) = Some(demand);
+        self
     }
 
-    /// One `GET /v1/config?after=...` on a fresh connection.
-    async fn poll(&self, after: Option<&ConfigVersion>) -> Result<Poll, OperatorError> {
+    /// Sends batches of requested names, each name at most every
+    /// [`DEMAND_AGAIN`]; failures are logged (the next handshake asks again).
+    async fn report_demand(&self, mut demand: tokio::sync::mpsc::Receiver<Box<str>>) {
+        let mut sent: std::collections::HashMap<Box<str>, tokio::time::Instant> =
+            std::collections::HashMap::new();
+        while let Some(first) = demand.recv().await {
+            let now = tokio::time::Instant::now();
+            sent.retain(|_, at| now.duration_since(*at) < DEMAND_AGAIN);
+            let mut batch = vec![first];
+            while batch.len() < DEMAND_BATCH {
+                match demand.try_recv() {
+                    Ok(name) => batch.push(name),
+                    Err(_) => break,
+                }
+            }
+            batch.retain(|n| !sent.contains_key(n));
+            batch.sort();
+            batch.dedup();
+            if batch.is_empty() {
+                continue;
+            }
+            for n in &batch {
+                sent.insert(n.clone(), now);
+            }
+            let body = batch.join("\n");
+            let result = self
+                .request(http::Method::POST, "/v1/acme/demand", body.into())
+                .await;
+            match result {
+                Ok(r) if r.status() == StatusCode::ACCEPTED => {}
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), "the operator refused on-demand requests")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot report on-demand requests to the operator")
+                }
+            }
+        }
+    }
+
+    /// One request to the operator on a fresh connection (plain or TLS),
+    /// with the bearer token.
+    async fn request(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: bytes::Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>, OperatorError> {
         let token = read_token(&self.token_file)?;
         let authority = self.url.authority().ok_or_else(|| OperatorError::NoHost {
             url: self.url.to_string(),
@@ -108,17 +166,14 @@ impl OperatorSource {
             .port_u16()
             .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let base = self.url.path().trim_end_matches('/');
-        let path = match after {
-            Some(v) if !v.is_empty() => format!("{base}/v1/config?after={v}"),
-            _ => format!("{base}/v1/config"),
-        };
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{base}{path_and_query}"))
             .header(header::HOST, authority.as_str())
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::ACCEPT_ENCODING, "gzip")
-            .body(Empty::<bytes::Bytes>::new())
+            .body(Full::new(body))
             .map_err(OperatorError::Request)?;
-
         let tcp = TcpStream::connect((authority.host(), port))
             .await
             .map_err(|source| OperatorError::Connect {
@@ -126,7 +181,7 @@ impl OperatorSource {
                 source,
             })?;
         tcp.set_nodelay(true).ok();
-        let response = match &self.tls {
+        match &self.tls {
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
@@ -135,10 +190,25 @@ impl OperatorSource {
                         authority: authority.to_string(),
                         source,
                     })?;
-                send(TokioIo::new(stream), request).await?
+                send(TokioIo::new(stream), request).await
             }
-            None => send(TokioIo::new(tcp), request).await?,
+            None => send(TokioIo::new(tcp), request).await,
+        }
+    }
+
+    fn state_file(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|d| d.join(STATE_FILE))
+    }
+
+    /// One `GET /v1/config?after=...` on a fresh connection.
+    async fn poll(&self, after: Option<&ConfigVersion>) -> Result<Poll, OperatorError> {
+        let path = match after {
+            Some(v) if !v.is_empty() => format!("/v1/config?after={v}"),
+            _ => "/v1/config".to_string(),
         };
+        let response = self
+            .request(http::Method::GET, &path, bytes::Bytes::new())
+            .await?;
 
         let (parts, body) = response.into_parts();
         match parts.status {
@@ -211,7 +281,7 @@ impl OperatorSource {
 
 async fn send<IO>(
     io: TokioIo<IO>,
-    request: Request<Empty<bytes::Bytes>>,
+    request: Request<Full<bytes::Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, OperatorError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -327,6 +397,18 @@ impl ConfigSource for OperatorSource {
     }
 
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
+        let this: Arc<Self> = Arc::from(self);
+        let demand = this.demand.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(demand) = demand {
+            let reporter = this.clone();
+            tokio::spawn(async move { reporter.report_demand(demand).await });
+        }
+        this.poll_forever(events).await;
+    }
+}
+
+impl OperatorSource {
+    async fn poll_forever(&self, events: UnboundedSender<SourceEvent>) {
         let mut current: Option<ConfigVersion> = self.load_persisted().map(|c| c.version);
         let mut failures = 0u32;
         loop {

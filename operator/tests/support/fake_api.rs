@@ -28,6 +28,7 @@ type Body = BoxBody<Bytes, Infallible>;
 const RESOURCES: &[(&str, &str, &str, bool, bool)] = &[
     ("services", "v1", "Service", true, true),
     ("secrets", "v1", "Secret", true, false),
+    ("configmaps", "v1", "ConfigMap", true, false),
     (
         "endpointslices",
         "discovery.k8s.io/v1",
