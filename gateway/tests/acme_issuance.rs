@@ -194,9 +194,27 @@ impl Scene {
         http: SocketAddr,
         pebble_http: u16,
     ) -> Scene {
+        Scene::build(tag, challenge, issue, http, pebble_http, None).await
+    }
+
+    /// A scene whose pebble requires External Account Binding with `eab`
+    /// (key id, base64url HMAC key).
+    async fn bound(tag: &str, eab: (&str, &str)) -> Scene {
+        let http = free_addr();
+        Scene::build(tag, "HTTP-01", "Onboarding", http, http.port(), Some(eab)).await
+    }
+
+    async fn build(
+        tag: &str,
+        challenge: &str,
+        issue: &str,
+        http: SocketAddr,
+        pebble_http: u16,
+        eab: Option<(&str, &str)>,
+    ) -> Scene {
         let up = Upstream::start_on("app", "127.0.0.2:0").await;
         let https = free_addr();
-        let pebble = Pebble::start(pebble_http, https.port()).await;
+        let pebble = Pebble::start_with_eab(pebble_http, https.port(), eab).await;
         let dir = TempDir::new(&format!("{tag}-manifests"));
         let state = TempDir::new(&format!("{tag}-state"));
         put(&dir.0, "app.yaml", &app(&up));
@@ -392,6 +410,71 @@ async fn a_ca_outage_keeps_certificates_serving_and_pending_orders_back_off() {
     )
     .await;
     assert_eq!(metric(&gw, ISSUED_NEW).await, 2.0);
+}
+
+/// The issuer with an External Account Binding whose HMAC key is in
+/// Secret `vestibule-system/eab`, and that Secret holding `key`.
+fn bound_issuer(pebble: &Pebble, kid: &str, key: &str) -> String {
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(key);
+    format!(
+        r#"{issuer}
+  externalAccountBinding:
+    keyId: {kid}
+    keySecretRef: {{namespace: vestibule-system, name: eab, key: hmac}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: eab, namespace: vestibule-system, labels: {{vestibule.dev/acme-eab: "true"}}}}
+data: {{hmac: {data}}}
+"#,
+        issuer = issuer(pebble, "HTTP-01", "Onboarding").trim_end(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_from_a_secret_and_a_ca_that_refuses_a_wrong_key() {
+    // 32 bytes, base64url, as CAs hand them out.
+    const KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    const WRONG: &str = "aGVsbG8td3Jvbmcta2V5LWZvci1wZWJibGUtZWFiLXRlc3Q";
+    let s = Scene::bound("acme-eab", ("kid-1", KEY)).await;
+    let (pebble, dir) = (&s.pebble, &s.dir);
+
+    // A wrong HMAC key: the CA refuses the account, no order is issued,
+    // the failure is counted and the domain is not served.
+    put(&dir.0, "issuer.yaml", &bound_issuer(pebble, "kid-1", WRONG));
+    put(&dir.0, "a.yaml", &tenant("a", &["eab.customer.test"]));
+    let gw = s.gateway(&[]).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metric(&gw, FAILED_NEW).await >= 1.0
+        })
+        .await
+        .is_some(),
+        "no failed order with a wrong EAB key: {}",
+        acme_metrics(&gw).await
+    );
+    assert_eq!(metric(&gw, ISSUED_NEW).await, 0.0);
+    let config = gw.admin_get("/config").await.body;
+    assert!(
+        config.contains("external account binding") && config.contains("unauthorized"),
+        "{config}"
+    );
+    assert!(https_get(gw.https, &s.verified, "eab.customer.test")
+        .await
+        .is_err());
+
+    // The right key: the account is bound and the certificate issued.
+    put(&dir.0, "issuer.yaml", &bound_issuer(pebble, "kid-1", KEY));
+    wait_served(
+        &gw,
+        &s.verified,
+        "eab.customer.test",
+        Duration::from_secs(30),
+        pebble,
+    )
+    .await;
+    assert_eq!(metric(&gw, ISSUED_NEW).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

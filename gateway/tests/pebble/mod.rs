@@ -49,6 +49,16 @@ impl Pebble {
     /// Starts pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on
     /// `tls_port` of 127.0.0.1.
     pub async fn start(http_port: u16, tls_port: u16) -> Pebble {
+        Pebble::start_with_eab(http_port, tls_port, None).await
+    }
+
+    /// Like `start`, and when `eab` is `(key id, base64url HMAC key)`
+    /// pebble requires External Account Binding with that key.
+    pub async fn start_with_eab(
+        http_port: u16,
+        tls_port: u16,
+        eab: Option<(&str, &str)>,
+    ) -> Pebble {
         assert!(
             available(),
             "pebble is not installed (apt-get install pebble; .ci/run does it)"
@@ -72,7 +82,8 @@ impl Pebble {
             "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": eab.is_some(),
+            "externalAccountMACKeys": eab.map(|(kid, key)| serde_json::json!({kid: key})),
         }});
         let config = write("pebble.json", &config.to_string());
         let log = |name: &str| std::fs::File::create(dir.0.join(name)).unwrap();
