@@ -13,7 +13,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use vestibule_config::model::{ConfigVersion, GatewayConfig, PoolId, RouteName, TenantId};
 
+use crate::filters::{Action, Filters};
 use crate::metrics::{Metrics, RouteStats};
+use crate::mirror::Mirrors;
 use crate::ratelimit::TenantLimiter;
 use crate::route::RouteTable;
 use crate::tls::{CertCache, CertStore, ParsedCert};
@@ -26,7 +28,8 @@ pub const DEFAULT_ROUTE: &str = "default-backend";
 pub struct RouteTarget {
     pub name: RouteName,
     pub tenant: Option<TenantId>,
-    pub pool: Arc<UpstreamPool>,
+    pub action: Action,
+    pub filters: Filters,
     pub stats: RouteStats,
     /// The tenant's request budget on this replica, if it has one.
     pub limiter: Option<Arc<TenantLimiter>>,
@@ -125,37 +128,52 @@ impl Runtime {
             .collect();
         let mut stats: HashMap<(String, String), RouteStats, ahash::RandomState> =
             HashMap::default();
-        let mut target = |tenant: Option<&TenantId>, name: &RouteName, pool: &PoolId| {
+        // validate() checked every reference, so the pool exists; a fresh
+        // empty pool (503) is the safe answer if it ever doesn't.
+        let pool = |id: &PoolId| {
+            pools.get(id).cloned().unwrap_or_else(|| {
+                UpstreamPool::new(
+                    id.clone(),
+                    vestibule_config::model::Pool::Endpoints(vec![]),
+                    settings.clone(),
+                )
+            })
+        };
+        let mut target = |tenant: Option<&TenantId>, name: &RouteName, action, filters| {
             let t = tenant.map_or("", |t| t.as_str());
             let key = (t.to_string(), name.as_str().to_string());
             let stats = stats
                 .entry(key)
                 .or_insert_with(|| metrics.route_stats(t, name.as_str()))
                 .clone();
-            // validate() checked every reference, so the pool exists; a
-            // fresh empty pool (503) is the safe answer if it ever doesn't.
-            let pool = pools.get(pool).cloned().unwrap_or_else(|| {
-                UpstreamPool::new(
-                    pool.clone(),
-                    vestibule_config::model::Pool::Endpoints(vec![]),
-                    settings.clone(),
-                )
-            });
             Arc::new(RouteTarget {
                 name: name.clone(),
                 tenant: tenant.cloned(),
-                pool,
+                action,
+                filters,
                 stats,
                 limiter: tenant.and_then(|t| limiters.get(t).cloned()),
             })
         };
-        let default = config
-            .default_backend
-            .as_ref()
-            .map(|b| target(None, &RouteName::new(DEFAULT_ROUTE), b.pool()));
+        let default = config.default_backend.as_ref().map(|b| {
+            let action = match b.pool() {
+                Some(id) => Action::Proxy(pool(id)),
+                None => Action::Unresolved,
+            };
+            target(
+                None,
+                &RouteName::new(DEFAULT_ROUTE),
+                action,
+                Filters::default(),
+            )
+        });
         let routes = RouteTable::build(
             config,
-            |vhost, route| target(vhost.tenant.as_ref(), &route.name, route.backend.pool()),
+            |vhost, route| {
+                let action = Action::new(route, &route.backend, pool);
+                let filters = Filters::new(route, pool);
+                target(vhost.tenant.as_ref(), &route.name, action, filters)
+            },
             default,
         );
         let labels = stats.into_keys().collect();
@@ -251,11 +269,14 @@ pub struct Shared {
     /// In operator mode: names whose order a handshake asks for, reported
     /// to the operator's issuer.
     pub acme_demand: std::sync::OnceLock<tokio::sync::mpsc::Sender<Box<str>>>,
+    /// Copies of requests to the mirror pools of routes.
+    pub mirrors: Mirrors,
 }
 
 impl Shared {
     /// Fails only if the metrics can't be registered (a programming error).
     pub fn new(upstream: UpstreamSettings, source: String) -> Result<Arc<Self>, prometheus::Error> {
+        let metrics = Metrics::new()?;
         Ok(Arc::new(Shared {
             runtime: ArcSwap::from_pointee(Runtime::empty()),
             ready: AtomicBool::new(false),
@@ -263,7 +284,8 @@ impl Shared {
                 source,
                 ..Default::default()
             }),
-            metrics: Metrics::new()?,
+            mirrors: Mirrors::new(metrics.registry())?,
+            metrics,
             upstream: Arc::new(upstream),
             cert_cache: CertCache::default(),
             acme: std::sync::OnceLock::new(),

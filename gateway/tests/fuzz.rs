@@ -96,7 +96,7 @@ proptest! {
         let table = RouteTable::build(&sample_config(), |_, r| r.name.to_string(), Some("default".into()));
         let mut buf = HostBuf::new();
         let h = normalize_host(&host, &mut buf).unwrap_or("");
-        let _ = table.lookup(h, &path);
+        let _ = table.lookup(h, path.as_str());
     }
 }
 
@@ -124,11 +124,7 @@ fn sample_config() -> GatewayConfig {
 }
 
 fn route(name: &str, path: PathMatch) -> Route {
-    Route {
-        name: RouteName::new(name),
-        path,
-        backend: Backend::Pool(PoolId::new("p")),
-    }
+    Route::to_pool(RouteName::new(name), path, PoolId::new("p"))
 }
 
 // === the route table against a reference matcher ===
@@ -291,7 +287,7 @@ proptest! {
         for (host, path) in requests {
             let mut buf = HostBuf::new();
             let h = normalize_host(host.as_bytes(), &mut buf).unwrap_or("");
-            let got = match table.lookup(h, &path) {
+            let got = match table.lookup(h, path.as_str()) {
                 Lookup::Route { route, .. } | Lookup::Default { route, .. } => Some(route.clone()),
                 Lookup::NoRoute { .. } | Lookup::NoHost => None,
             };

@@ -61,12 +61,16 @@ impl<'a> Translator<'a> {
                         continue;
                     }
                 };
-                if let Some(existing) = self.routes.get(&host).and_then(|r| r.get(&matcher)) {
+                let key = RouteKey::path(matcher);
+                if let Some(existing) = self.routes.get(&host).and_then(|r| r.get(&key)) {
                     conditions.push(Condition::new(
                         ConditionType::Conflicted,
                         true,
                         Reason::RouteConflict,
-                        format!("{host} {matcher} is already served by {}", existing.owner),
+                        format!(
+                            "{host} {} is already served by {}",
+                            key.path, existing.owner
+                        ),
                     ));
                     continue;
                 }
@@ -74,10 +78,8 @@ impl<'a> Translator<'a> {
                 self.routes
                     .entry(host.clone())
                     .or_default()
-                    .insert_new(matcher, || RouteEntry {
-                        name: route_name.clone(),
-                        backend,
-                        owner: object.clone(),
+                    .insert_new(key, || {
+                        RouteEntry::new(route_name.clone(), backend, object.clone())
                     });
                 served += 1;
                 if let Some(t) = tenant {

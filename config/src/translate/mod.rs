@@ -34,8 +34,9 @@ use crate::acme::AcmePlan;
 use crate::hostname::{HostPattern, Hostname};
 use crate::manifests::Snapshot;
 use crate::model::{
-    Backend, CertId, Certificate, GatewayConfig, HostTls, PathMatch, Pool, PoolId, Route,
-    RouteName, Tenant as TenantConfig, TenantId, TlsUnavailable, Unavailable, VirtualHost,
+    Backend, CertId, Certificate, Conditions, Endpoint, Filter, GatewayConfig, HostTls, PathMatch,
+    Pool, PoolId, Route, RouteName, Tenant as TenantConfig, TenantId, TlsUnavailable, Unavailable,
+    VirtualHost,
 };
 use crate::tenant::Tenant;
 
@@ -128,33 +129,76 @@ fn run(
 /// A route as collected, before vhosts are assembled.
 struct RouteEntry {
     name: RouteName,
+    filters: Vec<Filter>,
     backend: Backend,
     owner: ObjectRef,
 }
 
-/// One host's routes as collected, keyed by path (unique). Most hosts have
-/// one to three paths: a small vector is found by a scan, where a `BTreeMap`
-/// per host allocated a node of eleven entries each (10k hosts: ~25 MB
-/// allocated and dropped per translation).
+impl RouteEntry {
+    /// A route with no filters.
+    fn new(name: RouteName, backend: Backend, owner: ObjectRef) -> Self {
+        RouteEntry {
+            name,
+            filters: Vec::new(),
+            backend,
+            owner,
+        }
+    }
+}
+
+/// What makes two routes of a host the same route: the path and the
+/// request conditions.
+#[derive(Clone, PartialEq, Eq)]
+struct RouteKey {
+    path: PathMatch,
+    conditions: Conditions,
+}
+
+impl RouteKey {
+    /// A path with no other condition (Ingress rules, tenant backends).
+    fn path(path: PathMatch) -> Self {
+        RouteKey {
+            path,
+            conditions: Conditions::default(),
+        }
+    }
+}
+
+/// One host's routes as collected, keyed by path and conditions (unique).
+/// Most hosts have one to three paths: a small vector is found by a scan,
+/// where a `BTreeMap` per host allocated a node of eleven entries each
+/// (10k hosts: ~25 MB allocated and dropped per translation).
 #[derive(Default)]
-struct PathRoutes(Vec<(PathMatch, RouteEntry)>);
+struct PathRoutes(Vec<(RouteKey, RouteEntry)>);
 
 impl PathRoutes {
-    fn get(&self, path: &PathMatch) -> Option<&RouteEntry> {
-        self.0.iter().find(|(p, _)| p == path).map(|(_, e)| e)
+    fn get(&self, key: &RouteKey) -> Option<&RouteEntry> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, e)| e)
     }
 
-    /// Adds the route for `path` unless one is there (the first claim wins).
-    fn insert_new(&mut self, path: PathMatch, entry: impl FnOnce() -> RouteEntry) {
-        if self.get(&path).is_none() {
-            self.0.push((path, entry()));
+    /// Adds the route for `key` unless one is there (the first claim wins).
+    fn insert_new(&mut self, key: RouteKey, entry: impl FnOnce() -> RouteEntry) {
+        if self.get(&key).is_none() {
+            self.0.push((key, entry()));
         }
     }
 
-    /// The routes in path order (what the map gave).
-    fn into_sorted(mut self) -> Vec<(PathMatch, RouteEntry)> {
-        self.0.sort_by(|a, b| a.0.cmp(&b.0));
-        self.0
+    /// The routes, most specific first; routes of equal precedence stay in
+    /// the order they were claimed (oldest object first).
+    fn into_routes(self) -> Vec<Route> {
+        let mut routes: Vec<Route> = self
+            .0
+            .into_iter()
+            .map(|(key, e)| Route {
+                name: e.name,
+                path: key.path,
+                conditions: key.conditions,
+                filters: e.filters,
+                backend: e.backend,
+            })
+            .collect();
+        routes.sort_by(|a, b| a.precedence_key().cmp(&b.precedence_key()));
+        routes
     }
 }
 
@@ -347,7 +391,7 @@ mod tests {
         let route = &vhost(&config, "a.io").routes[0];
         assert_eq!(route.path, PathMatch::prefix("/static"));
         assert_eq!(
-            config.pools.get(route.backend.pool()),
+            config.pools.get(route.backend.pool().unwrap()),
             Some(&Pool::Endpoints(Vec::new()))
         );
     }

@@ -29,16 +29,7 @@ impl<'a> Translator<'a> {
                     _ => None,
                 })
                 .map(|b| b.tls.clone());
-            let mut routes: Vec<Route> = routes
-                .into_sorted()
-                .into_iter()
-                .map(|(path, e)| Route {
-                    name: e.name,
-                    path,
-                    backend: e.backend,
-                })
-                .collect();
-            routes.sort_by(|a, b| a.path.precedence_key().cmp(&b.path.precedence_key()));
+            let routes = routes.into_routes();
             hosts.push(VirtualHost {
                 host,
                 tenant,
@@ -51,8 +42,8 @@ impl<'a> Translator<'a> {
         // Keep only what the served config refers to.
         let used_pools: BTreeSet<&PoolId> = hosts
             .iter()
-            .flat_map(|h| h.routes.iter().map(|r| r.backend.pool()))
-            .chain(default_backend.as_ref().map(Backend::pool))
+            .flat_map(|h| h.routes.iter().filter_map(|r| r.backend.pool()))
+            .chain(default_backend.as_ref().and_then(Backend::pool))
             .collect();
         let pools = self
             .pools

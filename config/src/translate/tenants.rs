@@ -222,10 +222,12 @@ impl<'a> Translator<'a> {
                     if self.ownership.owner(host) != Some(index) {
                         continue;
                     }
-                    routes.insert_new(PathMatch::prefix("/"), || RouteEntry {
-                        name: RouteName::new(format!("tenant/{id}")),
-                        backend: backend.clone(),
-                        owner: object.clone(),
+                    routes.insert_new(RouteKey::path(PathMatch::prefix("/")), || {
+                        RouteEntry::new(
+                            RouteName::new(format!("tenant/{id}")),
+                            backend.clone(),
+                            object.clone(),
+                        )
                     });
                 }
             }

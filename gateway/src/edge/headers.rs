@@ -162,7 +162,8 @@ fn forwarded(
 }
 
 /// The port of a validated authority (`h:8080`, `[::1]:8080`), if any.
-fn authority_port(authority: &[u8]) -> Option<&[u8]> {
+/// The port of an authority (`host:port`, `[v6]:port`), if it names one.
+pub fn authority_port(authority: &[u8]) -> Option<&[u8]> {
     let after_host = match authority.iter().rposition(|&b| b == b']') {
         Some(end) => &authority[end + 1..],
         None => authority,

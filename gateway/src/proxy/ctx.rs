@@ -45,6 +45,8 @@ impl Ctx {
 /// A request with a route target.
 pub struct Routed {
     pub target: Arc<RouteTarget>,
+    /// The pool the target's action chose.
+    pub pool: Arc<UpstreamPool>,
     /// The pool slot, taken with the first endpoint and kept across a retry.
     slot: Option<PoolSlot>,
     /// The current upstream attempt.
@@ -78,9 +80,10 @@ impl NoUpstream {
 }
 
 impl Routed {
-    pub fn new(target: Arc<RouteTarget>) -> Self {
+    pub fn new(target: Arc<RouteTarget>, pool: Arc<UpstreamPool>) -> Self {
         Routed {
             target,
+            pool,
             slot: None,
             attempt: None,
             failed: None,
@@ -90,7 +93,7 @@ impl Routed {
     /// Picks the endpoint of the next attempt (never the one that failed)
     /// and, the first time, takes a pool slot.
     pub fn start_attempt(&mut self) -> Result<&Attempt, NoUpstream> {
-        let pool = &self.target.pool;
+        let pool = &self.pool;
         let endpoint = pool.select(self.failed).ok_or(NoUpstream::NoEndpoint)?;
         if self.slot.is_none() {
             self.slot = Some(PoolSlot::take(pool).ok_or(NoUpstream::AtCapacity)?);

@@ -20,6 +20,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::conn;
 use crate::edge;
 use crate::edge::headers::{self, Origin, Underscores};
+use crate::filters::Choice;
 use crate::ratelimit::retry_after_secs;
 use crate::route::{normalize_host, BadHost, HostBuf, Lookup};
 use crate::runtime::{Runtime, Shared};
@@ -182,8 +183,12 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
                 respond(session, why.status(), why.body(), None).await
             }
-            Decision::Redirect(location) => {
-                respond(session, 308, "", Some((LOCATION, location))).await
+            Decision::Redirect(status, location) => {
+                respond(session, status, "", Some((LOCATION, location))).await
+            }
+            Decision::Unresolved => {
+                let body = "this route's backend could not be resolved\n";
+                respond(session, 500, body, None).await
             }
             Decision::Misdirected => respond(
                 session,
@@ -242,6 +247,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::scrub(upstream, self.settings.underscores);
+        // Route edits first: the tenant and forwarding headers set below
+        // always win over them.
+        if let Some(routed) = &ctx.routed {
+            routed.target.filters.on_request(upstream);
+        }
         let origin = Origin {
             client_ip: session
                 .client_addr()
@@ -263,16 +273,20 @@ impl ProxyHttp for Gateway {
         if resp.status.is_informational() {
             return Ok(());
         }
+        if let Some(routed) = &ctx.routed {
+            routed.target.filters.on_response(resp);
+        }
         if let Some(Routed {
             target,
+            pool,
             attempt: Some(attempt),
             ..
         }) = &ctx.routed
         {
             if resp.status.is_server_error() {
-                target.pool.record_failure(&attempt.endpoint);
+                pool.record_failure(&attempt.endpoint);
             } else {
-                target.pool.record_success(&attempt.endpoint);
+                pool.record_success(&attempt.endpoint);
             }
             let took = attempt.started.elapsed().as_secs_f64();
             target.stats.observe_upstream(took);
@@ -291,7 +305,7 @@ impl ProxyHttp for Gateway {
             return e;
         };
         if let Some(attempt) = routed.attempt.take() {
-            routed.target.pool.record_failure(&attempt.endpoint);
+            routed.pool.record_failure(&attempt.endpoint);
         }
         // Nothing was sent, so any method may go to one other endpoint.
         if routed.failed.is_none() {
@@ -313,12 +327,12 @@ impl ProxyHttp for Gateway {
         // endpoint's health; a fresh one failing does.
         if !client_reused {
             if let Some(Routed {
-                target,
+                pool,
                 attempt: Some(attempt),
                 ..
             }) = &ctx.routed
             {
-                target.pool.record_failure(&attempt.endpoint);
+                pool.record_failure(&attempt.endpoint);
             }
         }
         // Pingora's default policy: never retry a non-idempotent request
@@ -410,7 +424,11 @@ enum Decision {
     Proxy,
     /// Refused by the edge checks (smuggling shapes, size limits).
     Reject(edge::Reject),
-    Redirect(HeaderValue),
+    /// A redirect: status and `Location`.
+    Redirect(u16, HeaderValue),
+    /// The route's backend (or this request's share of it) could not be
+    /// resolved: 500, as the Gateway API requires.
+    Unresolved,
     /// The Host names a configured host that the connection's certificate
     /// (chosen by SNI) is not the one for: 421, so a client that coalesced
     /// connections (HTTP/2) opens one for that host instead.
@@ -436,10 +454,10 @@ impl Gateway {
         };
         ctx.authority = authority;
         let runtime = self.shared.runtime.load();
-        let lookup = runtime.routes.lookup(host, req.uri.path());
+        let lookup = runtime.routes.lookup(host, &**req);
         if let Some(vhost) = lookup.vhost() {
             if vhost.tls && !self.settings.tls {
-                return Decision::Redirect(self.https_location(host, req));
+                return Decision::Redirect(308, self.https_location(host, req));
             }
             if let Some(conn) = tls {
                 if self.misdirected(&runtime, conn, host) {
@@ -449,11 +467,31 @@ impl Gateway {
             ctx.tenant_header = vhost.tenant_header.clone();
         }
         let target = match lookup {
-            Lookup::Route { route, .. } | Lookup::Default { route, .. } => route.clone(),
+            Lookup::Route { route, .. } | Lookup::Default { route, .. } => route,
             Lookup::NoRoute { .. } | Lookup::NoHost => return Decision::NotFound,
         };
+        let pool = match target.action.choose() {
+            Choice::Proxy(pool) => pool.clone(),
+            Choice::Fail => return Decision::Unresolved,
+            Choice::Redirect(to) => {
+                let port = ctx
+                    .authority
+                    .as_ref()
+                    .and_then(|a| edge::headers::authority_port(a.as_bytes()))
+                    .and_then(|p| std::str::from_utf8(p).ok()?.parse().ok());
+                return match to.location(req, host, port, self.settings.tls) {
+                    Some(location) => Decision::Redirect(to.status, location),
+                    None => Decision::Reject(edge::Reject::BadRequest("invalid redirect\n")),
+                };
+            }
+        };
         let limited = target.limiter.as_ref().and_then(|l| l.check().err());
-        ctx.routed = Some(Routed::new(target));
+        if limited.is_none() {
+            for mirror in target.filters.mirrors() {
+                self.shared.mirrors.send(mirror, req);
+            }
+        }
+        ctx.routed = Some(Routed::new(target.clone(), pool));
         match limited {
             Some(wait) => Decision::RateLimited(retry_after_secs(wait)),
             None => Decision::Proxy,

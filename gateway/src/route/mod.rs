@@ -9,10 +9,12 @@
 mod host;
 mod hostmap;
 mod path;
+mod request;
 
 pub use host::{normalize_host, wildcard_label, BadHost, HostBuf};
 pub use hostmap::HostMap;
 pub use path::PathTable;
+pub use request::RequestView;
 
 use vestibule_config::model::{GatewayConfig, Route, TenantId, VirtualHost};
 use vestibule_config::HostPattern;
@@ -114,7 +116,12 @@ impl<R> RouteTable<R> {
             if !table.hosts.insert(&vhost.host, idx) {
                 continue;
             }
-            let paths = PathTable::build(vhost.routes.iter().map(|r| (&r.path, route(vhost, r))));
+            let paths = PathTable::build(
+                vhost
+                    .routes
+                    .iter()
+                    .map(|r| (&r.path, &r.conditions, route(vhost, r))),
+            );
             table.vhosts.push(VhostEntry {
                 pattern: vhost.host.clone(),
                 tenant: vhost.tenant.clone(),
@@ -130,11 +137,11 @@ impl<R> RouteTable<R> {
     }
 
     /// Finds the route for a normalized host (see [`normalize_host`]) and a
-    /// request path without query.
+    /// request (a bare path is a GET with no headers).
     #[inline]
-    pub fn lookup<'a>(&'a self, host: &str, path: &str) -> Lookup<'a, R> {
+    pub fn lookup<'a, Q: RequestView + ?Sized>(&'a self, host: &str, req: &Q) -> Lookup<'a, R> {
         match self.vhost(host) {
-            Some(vhost) => match vhost.paths.lookup(path) {
+            Some(vhost) => match vhost.paths.lookup(req) {
                 Some(route) => Lookup::Route { vhost, route },
                 // A tenant's host never falls to the cluster-wide default
                 // backend: that belongs to whichever namespace set it, and
@@ -183,14 +190,10 @@ impl<R> RouteTable<R> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use vestibule_config::model::{Backend, PathMatch, PoolId, RouteName};
+    use vestibule_config::model::{PathMatch, PoolId, RouteName};
 
     fn route(name: &str, path: PathMatch) -> Route {
-        Route {
-            name: RouteName::new(name),
-            path,
-            backend: Backend::Pool(PoolId::new("p")),
-        }
+        Route::to_pool(RouteName::new(name), path, PoolId::new("p"))
     }
 
     fn vhost(host: &str, routes: Vec<Route>) -> VirtualHost {

@@ -15,8 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use vestibule_config::model::{
-    Backend, Endpoint, GatewayConfig, PathMatch, Pool, PoolId, Route, RouteName, TenantId,
-    VirtualHost,
+    Endpoint, GatewayConfig, PathMatch, Pool, PoolId, Route, RouteName, TenantId, VirtualHost,
 };
 use vestibule_config::HostPattern;
 
@@ -31,6 +30,8 @@ pub struct Upstream {
     /// Connections that carried at least one request (not the health
     /// checks' bare connects).
     served: Arc<AtomicUsize>,
+    /// The method and target of every request received, in order.
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Upstream {
@@ -45,13 +46,15 @@ impl Upstream {
         let n = name.to_string();
         let served = Arc::new(AtomicUsize::new(0));
         let count = served.clone();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
         tokio::spawn(async move {
             let mut stopped_accept = stopped.clone();
             loop {
                 tokio::select! {
                     conn = listener.accept() => {
                         let Ok((sock, _)) = conn else { continue };
-                        tokio::spawn(serve_conn(sock, n.clone(), stopped.clone(), count.clone()));
+                        tokio::spawn(serve_conn(sock, n.clone(), stopped.clone(), count.clone(), log.clone()));
                     }
                     _ = stopped_accept.changed() => return,
                 }
@@ -62,7 +65,13 @@ impl Upstream {
             addr,
             stop,
             served,
+            requests,
         }
+    }
+
+    /// `METHOD target` of every request received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     /// Connections that have carried a request so far.
@@ -87,6 +96,7 @@ async fn serve_conn(
     name: String,
     mut stopped: watch::Receiver<bool>,
     served: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let mut first = true;
     let mut reader = BufReader::new(sock);
@@ -98,6 +108,8 @@ async fn serve_conn(
         let Some((line, headers)) = head else { return };
         // The request target as forwarded, for tests of path handling.
         let target = line.split(' ').nth(1).unwrap_or("").to_string();
+        let method = line.split(' ').next().unwrap_or("");
+        requests.lock().unwrap().push(format!("{method} {target}"));
         if std::mem::take(&mut first) {
             served.fetch_add(1, Ordering::Relaxed);
         }
@@ -306,11 +318,7 @@ pub fn pool(upstreams: &[(&Upstream, u32)]) -> Pool {
 }
 
 pub fn route(name: &str, path: PathMatch, pool: &str) -> Route {
-    Route {
-        name: RouteName::new(name),
-        path,
-        backend: Backend::Pool(PoolId::new(pool)),
-    }
+    Route::to_pool(RouteName::new(name), path, PoolId::new(pool))
 }
 
 pub fn vhost(host: &str, tenant: Option<&str>, routes: Vec<Route>) -> VirtualHost {

@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::hostname::{HostPattern, Hostname};
 
+mod route;
+
+pub use route::*;
+
 // === impl GatewayConfig ===
 
 /// One complete gateway configuration.
@@ -292,94 +296,6 @@ impl From<UnavailableRepr> for Unavailable {
                 reason: TlsUnavailable::SecretInvalid,
                 message,
             },
-        }
-    }
-}
-
-// === impl Route ===
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Route {
-    /// Where the route came from (`ingress/ns/name`, `tenant/name`): the
-    /// bounded `route` label of metrics and logs.
-    pub name: RouteName,
-    pub path: PathMatch,
-    pub backend: Backend,
-}
-
-/// How a route matches the request path.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub enum PathMatch {
-    /// The whole path equals this.
-    Exact(String),
-    /// The path starts with these path elements: `/foo` matches `/foo`,
-    /// `/foo/` and `/foo/bar`, never `/foobar`. Stored without a trailing `/`
-    /// (except the root `/`).
-    Prefix(String),
-}
-
-impl PathMatch {
-    /// A normalized prefix matcher (trailing slashes removed, root kept).
-    pub fn prefix(path: &str) -> Self {
-        let trimmed = path.trim_end_matches('/');
-        PathMatch::Prefix(if trimmed.is_empty() {
-            "/".to_string()
-        } else {
-            trimmed.to_string()
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
-        }
-    }
-
-    /// Does this matcher accept the request path (query already removed)?
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Exact(p) => p == path,
-            PathMatch::Prefix(p) if p == "/" => true,
-            PathMatch::Prefix(p) => match path.strip_prefix(p.as_str()) {
-                Some(rest) => rest.is_empty() || rest.starts_with('/'),
-                None => false,
-            },
-        }
-    }
-
-    /// Route precedence: Exact before Prefix, longer before shorter, then by
-    /// text so the order is total. Sorting by this key puts the winner first.
-    pub fn precedence_key(&self) -> (u8, std::cmp::Reverse<usize>, &str) {
-        match self {
-            PathMatch::Exact(p) => (0, std::cmp::Reverse(p.len()), p),
-            PathMatch::Prefix(p) => (1, std::cmp::Reverse(p.len()), p),
-        }
-    }
-}
-
-impl fmt::Display for PathMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PathMatch::Exact(p) => write!(f, "Exact {p}"),
-            PathMatch::Prefix(p) => write!(f, "Prefix {p}"),
-        }
-    }
-}
-
-/// Where matched requests go.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub enum Backend {
-    /// Proxy to a pool.
-    Pool(PoolId),
-}
-
-impl Backend {
-    pub fn pool(&self) -> &PoolId {
-        match self {
-            Backend::Pool(id) => id,
         }
     }
 }

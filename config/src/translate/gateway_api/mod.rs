@@ -17,13 +17,16 @@ use std::collections::BTreeMap;
 use crate::gateway_api::gateways::{
     GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From_,
 };
-use crate::gateway_api::httproutes::{
-    HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesMatchesPathType as PathType,
-};
+use crate::gateway_api::httproutes::HttpRouteParentRefs;
 use crate::gateway_api::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use crate::translate::status::{ListenerStatus, ParentStatus};
 
 use super::*;
+
+mod backends;
+mod rules;
+
+use rules::Action;
 
 /// The `controllerName` of GatewayClasses Vestibule serves.
 pub const GATEWAY_CONTROLLER: &str = "vestibule.dev/gateway-controller";
@@ -540,11 +543,25 @@ impl<'a> Translator<'a> {
         let mut not_allowed: Option<Condition> = None;
         let mut served = 0usize;
         for (index, rule) in route.spec.rules.iter().flatten().enumerate() {
-            let Some(paths) = rule_paths(rule) else {
-                unsupported.push(index);
-                continue;
+            let converted = match rules::convert(rule) {
+                Ok(r) => r,
+                Err(why) => {
+                    unsupported.push(format!("rule {index}: {why}"));
+                    continue;
+                }
             };
-            let backend = self.route_backend(ns, &object.name, index, rule, grants, &mut resolved);
+            let backend = match converted.action {
+                Action::Redirect(r) => Backend::Redirect(Box::new(r)),
+                Action::Forward => {
+                    self.route_backend(ns, &object.name, index, rule, grants, &mut resolved)
+                }
+            };
+            let mut filters = converted.filters;
+            for mirror in converted.mirrors {
+                if let Some(pool) = self.mirror_pool(ns, mirror, grants, &mut resolved) {
+                    filters.push(Filter::Mirror(pool));
+                }
+            }
             for (i, hosts) in &targets {
                 for host in hosts {
                     let tenant = match self.admit_host(host, ns) {
@@ -560,10 +577,11 @@ impl<'a> Translator<'a> {
                             owner: gw.object.clone(),
                         });
                     }
-                    for path in &paths {
+                    for key in &converted.keys {
                         let entries = self.routes.entry(host.clone()).or_default();
-                        entries.insert_new(path.clone(), || RouteEntry {
+                        entries.insert_new(key.clone(), || RouteEntry {
                             name: route_name.clone(),
+                            filters: filters.clone(),
                             backend: backend.clone(),
                             owner: object.clone(),
                         });
@@ -580,11 +598,7 @@ impl<'a> Translator<'a> {
         }
         // One condition per type: what is dropped is said in the message.
         let mut dropped = Vec::new();
-        if !unsupported.is_empty() {
-            dropped.push(format!(
-                "rules {unsupported:?} use header, query or method matches, RegularExpression paths or filters, which are not served yet"
-            ));
-        }
+        dropped.extend(unsupported.iter().cloned());
         if let Some(c) = &not_allowed {
             dropped.push(c.message.clone());
         }
@@ -609,119 +623,6 @@ impl<'a> Translator<'a> {
         };
         vec![accepted, resolved]
     }
-
-    /// One pool for a rule's backendRefs, weighted; unresolvable references
-    /// carry no traffic and set `resolved`.
-    fn route_backend(
-        &mut self,
-        ns: &str,
-        route: &str,
-        index: usize,
-        rule: &HttpRouteRules,
-        grants: &[Arc<ReferenceGrant>],
-        resolved: &mut Condition,
-    ) -> Backend {
-        let mut groups = Vec::new();
-        // The Service pool of a rule with one live backend, shared with every
-        // other route to it (one health state, one connection pool).
-        let mut single = None;
-        let mut fail = |reason: Reason, message: String| {
-            *resolved = condition(ConditionType::ResolvedRefs, false, reason, message);
-        };
-        let refs = rule.backend_refs.as_deref().unwrap_or_default();
-        let live = refs.iter().filter(|b| b.weight.unwrap_or(1) > 0).count();
-        for b in refs {
-            let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-            if b.group.as_deref().is_some_and(|g| !g.is_empty())
-                || b.kind.as_deref().is_some_and(|k| k != "Service")
-            {
-                fail(
-                    Reason::InvalidKind,
-                    format!("backendRef {}: only core Services are supported", b.name),
-                );
-                continue;
-            }
-            let svc_ns = b.namespace.as_deref().unwrap_or(ns);
-            if svc_ns != ns && !granted(grants, "HTTPRoute", ns, "Service", svc_ns, &b.name) {
-                fail(
-                    Reason::RefNotPermitted,
-                    format!("no ReferenceGrant in {svc_ns} allows Service {}", b.name),
-                );
-                continue;
-            }
-            let Some(port) = b.port else {
-                fail(
-                    Reason::BackendNotFound,
-                    format!("backendRef {}: no port", b.name),
-                );
-                continue;
-            };
-            let (id, pool) = self
-                .services
-                .resolve(svc_ns, &b.name, &PortRef::Number(port));
-            match pool {
-                Ok(Pool::Endpoints(eps)) => {
-                    if live == 1 && weight > 0 {
-                        single = Some((id, Pool::Endpoints(eps.clone())));
-                    }
-                    groups.push((weight, eps.into_iter().map(|e| e.address).collect()));
-                }
-                Ok(Pool::ExternalName { .. }) => fail(
-                    Reason::InvalidKind,
-                    format!("Service {svc_ns}/{} is ExternalName", b.name),
-                ),
-                Err(u) => fail(Reason::BackendNotFound, u.message),
-            }
-        }
-        if let Some((id, pool)) = single {
-            return self.install_pool(id, Ok(pool), &mut Vec::new());
-        }
-        let id = PoolId::new(format!("httproute/{ns}/{route}/{index}"));
-        self.pools
-            .insert(id.clone(), Pool::Endpoints(merge_weighted(&groups)));
-        Backend::Pool(id)
-    }
-}
-
-/// The path matchers of a rule, or `None` when it uses something not
-/// served yet (header, query or method matches, RegularExpression, filters).
-fn rule_paths(rule: &HttpRouteRules) -> Option<Vec<PathMatch>> {
-    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-        return None;
-    }
-    let matches = rule.matches.as_deref().unwrap_or_default();
-    if matches.is_empty() {
-        return Some(vec![PathMatch::prefix("/")]);
-    }
-    let mut paths = Vec::new();
-    for m in matches {
-        if m.headers.as_ref().is_some_and(|h| !h.is_empty())
-            || m.query_params.as_ref().is_some_and(|q| !q.is_empty())
-            || m.method.is_some()
-        {
-            return None;
-        }
-        let value = m
-            .path
-            .as_ref()
-            .and_then(|p| p.value.as_deref())
-            .unwrap_or("/");
-        let kind = m
-            .path
-            .as_ref()
-            .and_then(|p| p.r#type.clone())
-            .unwrap_or(PathType::PathPrefix);
-        let path = match kind {
-            PathType::Exact => path_match("Exact", Some(value)),
-            PathType::PathPrefix => path_match("Prefix", Some(value)),
-            PathType::RegularExpression => return None,
-        }
-        .ok()?;
-        if !paths.contains(&path) {
-            paths.push(path);
-        }
-    }
-    Some(paths)
 }
 
 #[cfg(test)]

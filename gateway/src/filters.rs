@@ -1,0 +1,450 @@
+//! A route's action and filters compiled for the request path: proxy to a
+//! pool (with the 500 share of unresolvable backends), redirect, header
+//! edits on the request and the response, URL rewrites, mirrors.
+//!
+//! Compiled once per config; applying them only inserts precomputed
+//! header values. The tenant and forwarding headers are set after the
+//! request edits, so a route can never forge them.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+use vestibule_config::model::{
+    self, Backend, Filter, HeaderEdits, PathMatch, PathRewrite, Redirect, Route,
+};
+
+use crate::upstream::UpstreamPool;
+
+// === impl Action ===
+
+/// What answers a route's requests.
+pub enum Action {
+    Proxy(Arc<UpstreamPool>),
+    /// Of every `total` requests, `total - weight` answer 500 (the share of
+    /// unresolvable backends), spread evenly by a turn counter.
+    Split {
+        pool: Arc<UpstreamPool>,
+        weight: u32,
+        total: u32,
+        turn: AtomicU32,
+    },
+    /// Every request answers 500.
+    Unresolved,
+    Redirect(RedirectTo),
+}
+
+/// The outcome of an [`Action`] for one request.
+pub enum Choice<'a> {
+    Proxy(&'a Arc<UpstreamPool>),
+    Fail,
+    Redirect(&'a RedirectTo),
+}
+
+impl Action {
+    /// `pool` resolves a pool id of the config.
+    pub fn new(
+        route: &Route,
+        backend: &Backend,
+        pool: impl Fn(&model::PoolId) -> Arc<UpstreamPool>,
+    ) -> Self {
+        match backend {
+            Backend::Pool(id) => Action::Proxy(pool(id)),
+            Backend::Split {
+                pool: id,
+                weight,
+                unresolved,
+            } => Action::Split {
+                pool: pool(id),
+                weight: *weight,
+                total: weight.saturating_add(*unresolved).max(1),
+                turn: AtomicU32::new(0),
+            },
+            Backend::Unresolved => Action::Unresolved,
+            Backend::Redirect(r) => Action::Redirect(RedirectTo::new(r, &route.path)),
+        }
+    }
+
+    #[inline]
+    pub fn choose(&self) -> Choice<'_> {
+        match self {
+            Action::Proxy(pool) => Choice::Proxy(pool),
+            Action::Split {
+                pool,
+                weight,
+                total,
+                turn,
+            } => {
+                let n = turn.fetch_add(1, Ordering::Relaxed) % total;
+                if n < *weight {
+                    Choice::Proxy(pool)
+                } else {
+                    Choice::Fail
+                }
+            }
+            Action::Unresolved => Choice::Fail,
+            Action::Redirect(r) => Choice::Redirect(r),
+        }
+    }
+}
+
+// === impl RedirectTo ===
+
+/// A redirect, ready to build its `Location`.
+pub struct RedirectTo {
+    pub status: u16,
+    scheme: Option<model::Scheme>,
+    hostname: Option<Box<str>>,
+    port: Option<u16>,
+    path: Option<NewPath>,
+}
+
+impl RedirectTo {
+    fn new(r: &Redirect, matched: &PathMatch) -> Self {
+        RedirectTo {
+            status: r.status.code(),
+            scheme: r.scheme,
+            hostname: r.hostname.as_ref().map(|h| h.as_str().into()),
+            port: r.port,
+            path: r.path.as_ref().map(|p| NewPath::new(p, matched)),
+        }
+    }
+
+    /// The `Location` for a request to `host` (normalized, no port) whose
+    /// authority named `port`, received over TLS or not. Unset parts keep
+    /// the request's; the port is left out when it is the scheme's own.
+    pub fn location(
+        &self,
+        req: &RequestHeader,
+        host: &str,
+        port: Option<u16>,
+        tls: bool,
+    ) -> Option<HeaderValue> {
+        let scheme = self.scheme.unwrap_or(if tls {
+            model::Scheme::Https
+        } else {
+            model::Scheme::Http
+        });
+        // A new scheme without a port goes to that scheme's port; otherwise
+        // the port the client used.
+        let port = match (self.port, self.scheme) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => port,
+        }
+        .filter(|p| *p != scheme.default_port());
+        let host = self.hostname.as_deref().unwrap_or(host);
+        let path = req.uri.path();
+        let mut out = String::with_capacity(64 + path.len());
+        out.push_str(scheme.as_str());
+        out.push_str("://");
+        out.push_str(host);
+        if let Some(p) = port {
+            out.push(':');
+            out.push_str(&p.to_string());
+        }
+        match &self.path {
+            Some(p) => p.apply(path, &mut out),
+            None => out.push_str(path),
+        }
+        if let Some(q) = req.uri.query() {
+            out.push('?');
+            out.push_str(q);
+        }
+        HeaderValue::from_str(&out).ok()
+    }
+}
+
+/// A path replacement, with the route's matched prefix.
+enum NewPath {
+    Full(Box<str>),
+    Prefix { matched: Box<str>, with: Box<str> },
+}
+
+impl NewPath {
+    fn new(p: &PathRewrite, matched: &PathMatch) -> Self {
+        match p {
+            PathRewrite::Full(f) => NewPath::Full(f.as_str().into()),
+            PathRewrite::Prefix(with) => NewPath::Prefix {
+                matched: matched.as_str().into(),
+                with: with.as_str().into(),
+            },
+        }
+    }
+
+    /// Appends the new path for `path` to `out`. `/foo` replaced by `/xyz`:
+    /// `/foo/bar` -> `/xyz/bar`, `/foo` -> `/xyz`; by `/`: `/foo/bar` ->
+    /// `/bar`, `/foo` -> `/`.
+    fn apply(&self, path: &str, out: &mut String) {
+        match self {
+            NewPath::Full(f) => out.push_str(f),
+            NewPath::Prefix { matched, with } => {
+                let matched = matched.trim_end_matches('/');
+                let rest = path.get(matched.len()..).unwrap_or("");
+                let base = with.trim_end_matches('/');
+                let start = out.len();
+                out.push_str(base);
+                out.push_str(rest);
+                if out.len() == start {
+                    out.push('/');
+                }
+            }
+        }
+    }
+}
+
+// === impl Filters ===
+
+/// A route's filters in the order the config gives them.
+#[derive(Default)]
+pub struct Filters(Box<[Compiled]>);
+
+enum Compiled {
+    Request(Edits),
+    Response(Edits),
+    Rewrite {
+        host: Option<HeaderValue>,
+        path: Option<NewPath>,
+    },
+    Mirror(Arc<UpstreamPool>),
+}
+
+/// Header edits with names and values parsed once.
+struct Edits {
+    set: Box<[(HeaderName, HeaderValue)]>,
+    add: Box<[(HeaderName, HeaderValue)]>,
+    remove: Box<[HeaderName]>,
+}
+
+impl Edits {
+    fn new(e: &HeaderEdits) -> Self {
+        let pairs = |v: &[model::Header]| {
+            v.iter()
+                .filter_map(|h| {
+                    Some((
+                        HeaderName::from_bytes(h.name.as_str().as_bytes()).ok()?,
+                        HeaderValue::from_str(h.value.as_str()).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        Edits {
+            set: pairs(&e.set),
+            add: pairs(&e.add),
+            remove: e
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_str().as_bytes()).ok())
+                .collect(),
+        }
+    }
+}
+
+/// Header edits on a request or a response head, whichever it is.
+trait Head {
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+    fn add(&mut self, name: HeaderName, value: HeaderValue);
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl Head for RequestHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+    fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.append_header(name, value);
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Head for ResponseHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+    fn add(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.append_header(name, value);
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Edits {
+    fn apply(&self, head: &mut impl Head) {
+        for (n, v) in self.set.iter() {
+            head.set(n.clone(), v.clone());
+        }
+        for (n, v) in self.add.iter() {
+            head.add(n.clone(), v.clone());
+        }
+        for n in self.remove.iter() {
+            head.remove(n);
+        }
+    }
+}
+
+impl Filters {
+    pub fn new(route: &Route, pool: impl Fn(&model::PoolId) -> Arc<UpstreamPool>) -> Self {
+        Filters(
+            route
+                .filters
+                .iter()
+                .map(|f| match f {
+                    Filter::RequestHeaders(e) => Compiled::Request(Edits::new(e)),
+                    Filter::ResponseHeaders(e) => Compiled::Response(Edits::new(e)),
+                    Filter::Rewrite(r) => Compiled::Rewrite {
+                        host: r
+                            .hostname
+                            .as_ref()
+                            .and_then(|h| HeaderValue::from_str(h.as_str()).ok()),
+                        path: r.path.as_ref().map(|p| NewPath::new(p, &route.path)),
+                    },
+                    Filter::Mirror(id) => Compiled::Mirror(pool(id)),
+                })
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Request header edits and rewrites, on the upstream request.
+    pub fn on_request(&self, req: &mut RequestHeader) {
+        for f in self.0.iter() {
+            match f {
+                Compiled::Request(e) => e.apply(req),
+                Compiled::Rewrite { host, path } => {
+                    if let Some(h) = host {
+                        let _ = req.insert_header(http::header::HOST, h.clone());
+                    }
+                    if let Some(p) = path {
+                        let mut new = String::with_capacity(req.uri.path().len() + 16);
+                        p.apply(req.uri.path(), &mut new);
+                        if let Some(q) = req.uri.query() {
+                            new.push('?');
+                            new.push_str(q);
+                        }
+                        if let Ok(uri) = http::Uri::try_from(new) {
+                            req.set_uri(uri);
+                        }
+                    }
+                }
+                Compiled::Response(_) | Compiled::Mirror(_) => {}
+            }
+        }
+    }
+
+    /// Response header edits.
+    pub fn on_response(&self, resp: &mut ResponseHeader) {
+        for f in self.0.iter() {
+            if let Compiled::Response(e) = f {
+                e.apply(resp);
+            }
+        }
+    }
+
+    /// The pools that get a copy of each request.
+    pub fn mirrors(&self) -> impl Iterator<Item = &Arc<UpstreamPool>> {
+        self.0.iter().filter_map(|f| match f {
+            Compiled::Mirror(p) => Some(p),
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rewritten(matched: &str, with: &str, path: &str) -> String {
+        let p = NewPath::new(
+            &PathRewrite::Prefix(with.into()),
+            &PathMatch::prefix(matched),
+        );
+        let mut out = String::new();
+        p.apply(path, &mut out);
+        out
+    }
+
+    #[test]
+    fn replace_prefix_match_keeps_the_rest_of_the_path() {
+        assert_eq!(
+            rewritten("/prefix/one", "/one", "/prefix/one/two"),
+            "/one/two"
+        );
+        assert_eq!(rewritten("/prefix/one", "/one", "/prefix/one"), "/one");
+        assert_eq!(
+            rewritten("/strip-prefix", "/", "/strip-prefix/three"),
+            "/three"
+        );
+        assert_eq!(rewritten("/strip-prefix", "/", "/strip-prefix"), "/");
+        assert_eq!(rewritten("/foo", "/xyz/", "/foo/"), "/xyz/");
+        assert_eq!(rewritten("/", "/new", "/a/b"), "/new/a/b");
+    }
+
+    fn redirect(json: &str, uri: &str, port: Option<u16>, tls: bool) -> String {
+        let r: Redirect = serde_json::from_str(json).unwrap();
+        let to = RedirectTo::new(&r, &PathMatch::prefix("/old"));
+        let req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        let v = to.location(&req, "example.org", port, tls).unwrap();
+        v.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn redirect_locations_follow_the_spec() {
+        let r = |json, port, tls| redirect(json, "/old/x?q=1", port, tls);
+        assert_eq!(
+            r(r#"{"status": 302}"#, None, false),
+            "http://example.org/old/x?q=1"
+        );
+        assert_eq!(
+            r(r#"{"status": 302, "scheme": "https"}"#, Some(8080), false),
+            "https://example.org/old/x?q=1"
+        );
+        assert_eq!(
+            r(r#"{"status": 302, "port": 8083}"#, None, false),
+            "http://example.org:8083/old/x?q=1"
+        );
+        assert_eq!(
+            r(
+                r#"{"status": 302, "scheme": "https", "port": 443}"#,
+                None,
+                false
+            ),
+            "https://example.org/old/x?q=1"
+        );
+        assert_eq!(
+            r(
+                r#"{"status": 302, "scheme": "http", "port": 8443}"#,
+                None,
+                true
+            ),
+            "http://example.org:8443/old/x?q=1"
+        );
+        assert_eq!(
+            r(
+                r#"{"status": 301, "hostname": "new.example.org"}"#,
+                Some(8080),
+                false
+            ),
+            "http://new.example.org:8080/old/x?q=1"
+        );
+        assert_eq!(
+            r(r#"{"status": 302, "path": {"full": "/one"}}"#, None, false),
+            "http://example.org/one?q=1"
+        );
+        assert_eq!(
+            r(
+                r#"{"status": 302, "path": {"prefix": "/new"}}"#,
+                None,
+                false
+            ),
+            "http://example.org/new/x?q=1"
+        );
+    }
+}
