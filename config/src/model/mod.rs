@@ -146,7 +146,9 @@ impl GatewayConfig {
         };
         for vhost in &self.hosts {
             for route in &vhost.routes {
-                pool(&route.backend)?;
+                if let Some(id) = route.pools().find(|id| !self.pools.contains_key(*id)) {
+                    return Err(ConfigError::Reference(format!("unknown pool {id}")));
+                }
             }
             if let Some(HostTls::Certificate(id)) = &vhost.tls {
                 if !self.certificates.contains_key(id) {

@@ -39,6 +39,18 @@ impl Route {
         }
     }
 
+    /// Every pool the route sends requests to: its backend's and its
+    /// mirrors'.
+    pub fn pools(&self) -> impl Iterator<Item = &PoolId> {
+        self.backend
+            .pool()
+            .into_iter()
+            .chain(self.filters.iter().filter_map(|f| match f {
+                Filter::Mirror(id) => Some(id),
+                _ => None,
+            }))
+    }
+
     /// Precedence among the routes of a host (the Gateway API's): Exact
     /// path, longest prefix, then a method, most headers, most query
     /// parameters. Sorting by this key (stably, so older routes stay first

@@ -42,7 +42,7 @@ impl<'a> Translator<'a> {
         // Keep only what the served config refers to.
         let used_pools: BTreeSet<&PoolId> = hosts
             .iter()
-            .flat_map(|h| h.routes.iter().filter_map(|r| r.backend.pool()))
+            .flat_map(|h| h.routes.iter().flat_map(Route::pools))
             .chain(default_backend.as_ref().and_then(Backend::pool))
             .collect();
         let pools = self
