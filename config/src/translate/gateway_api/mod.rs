@@ -4,13 +4,14 @@
 //! tenant hijack rules applied to route hostnames. Statuses follow the
 //! spec's conditions and reasons.
 //!
-//! Served so far: listeners on port 80 (HTTP) and 443 (HTTPS, TLS
-//! terminated with `certificateRefs`), `allowedRoutes` from Same and All,
-//! parentRef `sectionName` and `port`, hostname intersection, path matches
-//! (Exact, PathPrefix), weighted Service backendRefs, ReferenceGrants for
-//! backends and certificates. Rules with header, query or method matches,
-//! RegularExpression paths or filters are not served yet: they are
-//! dropped with `Accepted=False, reason UnsupportedValue` on their parent.
+//! Served: listeners on port 80 (HTTP) and 443 (HTTPS, TLS terminated
+//! with `certificateRefs`), `allowedRoutes` from Same and All, parentRef
+//! `sectionName` and `port`, hostname intersection, the rules' matches and
+//! filters ([`rules`]), weighted Service backendRefs with the 500 share of
+//! unresolvable ones ([`backends`]), ReferenceGrants for backends and
+//! certificates. Rules using anything else (RegularExpression, CORS,
+//! backendRef filters) are dropped with `Accepted=False, reason
+//! UnsupportedValue` on their parent, never served with a broader match.
 
 use std::collections::BTreeMap;
 
