@@ -6,6 +6,7 @@
 
 pub mod acme;
 pub mod error;
+pub mod gateway_api;
 pub mod leader;
 pub mod metrics;
 pub mod publish;
@@ -34,6 +35,10 @@ pub struct Settings {
     /// Gateway replicas the config is served to: each tenant's rate limit
     /// is divided by this ([`publish::per_replica`]).
     pub gateway_replicas: u32,
+    /// Watch the Gateway API (GatewayClass, Gateway, HTTPRoute,
+    /// ReferenceGrant) and write their statuses. Off by default: the
+    /// watches need the Gateway API CRDs in the cluster.
+    pub gateway_api: bool,
     /// Namespaces to watch; empty means all.
     pub watch_namespaces: Vec<String>,
     /// Config server address.
@@ -66,6 +71,7 @@ impl Settings {
         Settings {
             translate: Options::default(),
             gateway_replicas: 1,
+            gateway_api: false,
             watch_namespaces: Vec::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             token_file,

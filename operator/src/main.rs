@@ -115,6 +115,10 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1, env = "VESTIBULE_GATEWAY_REPLICAS",
           value_parser = clap::value_parser!(u32).range(1..))]
     gateway_replicas: u32,
+    /// Serve the Gateway API: watch GatewayClasses, Gateways, HTTPRoutes and
+    /// ReferenceGrants (their CRDs must be installed) and write their statuses.
+    #[arg(long, env = "VESTIBULE_GATEWAY_API")]
+    gateway_api: bool,
     /// Metrics and health address (/metrics, /healthz, /readyz).
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics: SocketAddr,
@@ -302,6 +306,7 @@ fn settings(args: RunArgs) -> Settings {
         .map(|(cert, key)| TlsFiles { cert, key });
     settings.publish_service = args.publish_service;
     settings.gateway_replicas = args.gateway_replicas;
+    settings.gateway_api = args.gateway_api;
     settings.metrics = args.metrics;
     // Issued certificates and the ACME account live beside the operator.
     settings.translate.acme_namespace = args.lease_namespace.clone();

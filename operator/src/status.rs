@@ -17,9 +17,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::reflector;
 use kube::{Api, Client};
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use vestibule_config::gateway_api::{Gateway, GatewayClass, HttpRoute};
 use vestibule_config::issuer::{AcmeIssuer, AcmeIssuerStatus};
 use vestibule_config::tenant::{Tenant, TenantStatus};
 use vestibule_config::translate::{Condition, ObjectKind, ObjectStatus, Reason};
@@ -155,9 +157,9 @@ impl Writer {
                         self.issuer_status(&issuer, status).await;
                     }
                 }
-                // The operator does not watch Gateway API objects yet
-                // (issue 15): `translate` and `--manifests` report them.
-                ObjectKind::GatewayClass | ObjectKind::Gateway | ObjectKind::HttpRoute => {}
+                ObjectKind::GatewayClass | ObjectKind::Gateway | ObjectKind::HttpRoute => {
+                    self.gateway_api_status(stores, status).await;
+                }
             }
         }
         // A problem that went away may come back later: report it again then.
@@ -374,6 +376,57 @@ impl Writer {
             .await
         {
             tracing::info!(issuer = %name, "AcmeIssuer status updated");
+        }
+    }
+
+    // === Gateway API ===
+
+    async fn gateway_api_status(&mut self, stores: &Stores, status: &ObjectStatus) {
+        use crate::gateway_api::{class_status, gateway_status, route_status};
+        let Some(g) = &stores.gateway_api else {
+            return;
+        };
+        let (kind, ns, name) = (
+            status.object.kind,
+            status.object.namespace.clone().unwrap_or_default(),
+            status.object.name.clone(),
+        );
+        let key = (kind, ns.clone(), name.clone());
+        let now = Timestamp::now();
+        match kind {
+            ObjectKind::GatewayClass => {
+                let Some(class) = g.classes.get(&reflector::ObjectRef::new(&name)) else {
+                    return;
+                };
+                if let Some(patch) = class_status(&class, status, now) {
+                    let api = Api::<GatewayClass>::all(self.client.clone());
+                    self.patch_status(api, key, &class.metadata, patch, "GatewayClass")
+                        .await;
+                }
+            }
+            ObjectKind::Gateway => {
+                let within = reflector::ObjectRef::new(&name).within(&ns);
+                let Some(gw) = g.gateways.iter().find_map(|s| s.get(&within)) else {
+                    return;
+                };
+                if let Some(patch) = gateway_status(&gw, status, now) {
+                    let api = Api::<Gateway>::namespaced(self.client.clone(), &ns);
+                    self.patch_status(api, key, &gw.metadata, patch, "Gateway")
+                        .await;
+                }
+            }
+            ObjectKind::HttpRoute => {
+                let within = reflector::ObjectRef::new(&name).within(&ns);
+                let Some(route) = g.routes.iter().find_map(|s| s.get(&within)) else {
+                    return;
+                };
+                if let Some(patch) = route_status(&route, status, now) {
+                    let api = Api::<HttpRoute>::namespaced(self.client.clone(), &ns);
+                    self.patch_status(api, key, &route.metadata, patch, "HTTPRoute")
+                        .await;
+                }
+            }
+            _ => {}
         }
     }
 

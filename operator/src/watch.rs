@@ -17,6 +17,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
+use vestibule_config::gateway_api::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
 use vestibule_config::issuer::AcmeIssuer;
 use vestibule_config::tenant::Tenant;
 use vestibule_config::Snapshot;
@@ -28,6 +29,15 @@ pub const TLS_SECRET_SELECTOR: &str = "type=kubernetes.io/tls";
 /// Opaque Secrets holding an AcmeIssuer's External Account Binding key.
 pub const EAB_SECRET_SELECTOR: &str = "vestibule.dev/acme-eab=true";
 
+/// The Gateway API caches.
+#[derive(Clone)]
+pub struct GatewayApiStores {
+    pub classes: Store<GatewayClass>,
+    pub gateways: Vec<Store<Gateway>>,
+    pub routes: Vec<Store<HttpRoute>>,
+    pub grants: Vec<Store<ReferenceGrant>>,
+}
+
 /// Read handles to every cache, cheap to clone.
 #[derive(Clone)]
 pub struct Stores {
@@ -38,6 +48,8 @@ pub struct Stores {
     pub secrets: Vec<Store<Secret>>,
     pub tenants: Store<Tenant>,
     pub acme_issuers: Store<AcmeIssuer>,
+    /// The Gateway API objects, when `--gateway-api` is on.
+    pub gateway_api: Option<GatewayApiStores>,
     /// The `--publish-service` Service, watched on its own so it is seen
     /// even outside the watched namespaces.
     pub publish_service: Option<Store<Service>>,
@@ -100,6 +112,12 @@ impl Stores {
                 ),
             );
         }
+        let gateway_api = settings.gateway_api.then(|| GatewayApiStores {
+            classes: spawn.one("GatewayClass", Api::all(client.clone()), all.clone()),
+            gateways: spawn.each("Gateway", &namespaces, &all),
+            routes: spawn.each("HTTPRoute", &namespaces, &all),
+            grants: spawn.each("ReferenceGrant", &namespaces, &all),
+        });
         let publish_service = settings.publish_service.as_ref().map(|p| {
             spawn.one(
                 "PublishService",
@@ -115,6 +133,7 @@ impl Stores {
             secrets,
             tenants,
             acme_issuers,
+            gateway_api,
             publish_service,
             dirty,
         }
@@ -141,6 +160,18 @@ impl Stores {
         if let Some(s) = &self.publish_service {
             ok &= s.wait_until_ready().await.is_ok();
         }
+        if let Some(g) = &self.gateway_api {
+            ok &= g.classes.wait_until_ready().await.is_ok();
+            for s in &g.gateways {
+                ok &= s.wait_until_ready().await.is_ok();
+            }
+            for s in &g.routes {
+                ok &= s.wait_until_ready().await.is_ok();
+            }
+            for s in &g.grants {
+                ok &= s.wait_until_ready().await.is_ok();
+            }
+        }
         ok
     }
 
@@ -154,6 +185,22 @@ impl Stores {
             secrets: owned_all(&self.secrets),
             tenants: owned(&self.tenants),
             acme_issuers: owned(&self.acme_issuers),
+            gateway_classes: self
+                .gateway_api
+                .as_ref()
+                .map_or_else(Vec::new, |g| owned(&g.classes)),
+            gateways: self
+                .gateway_api
+                .as_ref()
+                .map_or_else(Vec::new, |g| owned_all(&g.gateways)),
+            http_routes: self
+                .gateway_api
+                .as_ref()
+                .map_or_else(Vec::new, |g| owned_all(&g.routes)),
+            reference_grants: self
+                .gateway_api
+                .as_ref()
+                .map_or_else(Vec::new, |g| owned_all(&g.grants)),
             ..Snapshot::default()
         }
     }

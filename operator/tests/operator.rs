@@ -593,3 +593,120 @@ async fn watch_namespace_and_ingress_class_narrow_what_is_served() {
         .all(|r| r.path == "/apis/networking.k8s.io/v1/namespaces/shop/ingresses"));
     op.shutdown().await.expect("clean shutdown");
 }
+
+/// The Gateway API with `--gateway-api`: the operator watches the kinds,
+/// serves an HTTPRoute's rules, and the leader writes GatewayClass,
+/// Gateway (listeners, attached routes) and HTTPRoute (our parent entry,
+/// other controllers' kept) statuses, with observedGeneration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_objects_are_served_and_their_statuses_written() {
+    let api = FakeApi::start().await;
+    api.apply(service("shop", "web", 80));
+    api.apply(endpoint_slice("shop", "web", &["10.0.0.1"], 8080));
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "vestibule", "generation": 1},
+        "spec": {"controllerName": "vestibule.dev/gateway-controller"}
+    }));
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "shop", "generation": 2},
+        "spec": {"gatewayClassName": "vestibule", "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP"},
+            {"name": "odd", "port": 8081, "protocol": "HTTP"}
+        ]}
+    }));
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "store", "namespace": "shop", "generation": 3},
+        "spec": {
+            "parentRefs": [{"name": "edge", "sectionName": "http"}, {"name": "elsewhere"}],
+            "hostnames": ["store.example.com"],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"name": "x-env", "value": "beta"}]}],
+                "backendRefs": [{"name": "web", "port": 80}, {"name": "missing", "port": 80}]
+            }]
+        },
+        "status": {"parents": [{
+            "parentRef": {"name": "elsewhere"},
+            "controllerName": "example.com/other",
+            "conditions": []
+        }]}
+    }));
+    let mut settings = test_settings("op-gw");
+    settings.gateway_api = true;
+    let op = start(&api, settings).await;
+
+    // The route is served with its header match and its 500 share.
+    let config = first_config(op.config_addr).await.json();
+    let host = config["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["host"] == "store.example.com"))
+        .expect("store vhost");
+    assert_eq!(
+        host["routes"][0]["conditions"]["headers"][0]["name"],
+        "x-env"
+    );
+    assert_eq!(host["routes"][0]["backend"]["split"]["unresolved"], 1);
+
+    let route = eventually(Duration::from_secs(5), "the HTTPRoute status", || async {
+        let r = api.get("HTTPRoute", Some("shop"), "store")?;
+        (r["status"]["parents"].as_array()?.len() == 2).then_some(r)
+    })
+    .await;
+    let parents = route["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents[0]["controllerName"], "example.com/other");
+    let ours = &parents[1];
+    assert_eq!(ours["controllerName"], "vestibule.dev/gateway-controller");
+    assert_eq!(ours["parentRef"]["name"], "edge");
+    assert_eq!(ours["parentRef"]["sectionName"], "http");
+    let cond = |c: &serde_json::Value, t: &str| {
+        c["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|x| x["type"] == t).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(cond(ours, "Accepted")["status"], "True");
+    assert_eq!(
+        cond(ours, "Accepted")["observedGeneration"],
+        route["metadata"]["generation"]
+    );
+    assert_eq!(cond(ours, "ResolvedRefs")["status"], "False");
+    assert_eq!(cond(ours, "ResolvedRefs")["reason"], "BackendNotFound");
+
+    let gw = eventually(Duration::from_secs(5), "the Gateway status", || async {
+        let g = api.get("Gateway", Some("shop"), "edge")?;
+        g["status"]["listeners"].as_array().is_some().then_some(g)
+    })
+    .await;
+    assert_eq!(cond(&gw["status"], "Accepted")["status"], "True");
+    assert_eq!(
+        cond(&gw["status"], "Accepted")["observedGeneration"],
+        gw["metadata"]["generation"]
+    );
+    let listeners = gw["status"]["listeners"].as_array().unwrap();
+    assert_eq!(listeners[0]["name"], "http");
+    assert_eq!(listeners[0]["attachedRoutes"], 1);
+    assert_eq!(listeners[0]["supportedKinds"][0]["kind"], "HTTPRoute");
+    assert_eq!(cond(&listeners[1], "Accepted")["reason"], "PortUnavailable");
+    let class = eventually(
+        Duration::from_secs(5),
+        "the GatewayClass status",
+        || async {
+            let c = api.get("GatewayClass", None, "vestibule")?;
+            c["status"]["conditions"].as_array().is_some().then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(cond(&class["status"], "Accepted")["status"], "True");
+
+    // Written once: a settled operator does not patch again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let patches = api.count(Method::PATCH, "/httproutes/store/status");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        api.count(Method::PATCH, "/httproutes/store/status"),
+        patches
+    );
+    assert_eq!(patches, 1);
+}

@@ -1,0 +1,127 @@
+//! The Gateway API objects' statuses as the leader writes them:
+//! GatewayClass and Gateway conditions, each listener's conditions and
+//! attached routes, and an HTTPRoute's `parents` entries for our Gateways
+//! (entries of other controllers are kept as they are). Pure: each
+//! function gives the status patch, or `None` when the object already
+//! says it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition as K8sCondition;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{json, Value};
+use vestibule_config::gateway_api::{Gateway, GatewayClass, HttpRoute};
+use vestibule_config::tenant::TenantStatus;
+use vestibule_config::translate::{Condition, ObjectStatus, GATEWAY_CONTROLLER};
+
+use crate::status::tenant_status;
+
+const GROUP: &str = "gateway.networking.k8s.io";
+
+/// Kubernetes conditions for `translated`, keeping the transition time of
+/// those whose status did not change.
+fn conditions(
+    translated: &[Condition],
+    generation: Option<i64>,
+    current: &[K8sCondition],
+    now: Timestamp,
+) -> Vec<K8sCondition> {
+    let current = TenantStatus {
+        conditions: current.to_vec(),
+        ..TenantStatus::default()
+    };
+    tenant_status(translated, 0, generation, &current, now).conditions
+}
+
+/// `Some(patch)` unless `current` already equals `desired`.
+fn changed(current: Value, desired: Value) -> Option<Value> {
+    (current != desired).then(|| json!({ "status": desired }))
+}
+
+pub fn class_status(class: &GatewayClass, st: &ObjectStatus, now: Timestamp) -> Option<Value> {
+    let current = class
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let desired = conditions(&st.conditions, class.metadata.generation, &current, now);
+    changed(
+        json!({ "conditions": current }),
+        json!({ "conditions": desired }),
+    )
+}
+
+pub fn gateway_status(gw: &Gateway, st: &ObjectStatus, now: Timestamp) -> Option<Value> {
+    let generation = gw.metadata.generation;
+    let status = gw.status.clone().unwrap_or_default();
+    let current_conditions = status.conditions.clone().unwrap_or_default();
+    let current_listeners = status.listeners.clone().unwrap_or_default();
+    let listeners: Vec<Value> = st
+        .listeners
+        .iter()
+        .map(|l| {
+            let current = current_listeners
+                .iter()
+                .find(|c| c.name == l.name)
+                .map(|c| c.conditions.clone())
+                .unwrap_or_default();
+            json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
+                "conditions": conditions(&l.conditions, generation, &current, now),
+            })
+        })
+        .collect();
+    let desired = json!({
+        "conditions": conditions(&st.conditions, generation, &current_conditions, now),
+        "listeners": listeners,
+    });
+    let current = json!({
+        "conditions": current_conditions,
+        "listeners": current_listeners,
+    });
+    changed(current, desired)
+}
+
+pub fn route_status(route: &HttpRoute, st: &ObjectStatus, now: Timestamp) -> Option<Value> {
+    let generation = route.metadata.generation;
+    let current = route
+        .status
+        .as_ref()
+        .map(|s| s.parents.clone())
+        .unwrap_or_default();
+    // Other controllers' entries stay; ours are replaced.
+    let mut parents: Vec<Value> = current
+        .iter()
+        .filter(|p| p.controller_name != GATEWAY_CONTROLLER)
+        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+        .collect();
+    for p in &st.parents {
+        let (namespace, name) = p.gateway.split_once('/').unwrap_or(("", &p.gateway));
+        let mut parent_ref =
+            json!({"group": GROUP, "kind": "Gateway", "namespace": namespace, "name": name});
+        if let Some(s) = &p.section_name {
+            parent_ref["sectionName"] = json!(s);
+        }
+        if let Some(port) = p.port {
+            parent_ref["port"] = json!(port);
+        }
+        let previous = current
+            .iter()
+            .find(|c| {
+                c.controller_name == GATEWAY_CONTROLLER
+                    && c.parent_ref.name == name
+                    && c.parent_ref.namespace.as_deref().unwrap_or(namespace) == namespace
+                    && c.parent_ref.section_name == p.section_name
+                    && c.parent_ref.port == p.port
+            })
+            .map(|c| c.conditions.clone())
+            .unwrap_or_default();
+        parents.push(json!({
+            "parentRef": parent_ref,
+            "controllerName": GATEWAY_CONTROLLER,
+            "conditions": conditions(&p.conditions, generation, &previous, now),
+        }));
+    }
+    let current = serde_json::to_value(&current).unwrap_or(Value::Null);
+    changed(json!({ "parents": current }), json!({ "parents": parents }))
+}
