@@ -33,6 +33,7 @@ fn config(hosts: usize) -> GatewayConfig {
             host: HostPattern::parse(&host_name(i)).unwrap(),
             tenant: None,
             tls: None,
+            wildcard: Default::default(),
             routes: vec![
                 route("api", PathMatch::prefix("/api")),
                 route("health", PathMatch::Exact("/healthz".into())),
@@ -58,6 +59,7 @@ fn conditional_config(hosts: usize) -> GatewayConfig {
             host: HostPattern::parse(&host_name(i)).unwrap(),
             tenant: None,
             tls: None,
+            wildcard: Default::default(),
             routes: vec![
                 with(
                     "api-canary",

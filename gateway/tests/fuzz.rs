@@ -116,6 +116,7 @@ fn sample_config() -> GatewayConfig {
             host: HostPattern::parse("*.a.test").unwrap(),
             tenant: None,
             tls: None,
+            wildcard: Default::default(),
             routes: vec![route("r", PathMatch::prefix("/x"))],
         }],
         pools: [(PoolId::new("p"), Pool::Endpoints(vec![]))].into(),
@@ -190,6 +191,7 @@ fn config() -> impl Strategy<Value = GatewayConfig> {
                     host,
                     tenant,
                     tls: None,
+                    wildcard: Default::default(),
                     routes,
                 }
             })

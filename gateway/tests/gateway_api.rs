@@ -616,3 +616,120 @@ spec:
         "{counts:?}"
     );
 }
+
+/// Requests to (host, path): the backend that must answer, or 404.
+async fn expect_hosts(c: &Case, cases: &[(&str, &str, Option<&str>)]) {
+    for (host, path, want) in cases {
+        let r = c.send("GET", host, path, NO).await;
+        match want {
+            Some(b) => assert_eq!((r.status, r.upstream()), (200, Some(*b)), "{host}{path}"),
+            None => assert_eq!((r.status, r.upstream()), (404, None), "{host}{path}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_listener_hostname_matching() {
+    let c = Case::start("listener-hostname-matching").await;
+    let (v1, v2, v3) = (
+        Some("infra-backend-v1"),
+        Some("infra-backend-v2"),
+        Some("infra-backend-v3"),
+    );
+    expect_hosts(
+        &c,
+        &[
+            ("bar.com", "/", v1),
+            ("foo.bar.com", "/", v2),
+            ("baz.bar.com", "/", v3),
+            ("boo.bar.com", "/", v3),
+            // A wildcard listener covers names at any depth.
+            ("multiple.prefixes.bar.com", "/", v3),
+            ("multiple.prefixes.foo.com", "/", v3),
+            ("foo.com", "/", None),
+            ("no.matching.host", "/", None),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_hostname_intersection() {
+    let c = Case::start("hostname-intersection").await;
+    let (v1, v2, v3) = (
+        Some("infra-backend-v1"),
+        Some("infra-backend-v2"),
+        Some("infra-backend-v3"),
+    );
+    expect_hosts(
+        &c,
+        &[
+            ("very.specific.com", "/s1", v1),
+            ("very.specific.com:1234", "/s1", v1),
+            ("non.matching.com", "/s1", None),
+            ("foo.nonmatchingwildcard.io", "/s1", None),
+            ("foo.wildcard.io", "/s1", None),
+            ("very.specific.com", "/non-matching-prefix", None),
+            ("foo.wildcard.io", "/s2", v2),
+            ("bar.wildcard.io", "/s2", v2),
+            ("foo.bar.wildcard.io", "/s2", v2),
+            ("non.matching.com", "/s2", None),
+            ("wildcard.io", "/s2", None),
+            ("very.specific.com", "/s2", None),
+            ("very.specific.com", "/s3", v3),
+            ("non.matching.com", "/s3", None),
+            ("foo.specific.com", "/s3", None),
+            ("foo.wildcard.io", "/s3", None),
+            ("foo.anotherwildcard.io", "/s4", v1),
+            ("anotherwildcard.io", "/s4", None),
+            ("foo.wildcard.io", "/s4", None),
+            ("specific.but.wrong.com", "/s5", None),
+            ("first.com", "/", v2),
+            ("sub.first.com", "/", v2),
+            ("second.com", "/", v2),
+            ("sub.second.com", "/", v2),
+            ("third.com", "/", None),
+            ("sub.third.com", "/", None),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_exact_path_matching() {
+    let c = Case::start("exact-path-matching").await;
+    c.expect(&[
+        ("GET", "/one", NO, V1),
+        ("GET", "/two", NO, V2),
+        ("GET", "/", NO, S(404)),
+        ("GET", "/one/example", NO, S(404)),
+        ("GET", "/two/", NO, S(404)),
+        ("GET", "/Two", NO, S(404)),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_simple_same_namespace() {
+    let c = Case::start("simple-same-namespace").await;
+    c.expect(&[("GET", "/", NO, V1)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_cross_namespace() {
+    let c = Case::start("cross-namespace").await;
+    c.expect(&[("GET", "/", NO, B("web-backend"))]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_reference_grant() {
+    let c = Case::start("reference-grant").await;
+    c.expect(&[("GET", "/", NO, B("web-backend"))]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_invalid_reference_grant() {
+    // The grant does not cover the route: its only backend is unresolved.
+    let c = Case::start("invalid-reference-grant").await;
+    c.expect(&[("GET", "/", NO, S(500))]).await;
+}

@@ -225,8 +225,29 @@ pub struct VirtualHost {
     /// Set when the host is served over TLS. Plain HTTP to it redirects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<HostTls>,
+    /// How many labels a `*.suffix` host stands for.
+    #[serde(default, skip_serializing_if = "WildcardDepth::is_one_label")]
+    pub wildcard: WildcardDepth,
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// What a wildcard host pattern matches below its suffix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WildcardDepth {
+    /// Exactly one label (Ingress and Tenant semantics).
+    #[default]
+    OneLabel,
+    /// Any number of labels (Gateway API listener and route hostnames);
+    /// a nearer pattern still wins.
+    AnyDepth,
+}
+
+impl WildcardDepth {
+    pub fn is_one_label(&self) -> bool {
+        *self == WildcardDepth::OneLabel
+    }
 }
 
 /// TLS for a host. A host that asked for TLS stays a TLS host even when its

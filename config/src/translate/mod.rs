@@ -36,7 +36,7 @@ use crate::manifests::Snapshot;
 use crate::model::{
     Backend, CertId, Certificate, Conditions, Endpoint, Filter, GatewayConfig, HostTls, PathMatch,
     Pool, PoolId, Route, RouteName, Tenant as TenantConfig, TenantId, TlsUnavailable, Unavailable,
-    VirtualHost,
+    VirtualHost, WildcardDepth,
 };
 use crate::tenant::Tenant;
 
@@ -220,6 +220,8 @@ struct Translator<'a> {
     /// Routes per host pattern, keyed by path: the first (oldest) claim wins.
     routes: BTreeMap<HostPattern, PathRoutes>,
     tls: BTreeMap<HostPattern, TlsBinding>,
+    /// Wildcard hosts of Gateway API routes: they match any depth.
+    any_depth: BTreeSet<HostPattern>,
     default_backend: Option<(Backend, ObjectRef)>,
     pools: BTreeMap<PoolId, Pool>,
     certificates: BTreeMap<CertId, Certificate>,
@@ -247,6 +249,7 @@ impl<'a> Translator<'a> {
             ownership: Ownership::default(),
             routes: BTreeMap::new(),
             tls: BTreeMap::new(),
+            any_depth: BTreeSet::new(),
             default_backend: None,
             pools: BTreeMap::new(),
             certificates: BTreeMap::new(),

@@ -30,10 +30,16 @@ impl<'a> Translator<'a> {
                 })
                 .map(|b| b.tls.clone());
             let routes = routes.into_routes();
+            let wildcard = if self.any_depth.contains(&host) {
+                WildcardDepth::AnyDepth
+            } else {
+                WildcardDepth::OneLabel
+            };
             hosts.push(VirtualHost {
                 host,
                 tenant,
                 tls,
+                wildcard,
                 routes,
             });
         }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use vestibule_config::model::WildcardDepth;
 use vestibule_config::HostPattern;
 
 use super::host::wildcard_label;
@@ -18,6 +19,9 @@ pub struct HostMap<T> {
     exact: Map<T>,
     /// Keyed by the suffix after the wildcard label (`*.a.com` -> `a.com`).
     wildcard: Map<T>,
+    /// `*.suffix` patterns that match any number of labels (Gateway API),
+    /// keyed the same way.
+    deep: Map<T>,
     any: Option<T>,
 }
 
@@ -26,6 +30,7 @@ impl<T> Default for HostMap<T> {
         HostMap {
             exact: Map::default(),
             wildcard: Map::default(),
+            deep: Map::default(),
             any: None,
         }
     }
@@ -41,10 +46,14 @@ impl<T> HostMap<T> {
 
     /// Adds `value` for `pattern` unless the pattern has one: the first
     /// wins. False when it was already there.
-    pub fn insert(&mut self, pattern: &HostPattern, value: T) -> bool {
+    pub fn insert(&mut self, pattern: &HostPattern, depth: WildcardDepth, value: T) -> bool {
         let map = match pattern {
             HostPattern::Exact(h) => (&mut self.exact, h.as_str()),
-            HostPattern::Wildcard(s) => (&mut self.wildcard, s.as_str()),
+            HostPattern::Wildcard(s) if self.wildcard.contains_key(s.as_str()) => return false,
+            HostPattern::Wildcard(s) => match depth {
+                WildcardDepth::OneLabel => (&mut self.wildcard, s.as_str()),
+                WildcardDepth::AnyDepth => (&mut self.deep, s.as_str()),
+            },
             HostPattern::Any => {
                 if self.any.is_some() {
                     return false;
@@ -70,12 +79,33 @@ impl<T> HostMap<T> {
             .or_else(|| {
                 // One extra label only, and a DNS label: `a.b.c` looks up
                 // `b.c`, so `*.b.c` never matches `x.a.b.c` or `-.b.c`.
+                // Any-depth patterns (Gateway API) are probed after, nearest
+                // suffix first.
                 let (label, parent) = host.split_once('.')?;
-                wildcard_label(label)
-                    .then(|| self.wildcard.get(parent))
-                    .flatten()
+                if !wildcard_label(label) {
+                    return None;
+                }
+                self.wildcard.get(parent).or_else(|| self.deep_get(parent))
             })
             .or(self.any.as_ref())
+    }
+
+    /// The nearest any-depth wildcard over `parent` (the host minus its
+    /// first label): one probe per label, only when such patterns exist.
+    fn deep_get(&self, mut parent: &str) -> Option<&T> {
+        if self.deep.is_empty() {
+            return None;
+        }
+        loop {
+            if let Some(v) = self.deep.get(parent) {
+                return Some(v);
+            }
+            let (label, rest) = parent.split_once('.')?;
+            if !wildcard_label(label) {
+                return None;
+            }
+            parent = rest;
+        }
     }
 }
 
@@ -87,7 +117,11 @@ mod tests {
     fn map(patterns: &[&str]) -> HostMap<String> {
         let mut m = HostMap::default();
         for p in patterns {
-            m.insert(&HostPattern::parse(p).unwrap(), p.to_string());
+            m.insert(
+                &HostPattern::parse(p).unwrap(),
+                WildcardDepth::OneLabel,
+                p.to_string(),
+            );
         }
         m
     }
@@ -108,11 +142,31 @@ mod tests {
     #[test]
     fn first_of_a_pattern_wins() {
         let mut m = HostMap::default();
-        assert!(m.insert(&HostPattern::parse("a.test").unwrap(), 1));
-        assert!(!m.insert(&HostPattern::parse("a.test").unwrap(), 2));
-        assert!(m.insert(&HostPattern::Any, 3));
-        assert!(!m.insert(&HostPattern::Any, 4));
+        let one = WildcardDepth::OneLabel;
+        assert!(m.insert(&HostPattern::parse("a.test").unwrap(), one, 1));
+        assert!(!m.insert(&HostPattern::parse("a.test").unwrap(), one, 2));
+        assert!(m.insert(&HostPattern::Any, one, 3));
+        assert!(!m.insert(&HostPattern::Any, one, 4));
         assert_eq!(m.get("a.test"), Some(&1));
         assert_eq!(m.get("b.test"), Some(&3));
+    }
+
+    #[test]
+    fn any_depth_wildcards_match_deeper_names_and_nearer_patterns_win() {
+        let mut m = HostMap::default();
+        let p = |s: &str| HostPattern::parse(s).unwrap();
+        m.insert(&p("*.bar.com"), WildcardDepth::AnyDepth, "deep bar");
+        m.insert(&p("*.x.bar.com"), WildcardDepth::OneLabel, "one x");
+        m.insert(&p("foo.bar.com"), WildcardDepth::OneLabel, "foo");
+        assert_eq!(m.get("baz.bar.com"), Some(&"deep bar"));
+        assert_eq!(m.get("multiple.prefixes.bar.com"), Some(&"deep bar"));
+        assert_eq!(m.get("a.x.bar.com"), Some(&"one x"));
+        // The one-label pattern is nearer; deeper names fall to the deep one.
+        assert_eq!(m.get("b.a.x.bar.com"), Some(&"deep bar"));
+        assert_eq!(m.get("foo.bar.com"), Some(&"foo"));
+        assert_eq!(m.get("bar.com"), None);
+        assert_eq!(m.get("a.b.baz.com"), None);
+        // A one-label and a deep pattern of the same suffix: the first wins.
+        assert!(!m.insert(&p("*.x.bar.com"), WildcardDepth::AnyDepth, "dup"));
     }
 }

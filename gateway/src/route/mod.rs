@@ -113,7 +113,7 @@ impl<R> RouteTable<R> {
         };
         for vhost in &config.hosts {
             let idx = table.vhosts.len() as u32;
-            if !table.hosts.insert(&vhost.host, idx) {
+            if !table.hosts.insert(&vhost.host, vhost.wildcard, idx) {
                 continue;
             }
             let paths = PathTable::build(
@@ -201,6 +201,7 @@ mod tests {
             host: HostPattern::parse(host).unwrap(),
             tenant: None,
             tls: None,
+            wildcard: Default::default(),
             routes,
         }
     }

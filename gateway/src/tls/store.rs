@@ -103,7 +103,7 @@ impl CertStore {
             // First vhost of a pattern wins, as in the route table; `*`
             // never has a certificate of its own (the default serves it).
             if vhost.host != HostPattern::Any {
-                store.hosts.insert(&vhost.host, cert);
+                store.hosts.insert(&vhost.host, vhost.wildcard, cert);
             }
         }
         store.served = served.len();
@@ -241,6 +241,7 @@ mod tests {
             host: HostPattern::parse(pattern).unwrap(),
             tenant: tenant.map(TenantId::new),
             tls,
+            wildcard: Default::default(),
             routes: vec![],
         }
     }

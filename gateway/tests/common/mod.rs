@@ -326,6 +326,7 @@ pub fn vhost(host: &str, tenant: Option<&str>, routes: Vec<Route>) -> VirtualHos
         host: HostPattern::parse(host).unwrap(),
         tenant: tenant.map(TenantId::new),
         tls: None,
+        wildcard: Default::default(),
         routes,
     }
 }

@@ -578,6 +578,9 @@ impl<'a> Translator<'a> {
                             owner: gw.object.clone(),
                         });
                     }
+                    if matches!(host, HostPattern::Wildcard(_)) {
+                        self.any_depth.insert(host.clone());
+                    }
                     for key in &converted.keys {
                         let entries = self.routes.entry(host.clone()).or_default();
                         entries.insert_new(key.clone(), || RouteEntry {
