@@ -40,7 +40,7 @@ CONTROLLER = "vestibule.dev/ingress-controller"
 
 # Kinds from CRDs that kubernetes-validate has no schema for. They get a
 # structural check here instead (see check_servicemonitor).
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("gateway.networking.k8s.io/v1", "GatewayClass")}
 
 # Write verbs the operator may hold, and on what. Everything else is read-only.
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "escalate", "bind", "impersonate"}
@@ -48,6 +48,9 @@ ALLOWED_WRITES = {
     ("networking.k8s.io", "ingresses/status"): {"patch", "update"},
     ("vestibule.dev", "tenants/status"): {"patch", "update"},
     ("vestibule.dev", "acmeissuers/status"): {"patch", "update"},
+    ("gateway.networking.k8s.io", "gatewayclasses/status"): {"patch", "update"},
+    ("gateway.networking.k8s.io", "gateways/status"): {"patch", "update"},
+    ("gateway.networking.k8s.io", "httproutes/status"): {"patch", "update"},
     # ACME certificates and the account, in the release namespace only
     # (checked below).
     ("", "secrets"): {"create", "update"},
@@ -234,6 +237,7 @@ def check_operator(docs, case: str, v: dict[str, Any]) -> None:
     F.check(sorted(a.get("--watch-namespace", [])) == sorted(set(v["operator"]["watchNamespaces"])),
             f"[{case}] operator --watch-namespace {a.get('--watch-namespace')}")
     F.check(("--require-tenant" in a) == bool(v["operator"]["requireTenant"]), f"[{case}] operator --require-tenant")
+    F.check(("--gateway-api" in a) == bool(v["gatewayAPI"]["enabled"]), f"[{case}] operator --gateway-api")
     tls = v["configServer"]["tls"]["enabled"]
     F.check(("--tls-cert" in a) == tls and ("--tls-key" in a) == tls, f"[{case}] operator TLS flags vs configServer.tls.enabled={tls}")
     # Plain HTTP only when asked for, and then said on the command line.
@@ -488,10 +492,47 @@ def check_rbac(docs, case: str, v: dict[str, Any]) -> None:
     for verb in ("get", "create", "patch"):
         F.check(grants("", "configmaps", verb, NAMESPACE), f"[{case}] operator lacks {verb} configmaps in {NAMESPACE} (ACME demand)")
     F.check(not grants("", "configmaps", "patch", None), f"[{case}] ConfigMap writes granted cluster-wide")
+    # Gateway API: read the four kinds, write three statuses, when enabled
+    # (and nothing of it otherwise).
+    gw_api = v["gatewayAPI"]["enabled"]
+    for verb in ("get", "list", "watch"):
+        F.check(grants("gateway.networking.k8s.io", "gatewayclasses", verb, None) == gw_api,
+                f"[{case}] operator {verb} gatewayclasses vs gatewayAPI.enabled={gw_api}")
+        for scope in scopes:
+            for res in ("gateways", "httproutes", "referencegrants"):
+                F.check(grants("gateway.networking.k8s.io", res, verb, scope) == gw_api,
+                        f"[{case}] operator {verb} {res} ({scope or 'cluster-wide'}) vs gatewayAPI.enabled={gw_api}")
+    for verb in ("patch", "update"):
+        F.check(grants("gateway.networking.k8s.io", "gatewayclasses/status", verb, None) == gw_api,
+                f"[{case}] operator {verb} gatewayclasses/status vs gatewayAPI.enabled={gw_api}")
+        for scope in scopes:
+            for res in ("gateways/status", "httproutes/status"):
+                F.check(grants("gateway.networking.k8s.io", res, verb, scope) == gw_api,
+                        f"[{case}] operator {verb} {res} ({scope or 'cluster-wide'}) vs gatewayAPI.enabled={gw_api}")
     pub = v["operator"]["publishService"]
     if pub["enabled"] and not pub["override"]:
         for verb in ("list", "watch"):
             F.check(grants("", "services", verb, NAMESPACE), f"[{case}] operator cannot {verb} the published Service in {NAMESPACE}")
+
+
+def check_gateway_api(docs, case: str, v: dict[str, Any]) -> None:
+    g = v["gatewayAPI"]
+    classes = find(docs, "GatewayClass")
+    want = g["enabled"] and g["gatewayClass"]["create"]
+    F.check(len(classes) == int(want), f"[{case}] GatewayClass rendered {len(classes)} times, want {int(want)}")
+    for c in classes:
+        F.check(c["spec"]["controllerName"] == "vestibule.dev/gateway-controller", f"[{case}] GatewayClass controllerName")
+        F.check(c["metadata"]["name"] == g["gatewayClass"]["name"], f"[{case}] GatewayClass name")
+    crds = find(docs, "CustomResourceDefinition", lambda d: d["spec"]["group"] == "gateway.networking.k8s.io")
+    names = sorted(d["metadata"]["name"].split(".")[0] for d in crds)
+    want_crds = ["gatewayclasses", "gateways", "httproutes", "referencegrants"] if g["installCRDs"] else []
+    F.check(names == want_crds, f"[{case}] Gateway API CRDs {names}, want {want_crds}")
+    for d in crds:
+        ann = d["metadata"].get("annotations", {})
+        F.check(ann.get("helm.sh/resource-policy") == "keep", f"[{case}] {kn(d)} not kept on uninstall")
+        F.check(ann.get("gateway.networking.k8s.io/bundle-version") == "v1.5.1", f"[{case}] {kn(d)} not the pinned v1.5.1")
+        served = {ver["name"] for ver in d["spec"]["versions"] if ver.get("served")}
+        F.check("v1" in served, f"[{case}] {kn(d)} does not serve v1 (the operator watches v1)")
 
 
 def check_ingress_class(docs, case: str, v: dict[str, Any]) -> None:
@@ -570,6 +611,7 @@ def check_case(case: str, values_file: str | None, versions: list[str], dashboar
     check_network_policy(docs, case, v)
     check_rbac(docs, case, v)
     check_ingress_class(docs, case, v)
+    check_gateway_api(docs, case, v)
     check_tls_secret(docs, case, v)
     check_servicemonitor(docs, case, v)
     check_dashboard(docs, case, v, dashboard_text)
