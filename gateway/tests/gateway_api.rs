@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod pebble;
+mod pki;
 
 use std::path::Path;
 use std::time::Duration;
@@ -732,4 +734,47 @@ async fn httproute_invalid_reference_grant() {
     // The grant does not cover the route: its only backend is unresolved.
     let c = Case::start("invalid-reference-grant").await;
     c.expect(&[("GET", "/", NO, S(500))]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_https_listener() {
+    // The suite's certificate Secret: one certificate for the listeners'
+    // names, from a test CA the client trusts.
+    let pki = pki::Pki::new();
+    let cert = pki.issue(
+        &["example.org", "second-example.org", "*.wildcard.org"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: tls-validity-checks-certificate, namespace: gateway-conformance-infra}}\n\
+         type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&cert.cert_pem),
+        indent(&cert.key_pem)
+    );
+    let c = Case::start_with("https-listener", &secret).await;
+    let client = pebble::client(&[&pki.ca_pem]);
+    for (host, want) in [
+        ("example.org", "infra-backend-v1"),
+        ("second-example.org", "infra-backend-v2"),
+    ] {
+        let r = pebble::https_get(c.gw.https, &client, host).await.unwrap();
+        assert_eq!((r.status, r.upstream()), (200, Some(want)), "{host}");
+        assert_eq!(
+            r.seen().get("x-forwarded-proto").map(String::as_str),
+            Some("https")
+        );
+    }
+    // The routes attach to HTTPS listeners only: plain HTTP redirects.
+    let r = c.send("GET", "example.org", "/x", NO).await;
+    assert_eq!(r.status, 308);
+    assert!(
+        r.headers["location"].starts_with("https://example.org"),
+        "{:?}",
+        r.headers
+    );
 }

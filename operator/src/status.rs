@@ -158,7 +158,8 @@ impl Writer {
                     }
                 }
                 ObjectKind::GatewayClass | ObjectKind::Gateway | ObjectKind::HttpRoute => {
-                    self.gateway_api_status(stores, status).await;
+                    let lb = input.load_balancer.as_deref();
+                    self.gateway_api_status(stores, status, lb).await;
                 }
             }
         }
@@ -381,7 +382,12 @@ impl Writer {
 
     // === Gateway API ===
 
-    async fn gateway_api_status(&mut self, stores: &Stores, status: &ObjectStatus) {
+    async fn gateway_api_status(
+        &mut self,
+        stores: &Stores,
+        status: &ObjectStatus,
+        lb: Option<&[IngressLoadBalancerIngress]>,
+    ) {
         use crate::gateway_api::{class_status, gateway_status, route_status};
         let Some(g) = &stores.gateway_api else {
             return;
@@ -409,7 +415,7 @@ impl Writer {
                 let Some(gw) = g.gateways.iter().find_map(|s| s.get(&within)) else {
                     return;
                 };
-                if let Some(patch) = gateway_status(&gw, status, now) {
+                if let Some(patch) = gateway_status(&gw, status, lb, now) {
                     let api = Api::<Gateway>::namespaced(self.client.clone(), &ns);
                     self.patch_status(api, key, &gw.metadata, patch, "Gateway")
                         .await;

@@ -389,12 +389,18 @@ impl<'a> Translator<'a> {
                     } else {
                         let mut problems = Vec::new();
                         let tls = self.certificate(secret_ns, &c.name, &mut problems);
-                        if let Some(p) = problems.into_iter().next() {
+                        let problem = match &tls {
+                            HostTls::Unavailable(u) => Some(u.message.clone()),
+                            HostTls::Certificate(_) => {
+                                problems.into_iter().next().map(|p| p.message)
+                            }
+                        };
+                        if let Some(message) = problem {
                             resolved = condition(
                                 ConditionType::ResolvedRefs,
                                 false,
                                 Reason::InvalidCertificateRef,
-                                p.message,
+                                message,
                             );
                         }
                         Some(tls)
