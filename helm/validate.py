@@ -498,6 +498,8 @@ def check_rbac(docs, case: str, v: dict[str, Any]) -> None:
     for verb in ("get", "list", "watch"):
         F.check(grants("gateway.networking.k8s.io", "gatewayclasses", verb, None) == gw_api,
                 f"[{case}] operator {verb} gatewayclasses vs gatewayAPI.enabled={gw_api}")
+        F.check(grants("", "namespaces", verb, None) == gw_api,
+                f"[{case}] operator {verb} namespaces vs gatewayAPI.enabled={gw_api}")
         for scope in scopes:
             for res in ("gateways", "httproutes", "referencegrants"):
                 F.check(grants("gateway.networking.k8s.io", res, verb, scope) == gw_api,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
@@ -30,6 +30,10 @@ pub struct Snapshot {
     pub gateways: Vec<Arc<Gateway>>,
     pub http_routes: Vec<Arc<HttpRoute>>,
     pub reference_grants: Vec<Arc<ReferenceGrant>>,
+    /// Namespaces, for their labels (Gateway listeners' namespace
+    /// selectors). A namespace without an object here still has the
+    /// `kubernetes.io/metadata.name` label the API server gives them all.
+    pub namespaces: Vec<Arc<Namespace>>,
     /// Domains whose last ACME order failed, with the CA's problem (from
     /// the issuer, not from objects): their Tenant's status says so.
     pub acme_failures: BTreeMap<Hostname, String>,
@@ -48,6 +52,7 @@ impl Snapshot {
             && self.gateways.is_empty()
             && self.http_routes.is_empty()
             && self.reference_grants.is_empty()
+            && self.namespaces.is_empty()
     }
 
     /// Moves `other`'s objects to the end of `self`.
@@ -64,6 +69,7 @@ impl Snapshot {
             gateways,
             http_routes,
             reference_grants,
+            namespaces,
             acme_failures,
         } = other;
         self.ingress_classes.extend(ingress_classes);
@@ -77,6 +83,7 @@ impl Snapshot {
         self.gateways.extend(gateways);
         self.http_routes.extend(http_routes);
         self.reference_grants.extend(reference_grants);
+        self.namespaces.extend(namespaces);
         self.acme_failures.extend(acme_failures);
     }
 

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::NamespaceResourceScope;
@@ -36,6 +36,8 @@ pub struct GatewayApiStores {
     pub gateways: Vec<Store<Gateway>>,
     pub routes: Vec<Store<HttpRoute>>,
     pub grants: Vec<Store<ReferenceGrant>>,
+    /// For listeners' namespace selectors (labels).
+    pub namespaces: Store<Namespace>,
 }
 
 /// Read handles to every cache, cheap to clone.
@@ -117,6 +119,7 @@ impl Stores {
             gateways: spawn.each("Gateway", &namespaces, &all),
             routes: spawn.each("HTTPRoute", &namespaces, &all),
             grants: spawn.each("ReferenceGrant", &namespaces, &all),
+            namespaces: spawn.one("Namespace", Api::all(client.clone()), all.clone()),
         });
         let publish_service = settings.publish_service.as_ref().map(|p| {
             spawn.one(
@@ -162,6 +165,7 @@ impl Stores {
         }
         if let Some(g) = &self.gateway_api {
             ok &= g.classes.wait_until_ready().await.is_ok();
+            ok &= g.namespaces.wait_until_ready().await.is_ok();
             for s in &g.gateways {
                 ok &= s.wait_until_ready().await.is_ok();
             }
@@ -201,6 +205,10 @@ impl Stores {
                 .gateway_api
                 .as_ref()
                 .map_or_else(Vec::new, |g| owned_all(&g.grants)),
+            namespaces: self
+                .gateway_api
+                .as_ref()
+                .map_or_else(Vec::new, |g| owned(&g.namespaces)),
             ..Snapshot::default()
         }
     }

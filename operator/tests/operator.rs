@@ -603,6 +603,11 @@ async fn gateway_api_objects_are_served_and_their_statuses_written() {
     let api = FakeApi::start().await;
     api.apply(service("shop", "web", 80));
     api.apply(endpoint_slice("shop", "web", &["10.0.0.1"], 8080));
+    // The listener admits namespaces by label: the operator reads them.
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"team": "shop"}}
+    }));
     api.apply(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
         "metadata": {"name": "vestibule", "generation": 1},
@@ -612,7 +617,8 @@ async fn gateway_api_objects_are_served_and_their_statuses_written() {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "edge", "namespace": "shop", "generation": 2},
         "spec": {"gatewayClassName": "vestibule", "listeners": [
-            {"name": "http", "port": 80, "protocol": "HTTP"},
+            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {
+                "from": "Selector", "selector": {"matchLabels": {"team": "shop"}}}}},
             {"name": "odd", "port": 8081, "protocol": "HTTP"}
         ]}
     }));

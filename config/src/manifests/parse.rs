@@ -129,6 +129,9 @@ pub(super) fn add_object(
             }
             snapshot.secrets.push(Arc::new(secret))
         }
+        ("v1", "Namespace") => snapshot
+            .namespaces
+            .push(Arc::new(typed(value).map_err(what)?)),
         ("vestibule.dev/v1alpha1", "Tenant") => {
             snapshot.tenants.push(Arc::new(typed(value).map_err(what)?))
         }

@@ -233,6 +233,8 @@ struct Translator<'a> {
     acme: AcmePlan,
     default_issuer: Option<String>,
     acme_failures: &'a BTreeMap<Hostname, String>,
+    /// Namespaces with labels (Gateway listeners' namespace selectors).
+    namespaces: &'a [Arc<k8s_openapi::api::core::v1::Namespace>],
 }
 
 impl<'a> Translator<'a> {
@@ -258,6 +260,7 @@ impl<'a> Translator<'a> {
             acme: AcmePlan::default(),
             default_issuer: None,
             acme_failures: &snapshot.acme_failures,
+            namespaces: &snapshot.namespaces,
         }
     }
 }

@@ -29,6 +29,7 @@ const RESOURCES: &[(&str, &str, &str, bool, bool)] = &[
     ("services", "v1", "Service", true, true),
     ("secrets", "v1", "Secret", true, false),
     ("configmaps", "v1", "ConfigMap", true, false),
+    ("namespaces", "v1", "Namespace", false, false),
     (
         "endpointslices",
         "discovery.k8s.io/v1",

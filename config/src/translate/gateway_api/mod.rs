@@ -26,6 +26,7 @@ use super::*;
 
 mod backends;
 mod rules;
+mod selector;
 
 use rules::Action;
 
@@ -44,10 +45,17 @@ pub(super) struct Listener {
     hostname: Option<HostPattern>,
     /// Certificate of an HTTPS listener.
     tls: Option<HostTls>,
-    from: From_,
+    from: Allowed,
     /// Routes may attach (accepted and HTTPRoute among its kinds).
     usable: bool,
     status: ListenerStatus,
+}
+
+/// The namespaces a listener admits routes from.
+enum Allowed {
+    All,
+    Same,
+    Selector(selector::Selector),
 }
 
 /// One of our Gateways.
@@ -210,6 +218,18 @@ impl<'a> Translator<'a> {
         }
     }
 
+    /// A namespace's labels, with the name label every namespace has.
+    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        let mut labels: BTreeMap<String, String> = self
+            .namespaces
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(ns))
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        labels.insert(selector::NAME_LABEL.to_string(), ns.to_string());
+        labels
+    }
+
     fn class_status(&mut self, class: &GatewayClass, ours: &[&str]) {
         let name = class.metadata.name.as_deref().unwrap_or_default();
         if !ours.contains(&name) {
@@ -339,10 +359,33 @@ impl<'a> Translator<'a> {
                 usable = false;
             }
         }
-        let from = allowed
-            .and_then(|a| a.namespaces.as_ref())
+        let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+        let mut bad_selector = false;
+        let from = match namespaces
             .and_then(|n| n.from.clone())
-            .unwrap_or(From_::Same);
+            .unwrap_or(From_::Same)
+        {
+            From_::All => Allowed::All,
+            From_::Same => Allowed::Same,
+            From_::Selector => {
+                let raw = namespaces
+                    .and_then(|n| n.selector.clone())
+                    .unwrap_or_default();
+                match selector::Selector::new(&raw) {
+                    Ok(s) => Allowed::Selector(s),
+                    Err(e) => {
+                        conditions.push(condition(
+                            ConditionType::Accepted,
+                            false,
+                            Reason::UnsupportedValue,
+                            format!("allowedRoutes.namespaces.selector: {e}"),
+                        ));
+                        bad_selector = true;
+                        Allowed::Same
+                    }
+                }
+            }
+        };
         let tls = if l.protocol == "HTTPS" {
             let cert = l
                 .tls
@@ -410,6 +453,7 @@ impl<'a> Translator<'a> {
         } else {
             None
         };
+        usable &= !bad_selector;
         if usable {
             conditions.push(condition(
                 ConditionType::Accepted,
@@ -509,11 +553,10 @@ impl<'a> Translator<'a> {
         let allowed: Vec<usize> = selected
             .into_iter()
             .filter(|&i| gw.listeners[i].usable)
-            .filter(|&i| match gw.listeners[i].from {
-                From_::All => true,
-                From_::Same => ns == gw_ns,
-                // Namespace labels are not in the snapshot yet.
-                From_::Selector => false,
+            .filter(|&i| match &gw.listeners[i].from {
+                Allowed::All => true,
+                Allowed::Same => ns == gw_ns,
+                Allowed::Selector(s) => s.matches(&self.namespace_labels(ns)),
             })
             .collect();
         if allowed.is_empty() {
@@ -521,7 +564,7 @@ impl<'a> Translator<'a> {
                 ConditionType::Accepted,
                 false,
                 Reason::NotAllowedByListeners,
-                "no listener allows routes from this namespace (Selector is not supported yet)",
+                "no listener allows routes from this namespace",
             )];
         }
         let mut targets: Vec<(usize, Vec<HostPattern>)> = Vec::new();
