@@ -778,3 +778,42 @@ async fn httproute_https_listener() {
         r.headers
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_303_307_308_redirects() {
+    for (case, path, status) in [
+        ("303-redirect", "/see-other", 303),
+        ("307-redirect", "/temporary", 307),
+        ("308-redirect", "/permanent", 308),
+    ] {
+        let c = Case::start(case).await;
+        let location = redirect(&c, "gw.test", path, status).await;
+        assert!(location.starts_with("http://"), "{case}: {location}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_request_multiple_mirrors() {
+    let c = Case::start("request-multiple-mirrors").await;
+    let r = c.get("/multi-mirror", NO).await;
+    assert_eq!(r.upstream(), Some("infra-backend-v1"));
+    for mirror in ["infra-backend-v2", "infra-backend-v3"] {
+        let up = c.upstream(mirror);
+        let got = eventually(Duration::from_secs(5), || async {
+            up.requests().iter().any(|t| t == "GET /multi-mirror")
+        })
+        .await;
+        assert!(got.is_some(), "{mirror} saw {:?}", up.requests());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_omitted_backendrefs() {
+    let c = Case::start("omitted-backendrefs").await;
+    c.expect(&[
+        ("GET", "/forward", NO, V1),
+        ("GET", "/omitted-no-forward", NO, S(500)),
+        ("GET", "/empty-no-forward", NO, S(500)),
+    ])
+    .await;
+}

@@ -17,7 +17,9 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use vestibule_config::gateway_api::{Gateway, GatewayClass, HttpRoute, ReferenceGrant};
+use vestibule_config::gateway_api::{
+    Gateway, GatewayClass, HttpRoute, ReferenceGrant, ReferenceGrantV1Beta1,
+};
 use vestibule_config::issuer::AcmeIssuer;
 use vestibule_config::tenant::Tenant;
 use vestibule_config::Snapshot;
@@ -35,7 +37,8 @@ pub struct GatewayApiStores {
     pub classes: Store<GatewayClass>,
     pub gateways: Vec<Store<Gateway>>,
     pub routes: Vec<Store<HttpRoute>>,
-    pub grants: Vec<Store<ReferenceGrant>>,
+    /// v1beta1: served by every Gateway API release in use.
+    pub grants: Vec<Store<ReferenceGrantV1Beta1>>,
     /// For listeners' namespace selectors (labels).
     pub namespaces: Store<Namespace>,
 }
@@ -201,10 +204,12 @@ impl Stores {
                 .gateway_api
                 .as_ref()
                 .map_or_else(Vec::new, |g| owned_all(&g.routes)),
-            reference_grants: self
-                .gateway_api
-                .as_ref()
-                .map_or_else(Vec::new, |g| owned_all(&g.grants)),
+            reference_grants: self.gateway_api.as_ref().map_or_else(Vec::new, |g| {
+                owned_all(&g.grants)
+                    .iter()
+                    .map(|r| Arc::new(ReferenceGrant::from(&**r)))
+                    .collect()
+            }),
             namespaces: self
                 .gateway_api
                 .as_ref()

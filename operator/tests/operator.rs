@@ -631,6 +631,9 @@ async fn gateway_api_objects_are_served_and_their_statuses_written() {
             "rules": [{
                 "matches": [{"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"name": "x-env", "value": "beta"}]}],
                 "backendRefs": [{"name": "web", "port": 80}, {"name": "missing", "port": 80}]
+            }, {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/shared"}}],
+                "backendRefs": [{"name": "shared", "namespace": "common", "port": 80}]
             }]
         },
         "status": {"parents": [{
@@ -638,6 +641,18 @@ async fn gateway_api_objects_are_served_and_their_statuses_written() {
             "controllerName": "example.com/other",
             "conditions": []
         }]}
+    }));
+    // A cross-namespace backend, granted by a v1beta1 ReferenceGrant (the
+    // version the operator watches: every Gateway API release serves it).
+    api.apply(service("common", "shared", 80));
+    api.apply(endpoint_slice("common", "shared", &["10.0.9.9"], 8080));
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "from-shop", "namespace": "common"},
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+            "to": [{"group": "", "kind": "Service"}]
+        }
     }));
     let mut settings = test_settings("op-gw");
     settings.gateway_api = true;
@@ -649,11 +664,18 @@ async fn gateway_api_objects_are_served_and_their_statuses_written() {
         .as_array()
         .and_then(|hs| hs.iter().find(|h| h["host"] == "store.example.com"))
         .expect("store vhost");
-    assert_eq!(
-        host["routes"][0]["conditions"]["headers"][0]["name"],
-        "x-env"
-    );
-    assert_eq!(host["routes"][0]["backend"]["split"]["unresolved"], 1);
+    let by_prefix = |prefix: &str| {
+        host["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["path"]["prefix"] == prefix)
+            .cloned()
+            .unwrap_or_else(|| panic!("no route {prefix}: {host}"))
+    };
+    assert_eq!(by_prefix("/")["conditions"]["headers"][0]["name"], "x-env");
+    assert_eq!(by_prefix("/")["backend"]["split"]["unresolved"], 1);
+    assert_eq!(by_prefix("/shared")["backend"]["pool"], "common/shared:80");
 
     let route = eventually(Duration::from_secs(5), "the HTTPRoute status", || async {
         let r = api.get("HTTPRoute", Some("shop"), "store")?;

@@ -18,9 +18,11 @@ mod enum_defaults;
 pub mod gatewayclasses;
 pub mod gateways;
 pub mod httproutes;
+pub mod referencegrant_v1beta1;
 pub mod referencegrants;
 
 pub use gatewayclasses::{GatewayClass, GatewayClassSpec, GatewayClassStatus};
 pub use gateways::{Gateway, GatewaySpec, GatewayStatus};
 pub use httproutes::{HttpRoute, HttpRouteSpec, HttpRouteStatus};
+pub use referencegrant_v1beta1::ReferenceGrantV1Beta1;
 pub use referencegrants::{ReferenceGrant, ReferenceGrantSpec};

@@ -76,7 +76,7 @@ const RESOURCES: &[(&str, &str, &str, bool, bool)] = &[
     ),
     (
         "referencegrants",
-        "gateway.networking.k8s.io/v1",
+        "gateway.networking.k8s.io/v1beta1",
         "ReferenceGrant",
         true,
         false,
