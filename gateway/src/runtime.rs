@@ -30,6 +30,8 @@ pub struct RouteTarget {
     pub tenant: Option<TenantId>,
     pub action: Action,
     pub filters: Filters,
+    /// The route's wait for the upstream's response, when it sets one.
+    pub timeout: Option<std::time::Duration>,
     pub stats: RouteStats,
     /// The tenant's request budget on this replica, if it has one.
     pub limiter: Option<Arc<TenantLimiter>>,
@@ -139,7 +141,7 @@ impl Runtime {
                 )
             })
         };
-        let mut target = |tenant: Option<&TenantId>, name: &RouteName, action, filters| {
+        let mut target = |tenant: Option<&TenantId>, name: &RouteName, action, filters, timeout| {
             let t = tenant.map_or("", |t| t.as_str());
             let key = (t.to_string(), name.as_str().to_string());
             let stats = stats
@@ -151,6 +153,7 @@ impl Runtime {
                 tenant: tenant.cloned(),
                 action,
                 filters,
+                timeout,
                 stats,
                 limiter: tenant.and_then(|t| limiters.get(t).cloned()),
             })
@@ -165,6 +168,7 @@ impl Runtime {
                 &RouteName::new(DEFAULT_ROUTE),
                 action,
                 Filters::default(),
+                None,
             )
         });
         let routes = RouteTable::build(
@@ -172,7 +176,10 @@ impl Runtime {
             |vhost, route| {
                 let action = Action::new(route, &route.backend, pool);
                 let filters = Filters::new(route, pool);
-                target(vhost.tenant.as_ref(), &route.name, action, filters)
+                let timeout = route
+                    .timeout_ms
+                    .map(|ms| std::time::Duration::from_millis(ms.into()));
+                target(vhost.tenant.as_ref(), &route.name, action, filters, timeout)
             },
             default,
         );

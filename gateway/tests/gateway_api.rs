@@ -817,3 +817,25 @@ async fn httproute_omitted_backendrefs() {
     ])
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_timeout_request() {
+    let c = Case::start("timeout-request").await;
+    c.expect(&[
+        ("GET", "/request-timeout", NO, V1),
+        ("GET", "/request-timeout?delay=1s", NO, S(504)),
+        ("GET", "/disable-request-timeout?delay=1s", NO, V1),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_timeout_backend_request() {
+    let c = Case::start("timeout-backend-request").await;
+    c.expect(&[
+        ("GET", "/backend-timeout", NO, V1),
+        ("GET", "/backend-timeout?delay=1s", NO, S(504)),
+        ("GET", "/disable-backend-timeout?delay=1s", NO, V1),
+    ])
+    .await;
+}

@@ -24,6 +24,10 @@ pub struct Route {
     /// Applied to matched requests and their responses, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<Filter>,
+    /// The longest wait, in milliseconds, for the upstream's response
+    /// (between reads); then 504. `None`: the gateway's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
     pub backend: Backend,
 }
 
@@ -35,6 +39,7 @@ impl Route {
             path,
             conditions: Conditions::default(),
             filters: Vec::new(),
+            timeout_ms: None,
             backend: Backend::Pool(pool),
         }
     }

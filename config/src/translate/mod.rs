@@ -130,6 +130,7 @@ fn run(
 struct RouteEntry {
     name: RouteName,
     filters: Vec<Filter>,
+    timeout_ms: Option<u32>,
     backend: Backend,
     owner: ObjectRef,
 }
@@ -140,6 +141,7 @@ impl RouteEntry {
         RouteEntry {
             name,
             filters: Vec::new(),
+            timeout_ms: None,
             backend,
             owner,
         }
@@ -194,6 +196,7 @@ impl PathRoutes {
                 path: key.path,
                 conditions: key.conditions,
                 filters: e.filters,
+                timeout_ms: e.timeout_ms,
                 backend: e.backend,
             })
             .collect();

@@ -229,8 +229,15 @@ impl ProxyHttp for Gateway {
             .routed
             .as_mut()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
+        let timeout = routed.target.timeout;
         match routed.start_attempt() {
-            Ok(attempt) => Ok(attempt.endpoint.peer()),
+            Ok(attempt) => {
+                let mut peer = attempt.endpoint.peer();
+                if timeout.is_some() {
+                    peer.options.read_timeout = timeout;
+                }
+                Ok(peer)
+            }
             Err(why) => {
                 if why == NoUpstream::AtCapacity {
                     self.shared.metrics.pool_overloaded.inc();

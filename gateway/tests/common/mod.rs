@@ -121,6 +121,23 @@ async fn serve_conn(
         if reader.read_exact(&mut body).await.is_err() {
             return;
         }
+        // `?delay=1s` / `?delay=250ms` answers late (as the Gateway API
+        // conformance suite's echo backend does).
+        if let Some(d) = target
+            .split_once('?')
+            .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("delay=")))
+        {
+            let ms = match d.strip_suffix("ms") {
+                Some(ms) => ms.parse().unwrap_or(0),
+                None => {
+                    d.strip_suffix('s')
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        * 1000
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let mut out = format!("{name}\n");
         for (k, v) in &headers {
             out.push_str(&format!("{k}: {v}\n"));

@@ -635,6 +635,7 @@ impl<'a> Translator<'a> {
                         entries.insert_new(key.clone(), || RouteEntry {
                             name: route_name.clone(),
                             filters: filters.clone(),
+                            timeout_ms: converted.timeout_ms,
                             backend: backend.clone(),
                             owner: object.clone(),
                         });

@@ -23,6 +23,9 @@ pub(super) struct Rule<'r> {
     /// Mirror filters, whose backends the caller resolves.
     pub mirrors: Vec<&'r HttpRouteRulesFiltersRequestMirrorBackendRef>,
     pub action: Action,
+    /// The rule's `timeouts`: the shorter of `request` and
+    /// `backendRequest`, enforced as the wait for the upstream's response.
+    pub timeout_ms: Option<u32>,
 }
 
 /// What answers a rule's requests.
@@ -143,12 +146,61 @@ pub(super) fn convert(rule: &HttpRouteRules) -> Result<Rule<'_>, String> {
     if replaces_prefix && keys.iter().any(|k| matches!(k.path, PathMatch::Exact(_))) {
         return Err("ReplacePrefixMatch needs PathPrefix matches".into());
     }
+    let timeouts = rule.timeouts.as_ref();
+    let request = timeouts
+        .and_then(|t| t.request.as_deref())
+        .map(duration_ms)
+        .transpose()?;
+    let backend = timeouts
+        .and_then(|t| t.backend_request.as_deref())
+        .map(duration_ms)
+        .transpose()?;
+    // Zero disables a timeout (the spec's rule).
+    let timeout_ms = [request, backend]
+        .into_iter()
+        .flatten()
+        .filter(|ms| *ms > 0)
+        .min();
     Ok(Rule {
         keys,
         filters,
         mirrors,
         action,
+        timeout_ms,
     })
+}
+
+/// A Gateway API Duration (GEP-2257: one to four `<number><unit>` parts,
+/// units h, m, s, ms, numbers of at most five digits) in milliseconds.
+fn duration_ms(text: &str) -> Result<u32, String> {
+    let bad = || format!("timeout {text:?} is not a Gateway API duration");
+    let (mut total, mut parts, mut rest) = (0u64, 0, text);
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return Err(bad());
+        };
+        rest = &rest[len..];
+        total += n * unit;
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return Err(bad());
+    }
+    u32::try_from(total).map_err(|_| bad())
 }
 
 fn route_key(m: &HttpRouteRulesMatches) -> Result<RouteKey, String> {
@@ -290,4 +342,30 @@ fn redirect(f: &HttpRouteRulesFilters) -> Result<Redirect, String> {
         path,
         status,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_api_durations() {
+        assert_eq!(duration_ms("500ms"), Ok(500));
+        assert_eq!(duration_ms("1s"), Ok(1_000));
+        assert_eq!(duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(duration_ms("1m2s3ms"), Ok(62_003));
+        assert_eq!(duration_ms("0s"), Ok(0));
+        for bad in [
+            "",
+            "1",
+            "1d",
+            "s",
+            "123456ms",
+            "1h1m1s1ms1ms",
+            "-1s",
+            "1.5s",
+        ] {
+            assert!(duration_ms(bad).is_err(), "{bad}");
+        }
+    }
 }
