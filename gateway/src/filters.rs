@@ -248,29 +248,24 @@ trait Head {
     fn remove(&mut self, name: &HeaderName);
 }
 
-impl Head for RequestHeader {
-    fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        let _ = self.insert_header(name, value);
-    }
-    fn add(&mut self, name: HeaderName, value: HeaderValue) {
-        let _ = self.append_header(name, value);
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
+/// Pingora's request and response heads have the same header methods.
+macro_rules! impl_head {
+    ($($t:ty),*) => {$(
+        impl Head for $t {
+            fn set(&mut self, name: HeaderName, value: HeaderValue) {
+                let _ = self.insert_header(name, value);
+            }
+            fn add(&mut self, name: HeaderName, value: HeaderValue) {
+                let _ = self.append_header(name, value);
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    )*};
 }
 
-impl Head for ResponseHeader {
-    fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        let _ = self.insert_header(name, value);
-    }
-    fn add(&mut self, name: HeaderName, value: HeaderValue) {
-        let _ = self.append_header(name, value);
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
+impl_head!(RequestHeader, ResponseHeader);
 
 impl Edits {
     fn apply(&self, head: &mut impl Head) {

@@ -342,6 +342,17 @@ async fn httproute_response_header_modifier() {
     }
 }
 
+/// Each (host, path) is answered with (status, Location).
+async fn expect_redirects(c: &Case, cases: &[(&str, &str, u16, &str)]) {
+    for (host, path, status, location) in cases {
+        assert_eq!(
+            redirect(c, host, path, *status).await,
+            *location,
+            "{host}{path}"
+        );
+    }
+}
+
 /// The `Location` of a redirect answer with `status`.
 async fn redirect(c: &Case, host: &str, path: &str, status: u16) -> String {
     let r = c.send("GET", host, path, NO).await;
@@ -357,64 +368,101 @@ async fn redirect(c: &Case, host: &str, path: &str, status: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httproute_redirect_host_and_status() {
     let c = Case::start("redirect-host-and-status").await;
-    assert_eq!(
-        redirect(&c, "gw.test", "/hostname-redirect", 302).await,
-        "http://example.org/hostname-redirect"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/host-and-status", 301).await,
-        "http://example.org/host-and-status"
-    );
+    expect_redirects(
+        &c,
+        &[
+            (
+                "gw.test",
+                "/hostname-redirect",
+                302,
+                "http://example.org/hostname-redirect",
+            ),
+            (
+                "gw.test",
+                "/host-and-status",
+                301,
+                "http://example.org/host-and-status",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httproute_redirect_path() {
     let c = Case::start("redirect-path").await;
-    assert_eq!(
-        redirect(&c, "gw.test", "/original-prefix/lemon", 302).await,
-        "http://gw.test/replacement-prefix/lemon"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/full/path/original", 302).await,
-        "http://gw.test/full-path-replacement"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/path-and-host", 302).await,
-        "http://example.org/replacement-prefix"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/path-and-status", 301).await,
-        "http://gw.test/replacement-prefix"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/full-path-and-host", 302).await,
-        "http://example.org/replacement-full"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/full-path-and-status", 301).await,
-        "http://gw.test/replacement-full"
-    );
+    expect_redirects(
+        &c,
+        &[
+            (
+                "gw.test",
+                "/original-prefix/lemon",
+                302,
+                "http://gw.test/replacement-prefix/lemon",
+            ),
+            (
+                "gw.test",
+                "/full/path/original",
+                302,
+                "http://gw.test/full-path-replacement",
+            ),
+            (
+                "gw.test",
+                "/path-and-host",
+                302,
+                "http://example.org/replacement-prefix",
+            ),
+            (
+                "gw.test",
+                "/path-and-status",
+                301,
+                "http://gw.test/replacement-prefix",
+            ),
+            (
+                "gw.test",
+                "/full-path-and-host",
+                302,
+                "http://example.org/replacement-full",
+            ),
+            (
+                "gw.test",
+                "/full-path-and-status",
+                301,
+                "http://gw.test/replacement-full",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httproute_redirect_port() {
     let c = Case::start("redirect-port").await;
-    assert_eq!(
-        redirect(&c, "gw.test", "/port", 302).await,
-        "http://gw.test:8083/port"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/port-and-host", 302).await,
-        "http://example.org:8083/port-and-host"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/port-and-status", 301).await,
-        "http://gw.test:8083/port-and-status"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/port-and-host-and-status", 302).await,
-        "http://example.org:8083/port-and-host-and-status"
-    );
+    expect_redirects(
+        &c,
+        &[
+            ("gw.test", "/port", 302, "http://gw.test:8083/port"),
+            (
+                "gw.test",
+                "/port-and-host",
+                302,
+                "http://example.org:8083/port-and-host",
+            ),
+            (
+                "gw.test",
+                "/port-and-status",
+                301,
+                "http://gw.test:8083/port-and-status",
+            ),
+            (
+                "gw.test",
+                "/port-and-host-and-status",
+                302,
+                "http://example.org:8083/port-and-host-and-status",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,22 +470,31 @@ async fn httproute_redirect_scheme() {
     let c = Case::start("redirect-scheme").await;
     // A new scheme without a port goes to that scheme's port (left out),
     // whatever port the client used.
-    assert_eq!(
-        redirect(&c, "gw.test:8080", "/scheme", 302).await,
-        "https://gw.test/scheme"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/scheme-and-host", 302).await,
-        "https://example.org/scheme-and-host"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/scheme-and-status", 301).await,
-        "https://gw.test/scheme-and-status"
-    );
-    assert_eq!(
-        redirect(&c, "gw.test", "/scheme-and-host-and-status", 302).await,
-        "https://example.org/scheme-and-host-and-status"
-    );
+    expect_redirects(
+        &c,
+        &[
+            ("gw.test:8080", "/scheme", 302, "https://gw.test/scheme"),
+            (
+                "gw.test",
+                "/scheme-and-host",
+                302,
+                "https://example.org/scheme-and-host",
+            ),
+            (
+                "gw.test",
+                "/scheme-and-status",
+                301,
+                "https://gw.test/scheme-and-status",
+            ),
+            (
+                "gw.test",
+                "/scheme-and-host-and-status",
+                302,
+                "https://example.org/scheme-and-host-and-status",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

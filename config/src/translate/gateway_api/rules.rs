@@ -35,6 +35,35 @@ pub(super) enum Action {
     Redirect(Redirect),
 }
 
+/// The header edits of a header modifier filter field (either kind).
+macro_rules! modifier {
+    ($field:expr, $name:literal) => {{
+        let m = $field
+            .as_ref()
+            .ok_or(concat!($name, " without its field"))?;
+        edits(
+            m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+            m.remove.iter().flatten(),
+        )?
+    }};
+}
+
+/// The path modifier of a URLRewrite or RequestRedirect field, checked.
+macro_rules! path_modifier {
+    ($field:expr) => {
+        $field
+            .as_ref()
+            .map(|p| {
+                path_rewrite(
+                    p.replace_full_path.as_deref(),
+                    p.replace_prefix_match.as_deref(),
+                )
+            })
+            .transpose()?
+    };
+}
+
 /// Converts `rule`; `Err` says what in it is not served (the rule is then
 /// dropped and its parent's `Accepted` says why).
 pub(super) fn convert(rule: &HttpRouteRules) -> Result<Rule<'_>, String> {
@@ -62,28 +91,15 @@ pub(super) fn convert(rule: &HttpRouteRules) -> Result<Rule<'_>, String> {
     let mut action = Action::Forward;
     for f in rule.filters.iter().flatten() {
         match f.r#type {
-            FilterType::RequestHeaderModifier => {
-                let m = f
-                    .request_header_modifier
-                    .as_ref()
-                    .ok_or("RequestHeaderModifier without its field")?;
-                filters.push(Filter::RequestHeaders(edits(
-                    m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.remove.iter().flatten(),
-                )?));
-            }
-            FilterType::ResponseHeaderModifier => {
-                let m = f
-                    .response_header_modifier
-                    .as_ref()
-                    .ok_or("ResponseHeaderModifier without its field")?;
-                filters.push(Filter::ResponseHeaders(edits(
-                    m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.remove.iter().flatten(),
-                )?));
-            }
+            // The two modifiers are distinct generated types of one shape.
+            FilterType::RequestHeaderModifier => filters.push(Filter::RequestHeaders(modifier!(
+                f.request_header_modifier,
+                "RequestHeaderModifier"
+            ))),
+            FilterType::ResponseHeaderModifier => filters.push(Filter::ResponseHeaders(modifier!(
+                f.response_header_modifier,
+                "ResponseHeaderModifier"
+            ))),
             FilterType::RequestRedirect => {
                 action = Action::Redirect(redirect(f)?);
             }
@@ -92,16 +108,7 @@ pub(super) fn convert(rule: &HttpRouteRules) -> Result<Rule<'_>, String> {
                     .url_rewrite
                     .as_ref()
                     .ok_or("URLRewrite without its field")?;
-                let path = r
-                    .path
-                    .as_ref()
-                    .map(|p| {
-                        path_rewrite(
-                            p.replace_full_path.as_deref(),
-                            p.replace_prefix_match.as_deref(),
-                        )
-                    })
-                    .transpose()?;
+                let path = path_modifier!(r.path);
                 filters.push(Filter::Rewrite(Rewrite {
                     hostname: r.hostname.as_deref().map(hostname).transpose()?,
                     path,
@@ -322,16 +329,7 @@ fn redirect(f: &HttpRouteRulesFilters) -> Result<Redirect, String> {
                 .ok_or(format!("redirect port {p}"))
         })
         .transpose()?;
-    let path = r
-        .path
-        .as_ref()
-        .map(|p| {
-            path_rewrite(
-                p.replace_full_path.as_deref(),
-                p.replace_prefix_match.as_deref(),
-            )
-        })
-        .transpose()?;
+    let path = path_modifier!(r.path);
     Ok(Redirect {
         scheme: r.scheme.as_ref().map(|s| match s {
             S::Http => Scheme::Http,
