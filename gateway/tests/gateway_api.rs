@@ -896,3 +896,17 @@ async fn httproute_timeout_backend_request() {
     ])
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_invalid_backendref_unknown_kind() {
+    // (ResolvedRefs=False, InvalidKind: golden case 81.)
+    let c = Case::start("invalid-backendref-unknown-kind").await;
+    c.expect(&[("GET", "/v2", NO, S(500))]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_invalid_cross_namespace_backend_ref() {
+    // (ResolvedRefs=False, RefNotPermitted: golden case 82.)
+    let c = Case::start("invalid-cross-namespace-backend-ref").await;
+    c.expect(&[("GET", "/", NO, S(500))]).await;
+}
