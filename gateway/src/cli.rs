@@ -113,6 +113,21 @@ pub struct Cli {
     /// Longest wait between attempts for a failing domain.
     #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = parse_duration)]
     pub acme_retry_max: Duration,
+    /// Cluster-wide tenant rate limits in Redis or Valkey
+    /// (`redis://HOST:PORT[/DB]`, `rediss://` for TLS): each tenant's whole
+    /// limit holds across every replica. Without it each replica enforces
+    /// its share; with it, that share is the fallback while the store is down.
+    #[arg(long, value_name = "URL")]
+    pub rate_limit_store: Option<String>,
+    /// PEM roots that sign the store's certificate (`rediss://`).
+    #[arg(long, value_name = "FILE", requires = "rate_limit_store")]
+    pub rate_limit_store_ca: Option<PathBuf>,
+    /// File holding the store's AUTH password.
+    #[arg(long, value_name = "FILE", requires = "rate_limit_store")]
+    pub rate_limit_store_password_file: Option<PathBuf>,
+    /// Prefix of the store's keys (one per rate-limited tenant).
+    #[arg(long, value_name = "PREFIX", default_value = "vestibule:rl:")]
+    pub rate_limit_store_prefix: String,
     /// Largest manifest file `--manifests` reads; a larger one fails the
     /// load (the last good config stays, `/config` names the file).
     #[arg(long, value_name = "BYTES", default_value_t = vestibule_config::manifests::DEFAULT_MAX_FILE_BYTES)]
@@ -224,6 +239,16 @@ impl Cli {
         }
     }
 
+    /// The cluster-wide rate limit store, if one is named.
+    pub fn rate_limit_store_settings(&self) -> Option<crate::ratelimit::StoreSettings> {
+        Some(crate::ratelimit::StoreSettings {
+            url: self.rate_limit_store.clone()?,
+            ca_file: self.rate_limit_store_ca.clone(),
+            password_file: self.rate_limit_store_password_file.clone(),
+            prefix: self.rate_limit_store_prefix.clone(),
+        })
+    }
+
     pub fn client_limits(&self) -> ClientLimits {
         ClientLimits {
             header_timeout: self.header_timeout.max(Duration::from_millis(10)),
@@ -249,6 +274,29 @@ mod tests {
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(6 * 3600));
         assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn the_store_flags_need_the_store() {
+        use clap::Parser;
+        let with = |args: &[&str]| {
+            let mut all = vec!["vestibule-gateway", "--config", "c.yaml"];
+            all.extend(args);
+            Cli::try_parse_from(all)
+        };
+        assert!(with(&["--rate-limit-store-ca", "ca.pem"]).is_err());
+        let cli = with(&[
+            "--rate-limit-store",
+            "rediss://r:6380",
+            "--rate-limit-store-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        let s = cli.rate_limit_store_settings().unwrap();
+        assert_eq!(
+            (s.url.as_str(), s.prefix.as_str()),
+            ("rediss://r:6380", "vestibule:rl:")
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Error {
     Metrics(prometheus::Error),
     #[error("--state-dir: the ACME store: {0}")]
     AcmeStore(#[from] vestibule_acme::StoreError),
+    #[error("--rate-limit-store: {0}")]
+    RateLimitStore(#[from] crate::ratelimit::StoreError),
 }
 
 impl Error {
@@ -44,6 +46,7 @@ impl Error {
             Error::Compile { .. } | Error::DefaultCert(_) => 2,
             Error::Listen { .. } | Error::TlsListener(_) | Error::Metrics(_) => 1,
             Error::AcmeStore(_) => 1,
+            Error::RateLimitStore(_) => 2,
         }
     }
 }

@@ -16,7 +16,7 @@ use vestibule_config::model::{ConfigVersion, GatewayConfig, PoolId, RouteName, T
 use crate::filters::{Action, Filters};
 use crate::metrics::{Metrics, RouteStats};
 use crate::mirror::Mirrors;
-use crate::ratelimit::TenantLimiter;
+use crate::ratelimit::{GlobalLimiter, TenantLimit, TenantLimiter};
 use crate::route::RouteTable;
 use crate::tls::{CertCache, CertStore, ParsedCert};
 use crate::upstream::{UpstreamPool, UpstreamSettings};
@@ -33,8 +33,8 @@ pub struct RouteTarget {
     /// The route's wait for the upstream's response, when it sets one.
     pub timeout: Option<std::time::Duration>,
     pub stats: RouteStats,
-    /// The tenant's request budget on this replica, if it has one.
-    pub limiter: Option<Arc<TenantLimiter>>,
+    /// The tenant's limits on this replica, if it has one.
+    pub limiter: Option<Arc<TenantLimit>>,
 }
 
 /// Counts for `/config` and logs.
@@ -56,7 +56,7 @@ pub struct Runtime {
     /// The SNI table the TLS listener's resolver reads.
     pub certs: CertStore,
     /// Rate limiters by tenant; reused across swaps while the limit holds.
-    pub limiters: BTreeMap<TenantId, Arc<TenantLimiter>>,
+    pub limiters: BTreeMap<TenantId, Arc<TenantLimit>>,
     /// Pending ACME HTTP-01 challenges: token -> key authorization.
     pub acme_http01: HashMap<Box<str>, bytes::Bytes, ahash::RandomState>,
     /// Pending ACME TLS-ALPN-01 challenges from the config: domain -> the
@@ -116,16 +116,20 @@ impl Runtime {
             })
             .collect();
 
-        let limiters: BTreeMap<TenantId, Arc<TenantLimiter>> = config
+        let global = shared.global_limits.get();
+        let limiters: BTreeMap<TenantId, Arc<TenantLimit>> = config
             .tenants
             .iter()
             .filter_map(|(id, t)| {
                 let limit = t.rate_limit?;
-                let limiter = match previous.limiters.get(id) {
-                    Some(old) if old.limit == limit => old.clone(),
+                let local = match previous.limiters.get(id) {
+                    Some(old) if old.local.limit == limit => old.local.clone(),
                     _ => Arc::new(TenantLimiter::new(limit)),
                 };
-                Some((id.clone(), limiter))
+                // The budget is the registry's: the same one while the
+                // whole limit holds.
+                let global = global.map(|g| g.budget(id, t.cluster_rate_limit.unwrap_or(limit)));
+                Some((id.clone(), Arc::new(TenantLimit { local, global })))
             })
             .collect();
         let mut stats: HashMap<(String, String), RouteStats, ahash::RandomState> =
@@ -278,6 +282,8 @@ pub struct Shared {
     pub acme_demand: std::sync::OnceLock<tokio::sync::mpsc::Sender<Box<str>>>,
     /// Copies of requests to the mirror pools of routes.
     pub mirrors: Mirrors,
+    /// The cluster-wide rate limits (`--rate-limit-store`).
+    pub global_limits: std::sync::OnceLock<Arc<GlobalLimiter>>,
 }
 
 impl Shared {
@@ -292,6 +298,7 @@ impl Shared {
                 ..Default::default()
             }),
             mirrors: Mirrors::new(metrics.registry())?,
+            global_limits: std::sync::OnceLock::new(),
             metrics,
             upstream: Arc::new(upstream),
             cert_cache: CertCache::default(),

@@ -26,6 +26,8 @@ use crate::source::{Acme, ConfigSource, FileSource, ManifestsSource, OperatorSou
 use crate::tls;
 use vestibule_acme::DirStore;
 
+use crate::ratelimit::{GlobalLimiter, StoreSettings};
+
 /// Structured logs on stderr (`RUST_LOG` filters; default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -137,6 +139,17 @@ fn acme_issuer(
 /// the process ends.
 pub fn run(cli: Cli) -> Result<(), Error> {
     let shared = Shared::new(cli.upstream_settings(), String::new()).map_err(Error::Metrics)?;
+    let store = match cli.rate_limit_store_settings() {
+        Some(settings) => {
+            let limiter = GlobalLimiter::new(&settings.prefix, shared.metrics.registry())
+                .map_err(Error::Metrics)?;
+            // Checked here (URL, files), connected lazily in the service.
+            crate::ratelimit::check_store(&settings)?;
+            let _ = shared.global_limits.set(limiter.clone());
+            Some(LimitStore { limiter, settings })
+        }
+        None => None,
+    };
     let source = source(&cli, &shared)?;
     shared
         .status
@@ -258,7 +271,30 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     server.add_service(https);
     server.add_service(admin);
     server.add_service(controller);
+    if let Some(store) = store {
+        server.add_service(background_service("rate limit store", store));
+    }
     tracing::info!(http = %cli.http, https = %cli.https, admin = %cli.admin, threads = cli.threads, "vestibule-gateway serving");
     server.run(RunArgs::default());
     Ok(())
+}
+
+/// Renews the cluster-wide rate limit leases until shutdown.
+struct LimitStore {
+    limiter: Arc<GlobalLimiter>,
+    settings: StoreSettings,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for LimitStore {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        tokio::select! {
+            result = self.limiter.clone().run(self.settings.clone()) => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "rate limit store: per-replica limits only");
+                }
+            }
+            _ = shutdown.changed() => {}
+        }
+    }
 }

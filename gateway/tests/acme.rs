@@ -38,6 +38,7 @@ fn config(up: &Upstream) -> GatewayConfig {
                     requests_per_second: 1,
                     burst: 1,
                 }),
+                cluster_rate_limit: None,
             },
         )]
         .into(),

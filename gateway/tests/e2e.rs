@@ -241,6 +241,7 @@ async fn headers_tenant_forwarding_hop_by_hop_431_and_redirect() {
         Tenant {
             domains: vec![HostPattern::parse("acme.test").unwrap()],
             rate_limit: None,
+            cluster_rate_limit: None,
         },
     );
     config.hosts = vec![
@@ -548,6 +549,7 @@ async fn admin_endpoints_and_metrics() {
         Tenant {
             domains: vec![HostPattern::parse("m.test").unwrap()],
             rate_limit: None,
+            cluster_rate_limit: None,
         },
     );
     config.hosts = vec![vhost(

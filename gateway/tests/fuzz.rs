@@ -177,6 +177,7 @@ fn config() -> impl Strategy<Value = GatewayConfig> {
                         Tenant {
                             domains: vec![host.clone()],
                             rate_limit: None,
+                            cluster_rate_limit: None,
                         },
                     );
                     id

@@ -395,6 +395,7 @@ fn tenant_config(up: &Upstream, limit: Option<RateLimit>, extra_host: bool) -> G
             Tenant {
                 domains: vec![HostPattern::parse("acme.test").unwrap()],
                 rate_limit: limit,
+                cluster_rate_limit: None,
             },
         )]
         .into(),

@@ -62,6 +62,7 @@ async fn lab(extra: &[&str]) -> Lab {
             Tenant {
                 domains: vec![HostPattern::parse(domain).unwrap()],
                 rate_limit: None,
+                cluster_rate_limit: None,
             },
         );
     }

@@ -116,6 +116,7 @@ fn tenant(config: &mut GatewayConfig, name: &str, domain: &str) {
         Tenant {
             domains: vec![HostPattern::parse(domain).unwrap()],
             rate_limit: None,
+            cluster_rate_limit: None,
         },
     );
 }

@@ -74,6 +74,7 @@ pub fn per_replica(mut config: GatewayConfig, replicas: u32) -> GatewayConfig {
     let mut changed = false;
     for tenant in config.tenants.values_mut() {
         if let Some(limit) = tenant.rate_limit.as_mut() {
+            tenant.cluster_rate_limit = Some(*limit);
             limit.requests_per_second = share(limit.requests_per_second);
             limit.burst = share(limit.burst);
             changed = true;

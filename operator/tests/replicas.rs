@@ -19,6 +19,7 @@ fn config(limits: &[(&str, Option<(u32, u32)>)]) -> GatewayConfig {
                             requests_per_second: r,
                             burst: b,
                         }),
+                        cluster_rate_limit: None,
                     },
                 )
             })

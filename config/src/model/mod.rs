@@ -381,8 +381,14 @@ impl fmt::Debug for Certificate {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tenant {
     pub domains: Vec<HostPattern>,
+    /// This replica's share of the tenant's limit (the operator divides it
+    /// by `--gateway-replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The tenant's whole limit when `rate_limit` is a share of it: what a
+    /// cluster-wide store (`--rate-limit-store`) enforces for the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_rate_limit: Option<RateLimit>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -77,6 +77,8 @@ impl<'a> Translator<'a> {
                     TenantConfig {
                         domains,
                         rate_limit: t.object.spec.rate_limit,
+                        // Set by the operator when it divides the limit.
+                        cluster_rate_limit: None,
                     },
                 )
             })

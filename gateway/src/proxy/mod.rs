@@ -21,7 +21,7 @@ use crate::conn;
 use crate::edge;
 use crate::edge::headers::{self, Origin, Underscores};
 use crate::filters::Choice;
-use crate::ratelimit::retry_after_secs;
+use crate::ratelimit::Refusal;
 use crate::route::{normalize_host, BadHost, HostBuf, Lookup};
 use crate::runtime::{Runtime, Shared};
 use crate::tls::{same_cert, TlsConn};
@@ -75,13 +75,13 @@ async fn respond(
     session: &mut Session,
     status: u16,
     body: impl Into<Bytes>,
-    extra: Option<(HeaderName, HeaderValue)>,
+    extra: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
 ) -> Result<bool> {
     let body: Bytes = body.into();
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    if let Some((name, value)) = extra {
+    for (name, value) in extra {
         resp.insert_header(name, value)?;
     }
     session
@@ -200,10 +200,9 @@ impl ProxyHttp for Gateway {
             Decision::NotFound => {
                 respond(session, 404, "no route for this host and path\n", None).await
             }
-            Decision::RateLimited(secs) => {
+            Decision::RateLimited(refusal) => {
                 self.shared.metrics.rate_limited.inc();
-                let retry = (http::header::RETRY_AFTER, HeaderValue::from(secs));
-                respond(session, 429, "rate limit exceeded\n", Some(retry)).await
+                respond(session, 429, "rate limit exceeded\n", refusal.headers()).await
             }
         }
     }
@@ -441,8 +440,8 @@ enum Decision {
     /// connections (HTTP/2) opens one for that host instead.
     Misdirected,
     NotFound,
-    /// The tenant is over its rate; retry after this many seconds.
-    RateLimited(u64),
+    /// The tenant is over its rate.
+    RateLimited(Refusal),
 }
 
 impl Gateway {
@@ -500,7 +499,7 @@ impl Gateway {
         }
         ctx.routed = Some(Routed::new(target.clone(), pool));
         match limited {
-            Some(wait) => Decision::RateLimited(retry_after_secs(wait)),
+            Some(refusal) => Decision::RateLimited(refusal),
             None => Decision::Proxy,
         }
     }

@@ -1,4 +1,4 @@
-//! Per-tenant rate limiting: a token bucket per tenant and gateway replica,
+//! The local limiter: a token bucket per tenant and gateway replica,
 //! kept as one atomic (GCRA: the bucket is the "theoretical arrival time"
 //! of the next request), so checking it is a load and a compare-and-swap on
 //! the hot path, with no lock and no allocation.
@@ -67,12 +67,6 @@ impl TenantLimiter {
     }
 }
 
-/// `Retry-After` seconds for a wait: rounded up, at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
-    let s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    s.clamp(1, 3600)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -122,8 +116,6 @@ mod tests {
     fn zero_rate_refuses() {
         let l = limiter(0, 0);
         assert!(l.check_at(SEC).is_err());
-        assert!(retry_after_secs(Duration::from_millis(1)) == 1);
-        assert!(retry_after_secs(Duration::from_millis(1500)) == 2);
     }
 
     #[test]
