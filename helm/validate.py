@@ -293,6 +293,23 @@ def check_gateway(docs, case: str, v: dict[str, Any]) -> None:
     for b in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding"):
         F.check(all(s.get("name") != gw_sa for s in b.get("subjects", [])), f"[{case}] {kn(b)} grants RBAC to the gateway")
 
+    # The cluster-wide rate limit store: flags only with a URL, files
+    # mounted from the Secrets the values name.
+    store = g["rateLimitStore"]
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    volumes = {vol["name"]: vol for vol in spec.get("volumes", [])}
+    F.check(a.get("--rate-limit-store", [""])[0] == store["url"] if store["url"] else "--rate-limit-store" not in a,
+            f"[{case}] gateway --rate-limit-store vs gateway.rateLimitStore.url")
+    for flag, secret, key in (("--rate-limit-store-password-file", "passwordSecret", "password"),
+                              ("--rate-limit-store-ca", "caSecret", "ca.crt")):
+        want = bool(store["url"] and store[secret])
+        path = a.get(flag, [""])[0]
+        if F.check((flag in a) == want, f"[{case}] gateway {flag} vs rateLimitStore.{secret}") and want:
+            vol = volumes.get(mounts.get(os.path.dirname(path), ""), {})
+            F.check(vol.get("secret", {}).get("secretName") == store[secret]
+                    and any(i["key"] == key and os.path.basename(path) == i["path"] for i in vol["secret"].get("items", [])),
+                    f"[{case}] {flag} {path} is not Secret {store[secret]}'s {key}")
+
     # --operator URL: scheme by TLS, host = operator Service DNS name, port = its config port.
     url = a.get("--operator", [""])[0]
     m = re.fullmatch(r"(https?)://([^:/]+):(\d+)", url)

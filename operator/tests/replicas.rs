@@ -75,6 +75,20 @@ fn limits_are_divided_by_replicas_and_the_total_holds() {
         limit(&per_replica(input.clone(), 4), "acme"),
         Some((125, 250))
     );
+    // The whole limit travels beside the share, for a cluster-wide store.
+    let out = per_replica(input.clone(), 4);
+    let acme = &out.tenants[&TenantId::new("acme")];
+    assert_eq!(
+        acme.cluster_rate_limit,
+        Some(RateLimit {
+            requests_per_second: 500,
+            burst: 1000
+        })
+    );
+    assert_eq!(
+        input.tenants[&TenantId::new("acme")].cluster_rate_limit,
+        None
+    );
 }
 
 #[test]
