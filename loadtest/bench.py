@@ -177,8 +177,22 @@ spec:{spec_tls}
 """
 
 
-def gen_vestibule(d, n, up_port, certs=None):
+# A limit no run reaches: the limiter is checked on every request, never refuses.
+TENANT_LIMIT = """---
+apiVersion: vestibule.dev/v1alpha1
+kind: Tenant
+metadata: {name: bench}
+spec:
+  domains: ["*.bench.example.com"]
+  namespaces: [bench]
+  rateLimit: {requestsPerSecond: 10000000, burst: 1000000}
+"""
+
+
+def gen_vestibule(d, n, up_port, certs=None, limited=False):
     d.mkdir(parents=True, exist_ok=True)
+    if limited:
+        (d / "tenant.yaml").write_text(TENANT_LIMIT)
     (d / "base.yaml").write_text(f"""apiVersion: networking.k8s.io/v1
 kind: IngressClass
 metadata:
@@ -690,6 +704,7 @@ class Bench:
         self.proxy_cpu, self.load_cpu = proxy_cpu, load_cpu
         self.rows = []
         self.rng = random.Random(7)
+        self.redis_port = None
 
     def emit(self, row):
         row = {c: row.get(c, "") for c in COLS}
@@ -703,9 +718,13 @@ class Bench:
         d = self.out / f"{name}-{n}-{tag}"
         port, tport = free_port(), free_port()
         env = None
-        if name == "vestibule":
-            gen_vestibule(d / "manifests", n, self.up_port, certs)
+        if name in ("vestibule", "vestibule-limited", "vestibule-redis"):
+            # -limited: every host a rate-limited tenant's (the local limiter);
+            # -redis: the same with the cluster-wide limiter on redis-server.
+            gen_vestibule(d / "manifests", n, self.up_port, certs, limited=name != "vestibule")
             cmd = vestibule_cmd(self.a.gateway, d, port, tport, free_port(), certs)
+            if name == "vestibule-redis":
+                cmd += ["--rate-limit-store", f"redis://127.0.0.1:{self.redis_port}"]
             env = dict(os.environ, RUST_LOG="warn")
         elif name == "nginx":
             cmd = gen_nginx(d, n, port, self.up_port, certs, tport)
@@ -741,7 +760,7 @@ class Bench:
                        "cpu_us_per_req": round((cpu1 - cpu0) * 1e6 / max(res["requests"], 1), 2),
                        "idle_rss_mb": round(idle, 1), "loaded_rss_mb": round(rss_mb(proc.pids()), 1),
                        "idle_pss_mb": round(idle_pss, 1), "cold_start_s": round(cold, 3)})
-            if a.changes > 0 and name != "bare":
+            if a.changes > 0 and name in ("vestibule", "nginx", "haproxy"):
                 r, raw = run_changes(Changer(name, proc, d, n, port, self.up_port), port, script,
                                      a.changes, a.connections, self.load_cpu)
                 (out / f"{name}-{n}-change.wrk.txt").write_text(raw)
@@ -847,6 +866,7 @@ def main():
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     upstream = None
+    extra_procs = []
     try:
         up_port = free_port()
         upstream = Proc("upstream", gen_upstream(out / "upstream", up_port), open(out / "upstream.log", "w"),
@@ -856,6 +876,11 @@ def main():
         if load_cpu is not None:
             os.sched_setaffinity(0, {load_cpu})  # after the cert pool could use every core
         bench = Bench(args, out, up_port, proxy_cpu, load_cpu)
+        if "vestibule-redis" in args.proxies.split(","):
+            bench.redis_port = free_port()
+            redis = Proc("redis", ["redis-server", "--port", str(bench.redis_port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no"], open(out / "redis.log", "w"), cpu=load_cpu)
+            extra_procs.append(redis)
         for n in counts:
             gen_wrk_script(out / f"hosts-{n}.lua", n)
             certs = None
@@ -868,12 +893,14 @@ def main():
                 if "plain" in tests:
                     log(f"{name} n={n} plain")
                     bench.plain(name, n)
-                if "tls" in tests and name != "bare":
+                if "tls" in tests and name in ("vestibule", "nginx", "haproxy"):
                     log(f"{name} n={n} tls")
                     bench.tls(name, n, certs)
     finally:
         if upstream:
             upstream.stop()
+        for p in extra_procs:
+            p.stop()
     subprocess.run([sys.executable, str(HERE / "report.py"), str(out)], check=False, timeout=300)
     print(f"results: {out}/results.tsv, {out}/report.md, {out}/*.png")
 

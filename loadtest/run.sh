@@ -23,6 +23,8 @@ command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 
 # A Python with cryptography (certificates) and matplotlib (plots): the one on
 # PATH if it has both, else Debian's with its packages.
+# The cluster-wide rate limit variant (--proxies ...,vestibule-redis) runs redis-server.
+case " $* " in *vestibule-redis*) command -v redis-server >/dev/null 2>&1 || need+=(redis-server) ;; esac
 py=python3
 if ! $py -c 'import cryptography, matplotlib' >/dev/null 2>&1; then
   py=/usr/bin/python3
