@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod pki;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -32,6 +33,64 @@ impl Redis {
         };
         r.restart().await;
         r
+    }
+
+    /// A store on TLS only (certificate from `pki`), requiring `password`.
+    async fn start_tls(pki: &pki::Pki, password: &str, dir: &Path) -> Redis {
+        let cert = pki.issue(&["localhost"], &rcgen::PKCS_ECDSA_P256_SHA256);
+        let (crt, key, ca) = (
+            dir.join("redis.crt"),
+            dir.join("redis.key"),
+            dir.join("ca.crt"),
+        );
+        std::fs::write(&crt, &cert.cert_pem).unwrap();
+        std::fs::write(&key, &cert.key_pem).unwrap();
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let port = free_addr().port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                crt.to_str().unwrap(),
+                "--tls-key-file",
+                key.to_str().unwrap(),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                ca.to_str().unwrap(),
+                "--tls-auth-clients",
+                "no",
+            ])
+            .args([
+                "--requirepass",
+                password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..200 {
+            if TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Redis {
+            port,
+            child: Some(child),
+        }
     }
 
     async fn restart(&mut self) {
@@ -357,4 +416,76 @@ async fn a_slow_store_adds_nothing_to_requests() {
     assert!(p99 < Duration::from_millis(15), "p99 {p99:?}");
     // And the limit still holds, from leases renewed ahead of need.
     assert!(log.iter().any(|s| s.status == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_store_with_a_password_from_a_file() {
+    let dir = TempDir::new("rl-tls");
+    let pki = pki::Pki::new();
+    let redis = Redis::start_tls(&pki, "s3cret-pass", &dir.0).await;
+    let up = Upstream::start("app").await;
+    manifests(&dir.0, &up);
+    let (ca, good, bad) = (
+        dir.0.join("ca.crt"),
+        dir.0.join("pass"),
+        dir.0.join("wrong"),
+    );
+    std::fs::write(&good, "s3cret-pass\n").unwrap();
+    std::fs::write(&bad, "nope\n").unwrap();
+    let url = format!("rediss://localhost:{}", redis.port);
+    let start = |password: &Path| {
+        let args = [
+            "--rate-limit-store".to_string(),
+            url.clone(),
+            "--rate-limit-store-ca".into(),
+            ca.to_string_lossy().into_owned(),
+            "--rate-limit-store-password-file".into(),
+            password.to_string_lossy().into_owned(),
+            "--rate-limit-store-prefix".into(),
+            "test:rl:".into(),
+        ];
+        let manifests = dir.0.to_string_lossy().into_owned();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Gateway::start(&["--manifests", &manifests], &args).await
+        }
+    };
+    // TLS verified against the CA file, AUTH from the file: the store answers.
+    let gw = start(&good).await;
+    assert!(gw.metrics_show("vestibule_rate_limit_store_up 1").await);
+    // Over the limit: the cluster-wide policy answers.
+    let mut client = gw.client();
+    let mut refused = None;
+    for _ in 0..40 {
+        let r = client.get("shop.test", "/").await.unwrap();
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("no 429 within 40 requests of a 10-burst limit");
+    assert_eq!(
+        r.headers.get("ratelimit-policy").map(String::as_str),
+        Some("\"tenant\";q=100;w=1")
+    );
+    // A wrong password: the store is down for this gateway (its rounds
+    // fail), which serves on its per-replica limit.
+    let wrong = start(&bad).await;
+    let failing = eventually(Duration::from_secs(3), || async {
+        let m = wrong.admin_get("/metrics").await.body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("vestibule_rate_limit_store_failures_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    assert!(
+        failing.is_some(),
+        "rounds with a wrong password did not fail"
+    );
+    assert!(wrong.metrics_show("vestibule_rate_limit_store_up 0").await);
+    assert_eq!(
+        wrong.client().get("shop.test", "/").await.unwrap().status,
+        200
+    );
 }
