@@ -21,28 +21,6 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Service `app` in `saas` over one upstream.
-fn app(up: &Upstream) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: app, namespace: saas}}
-spec: {{ports: [{{name: web, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: app-1, namespace: saas, labels: {{kubernetes.io/service-name: app}}}}
-addressType: IPv4
-ports: [{{name: web, port: {port}}}]
-endpoints:
-  - addresses: [{ip}]
-"#,
-        port = up.addr.port(),
-        ip = up.addr.ip(),
-    )
-}
-
 fn issuer(pebble: &Pebble, challenge: &str, issue: &str) -> String {
     issuer_at(
         &pebble.directory,
@@ -217,7 +195,7 @@ impl Scene {
         let pebble = Pebble::start_with_eab(pebble_http, https.port(), eab).await;
         let dir = TempDir::new(&format!("{tag}-manifests"));
         let state = TempDir::new(&format!("{tag}-state"));
-        put(&dir.0, "app.yaml", &app(&up));
+        put(&dir.0, "app.yaml", &app_manifests(&up));
         put(&dir.0, "issuer.yaml", &issuer(&pebble, challenge, issue));
         let verified = client(&[&pebble.root_pem]);
         Scene {

@@ -140,18 +140,7 @@ impl Drop for Redis {
 /// Tenant `shop` (100 requests/s, burst 10) served by `up`.
 fn manifests(dir: &Path, up: &Upstream) {
     let text = format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: app, namespace: saas}}
-spec: {{ports: [{{name: web, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: app-1, namespace: saas, labels: {{kubernetes.io/service-name: app}}}}
-addressType: IPv4
-ports: [{{name: web, port: {port}}}]
-endpoints: [{{addresses: ["{ip}"]}}]
+        r#"{app}
 ---
 apiVersion: vestibule.dev/v1alpha1
 kind: Tenant
@@ -161,8 +150,7 @@ spec:
   backend: {{namespace: saas, services: [{{name: app, port: 80}}]}}
   rateLimit: {{requestsPerSecond: 100, burst: 10}}
 "#,
-        port = up.addr.port(),
-        ip = up.addr.ip(),
+        app = app_manifests(up),
     );
     std::fs::write(dir.join("shop.yaml"), text).unwrap();
 }

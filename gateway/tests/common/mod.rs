@@ -187,6 +187,29 @@ async fn read_head<R: AsyncBufReadExt + Unpin>(
     Some((first, headers))
 }
 
+/// Service `app` in namespace `saas` over one upstream, with its
+/// EndpointSlice: the backend of the manifests-mode tests.
+pub fn app_manifests(up: &Upstream) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: saas}}
+spec: {{ports: [{{name: web, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: app-1, namespace: saas, labels: {{kubernetes.io/service-name: app}}}}
+addressType: IPv4
+ports: [{{name: web, port: {port}}}]
+endpoints:
+  - addresses: [{ip}]
+"#,
+        port = up.addr.port(),
+        ip = up.addr.ip(),
+    )
+}
+
 // === client ===
 
 #[derive(Debug)]
