@@ -5,7 +5,9 @@
 use super::*;
 
 impl<'a> Translator<'a> {
-    pub(super) fn add_ingress(&mut self, ingress: &'a Ingress) {
+    /// Adds a primary (non-canary) Ingress; `conditions` holds what its
+    /// annotations already said.
+    pub(super) fn add_ingress(&mut self, ingress: &'a Ingress, mut conditions: Vec<Condition>) {
         let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
         let name = ingress.metadata.name.as_deref().unwrap_or_default();
         let object = ObjectRef {
@@ -14,7 +16,6 @@ impl<'a> Translator<'a> {
             name: name.to_string(),
         };
         let route_name = RouteName::new(format!("ingress/{namespace}/{name}"));
-        let mut conditions = Vec::new();
         // Routes (and the default backend) this Ingress serves, and hosts it sets TLS for.
         let mut served = 0usize;
         let mut tls_hosts = 0usize;
@@ -186,6 +187,18 @@ impl<'a> Translator<'a> {
             }
         }
 
+        self.finish_ingress_status(object, conditions, served, tls_hosts);
+    }
+
+    /// The Ingress's status: `Accepted` first (what it serves), then the
+    /// problems collected.
+    pub(super) fn finish_ingress_status(
+        &mut self,
+        object: ObjectRef,
+        mut conditions: Vec<Condition>,
+        served: usize,
+        tls_hosts: usize,
+    ) {
         let accepted = if served > 0 || tls_hosts > 0 {
             let tls = match tls_hosts {
                 0 => String::new(),

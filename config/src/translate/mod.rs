@@ -15,7 +15,9 @@
 //! `status`).
 
 mod acme;
+mod annotations;
 pub mod backend;
+mod canary;
 mod classes;
 mod gateway_api;
 mod ingress;
@@ -34,9 +36,9 @@ use crate::acme::AcmePlan;
 use crate::hostname::{HostPattern, Hostname};
 use crate::manifests::Snapshot;
 use crate::model::{
-    Backend, CertId, Certificate, Conditions, Endpoint, Filter, GatewayConfig, HostTls, PathMatch,
-    Pool, PoolId, Route, RouteName, Tenant as TenantConfig, TenantId, TlsUnavailable, Unavailable,
-    VirtualHost, WildcardDepth,
+    Backend, CertId, Certificate, Conditions, Endpoint, Filter, GatewayConfig, Header, HeaderName,
+    HeaderText, HostTls, PathMatch, Pool, PoolId, Route, RouteName, Tenant as TenantConfig,
+    TenantId, TlsUnavailable, Unavailable, VirtualHost, WildcardDepth,
 };
 use crate::tenant::Tenant;
 
@@ -116,10 +118,20 @@ fn run(
     let mut t = Translator::new(snapshot, options, memo);
     t.accept_issuers(&snapshot.acme_issuers);
     t.accept_tenants();
+    // Canary Ingresses are shares of their primaries' routes: after them.
+    let mut canaries = Vec::new();
     for ingress in by_age(&snapshot.ingresses, |i| &i.metadata) {
         if t.is_ours(ingress) {
-            t.add_ingress(ingress);
+            let mut conditions = Vec::new();
+            let read = annotations::read(ingress.metadata.annotations.as_ref(), &mut conditions);
+            match read.canary {
+                Some(canary) => canaries.push((ingress, canary, conditions)),
+                None => t.add_ingress(ingress, conditions),
+            }
         }
+    }
+    for (ingress, canary, conditions) in canaries {
+        t.add_canary(ingress, &canary, conditions);
     }
     t.add_gateway_api(snapshot);
     t.add_tenant_backends_and_tls();
@@ -176,6 +188,10 @@ struct PathRoutes(Vec<(RouteKey, RouteEntry)>);
 impl PathRoutes {
     fn get(&self, key: &RouteKey) -> Option<&RouteEntry> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+
+    fn get_mut(&mut self, key: &RouteKey) -> Option<&mut RouteEntry> {
+        self.0.iter_mut().find(|(k, _)| k == key).map(|(_, e)| e)
     }
 
     /// Adds the route for `key` unless one is there (the first claim wins).

@@ -243,4 +243,13 @@ pub enum Reason {
     UnsupportedValue,
     InvalidKind,
     BackendNotFound,
+    // ingress-nginx annotations.
+    /// An annotation Vestibule does not implement: it has no effect.
+    UnsupportedAnnotation,
+    /// A `*-snippet` annotation: raw configuration is never accepted.
+    SnippetRefused,
+    /// An annotation with a value that can't be used.
+    InvalidAnnotation,
+    /// A canary Ingress whose host and path no primary Ingress serves.
+    CanaryWithoutPrimary,
 }

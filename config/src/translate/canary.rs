@@ -1,0 +1,152 @@
+//! Canary Ingresses (ingress-nginx's `canary: "true"`): after every primary
+//! Ingress is in, each canary takes a share of the route its primary
+//! serves on the same host and path: `canary-weight` of every
+//! `canary-weight-total` requests (one weighted pool of both Services'
+//! endpoints), and with `canary-by-header` the requests whose header says
+//! `always` (or `canary-by-header-value`), while `never` keeps a request on
+//! the primary. A canary is never served on its own: without a primary it
+//! only gets a condition, so it can never take the production traffic.
+
+use super::annotations::Canary;
+use super::*;
+
+impl<'a> Translator<'a> {
+    pub(super) fn add_canary(
+        &mut self,
+        ingress: &'a Ingress,
+        canary: &Canary,
+        mut conditions: Vec<Condition>,
+    ) {
+        let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
+        let name = ingress.metadata.name.as_deref().unwrap_or_default();
+        let object = ObjectRef {
+            kind: ObjectKind::Ingress,
+            namespace: Some(namespace.to_string()),
+            name: name.to_string(),
+        };
+        let route_name = RouteName::new(format!("ingress/{namespace}/{name}"));
+        let mut served = 0usize;
+        let no_spec = Default::default();
+        let spec: &IngressSpec = ingress.spec.as_ref().unwrap_or(&no_spec);
+        for rule in spec.rules.iter().flatten() {
+            let host = match rule.host.as_deref() {
+                None | Some("") => HostPattern::Any,
+                Some(raw) => match HostPattern::parse(raw) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        conditions.push(Condition::new(
+                            ConditionType::Accepted,
+                            false,
+                            Reason::InvalidHost,
+                            e.to_string(),
+                        ));
+                        continue;
+                    }
+                },
+            };
+            if let Err(c) = self.admit_host(&host, namespace) {
+                conditions.push(c);
+                continue;
+            }
+            for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
+                let matcher = match path_match(&path.path_type, path.path.as_deref()) {
+                    Ok(m) => m,
+                    Err(msg) => {
+                        conditions.push(Condition::new(
+                            ConditionType::Accepted,
+                            false,
+                            Reason::InvalidPath,
+                            format!("host {host}: {msg}"),
+                        ));
+                        continue;
+                    }
+                };
+                let key = RouteKey::path(matcher.clone());
+                let primary = self
+                    .routes
+                    .get(&host)
+                    .and_then(|r| r.get(&key))
+                    .filter(|e| e.owner.kind == ObjectKind::Ingress)
+                    .map(|e| e.backend.clone());
+                let Some(Backend::Pool(primary)) = primary else {
+                    conditions.push(Condition::new(
+                        ConditionType::Accepted,
+                        false,
+                        Reason::CanaryWithoutPrimary,
+                        format!("{host} {matcher}: no Ingress serves it, and a canary is only ever a share of one"),
+                    ));
+                    continue;
+                };
+                let Backend::Pool(canary_pool) =
+                    self.ingress_backend(namespace, &path.backend, &mut conditions)
+                else {
+                    continue;
+                };
+                served += 1;
+                // The weighted share: one pool of both Services' endpoints.
+                if canary.weight > 0 {
+                    let endpoints = |id: &PoolId| match self.pools.get(id) {
+                        Some(Pool::Endpoints(eps)) => {
+                            Some(eps.iter().map(|e| e.address).collect::<Vec<_>>())
+                        }
+                        _ => None,
+                    };
+                    match (endpoints(&primary), endpoints(&canary_pool)) {
+                        (Some(p), Some(c)) => {
+                            let id = PoolId::new(format!("canary/{namespace}/{name}/{host}{}", matcher.as_str()));
+                            let merged = merge_weighted(&[(canary.total - canary.weight, p), (canary.weight, c)]);
+                            self.pools.insert(id.clone(), Pool::Endpoints(merged));
+                            if let Some(entry) = self.routes.get_mut(&host).and_then(|r| r.get_mut(&key)) {
+                                entry.backend = Backend::Pool(id);
+                            }
+                        }
+                        _ => conditions.push(Condition::new(
+                            ConditionType::Accepted,
+                            false,
+                            Reason::UnsupportedBackend,
+                            format!("{host} {matcher}: canary-weight needs Services with endpoints on both sides (not ExternalName)"),
+                        )),
+                    }
+                }
+                // The header: `always` (or the given value) to the canary,
+                // `never` to the primary, whatever the weight.
+                if let Some(header) = &canary.header {
+                    let when = |value: &str| {
+                        let header = Header {
+                            name: HeaderName::try_from(header.clone()).ok()?,
+                            value: HeaderText::try_from(value.to_string()).ok()?,
+                        };
+                        Some(RouteKey {
+                            path: matcher.clone(),
+                            conditions: Conditions {
+                                headers: vec![header],
+                                ..Default::default()
+                            },
+                        })
+                    };
+                    let to_canary = canary.header_value.as_deref().unwrap_or("always");
+                    let routes = self.routes.entry(host.clone()).or_default();
+                    if let Some(k) = when(to_canary) {
+                        routes.insert_new(k, || {
+                            RouteEntry::new(
+                                route_name.clone(),
+                                Backend::Pool(canary_pool.clone()),
+                                object.clone(),
+                            )
+                        });
+                    }
+                    if let Some(k) = when("never") {
+                        routes.insert_new(k, || {
+                            RouteEntry::new(
+                                route_name.clone(),
+                                Backend::Pool(primary.clone()),
+                                object.clone(),
+                            )
+                        });
+                    }
+                }
+            }
+        }
+        self.finish_ingress_status(object, conditions, served, 0);
+    }
+}

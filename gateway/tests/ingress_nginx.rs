@@ -1,0 +1,106 @@
+//! A cluster migrating from ingress-nginx, through real sockets: a canary
+//! Ingress (`canary-weight`, `canary-by-header`) takes its share of the
+//! primary's traffic and never the whole of it, even when it is the older
+//! object; snippets are refused and have no effect.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+fn ingress(name: &str, service: &str, annotations: &str, created: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {name}
+  namespace: saas
+  creationTimestamp: "{created}"
+  annotations: {{{annotations}}}
+spec:
+  ingressClassName: vestibule
+  rules:
+    - host: shop.test
+      http:
+        paths:
+          - {{path: /, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}
+"#
+    )
+}
+
+fn service(name: &str, up: &Upstream) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: saas}}
+spec: {{ports: [{{port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: saas, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: {port}}}]
+endpoints: [{{addresses: ["{ip}"]}}]
+"#,
+        port = up.addr.port(),
+        ip = up.addr.ip(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_canary_takes_its_weight_and_its_header_never_the_whole_route() {
+    let web = Upstream::start("web").await;
+    let canary = Upstream::start("web-canary").await;
+    let dir = TempDir::new("ingress-nginx-canary");
+    let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
+    let manifests = [
+        class.to_string(),
+        service("web", &web),
+        service("web-canary", &canary),
+        // The canary is older: before, it took all of shop.test.
+        ingress(
+            "shop-canary",
+            "web-canary",
+            r#"nginx.ingress.kubernetes.io/canary: "true", nginx.ingress.kubernetes.io/canary-weight: "20", nginx.ingress.kubernetes.io/canary-by-header: X-Canary"#,
+            "2024-01-01T00:00:00Z",
+        ),
+        ingress(
+            "shop",
+            "web",
+            r#"nginx.ingress.kubernetes.io/configuration-snippet: "more_set_headers X-Injected: 1;""#,
+            "2024-06-01T00:00:00Z",
+        ),
+    ]
+    .join("\n---\n");
+    std::fs::write(dir.0.join("shop.yaml"), manifests).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    let mut client = gw.client();
+
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..500 {
+        let r = client.get("shop.test", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(
+            !r.headers.contains_key("x-injected"),
+            "a snippet took effect"
+        );
+        *seen.entry(r.upstream().unwrap().to_string()).or_default() += 1;
+    }
+    // 20% of 500, by smooth weighted round robin.
+    let to_canary = seen.get("web-canary").copied().unwrap_or(0);
+    assert!((90..=110).contains(&to_canary), "{seen:?}");
+
+    for (value, want) in [("always", "web-canary"), ("never", "web")] {
+        for _ in 0..10 {
+            let r = client
+                .request("GET", "shop.test", "/", &[("X-Canary", value)])
+                .await
+                .unwrap();
+            assert_eq!(r.upstream(), Some(want), "X-Canary: {value}");
+        }
+    }
+}
