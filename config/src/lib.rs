@@ -8,6 +8,7 @@ pub mod gateway_api;
 pub mod hostname;
 pub mod issuer;
 pub mod manifests;
+pub mod migrate;
 pub mod model;
 pub mod snapshot;
 pub mod tenant;

@@ -61,6 +61,16 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         gateway_replicas: u32,
     },
+    /// Report, for each Ingress of the given manifests, how its ingress-nginx
+    /// annotations are treated: supported, approximated, unsupported or
+    /// refused. Exit 0 when every one is supported, 3 otherwise.
+    Migrate {
+        /// Manifest files or directories (multi-document YAML).
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t = MigrateFormat::Table)]
+        output: MigrateFormat,
+    },
     /// Print a CustomResourceDefinition as YAML: the Tenant's (default) or
     /// the AcmeIssuer's.
     Crd {
@@ -162,6 +172,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Migrate { paths, output } => migrate(&paths, output),
         Command::Translate {
             paths,
             output,
@@ -385,6 +396,51 @@ fn translate(paths: &[PathBuf], output: Output, options: &Options, replicas: u32
         return ExitCode::from(2);
     }
     code
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum MigrateFormat {
+    Table,
+    Json,
+}
+
+fn migrate(paths: &[PathBuf], output: MigrateFormat) -> ExitCode {
+    for p in paths {
+        if !p.exists() {
+            eprintln!("error: {}: no such file or directory", p.display());
+            return ExitCode::from(2);
+        }
+    }
+    let loaded = vestibule_config::load_paths(paths);
+    if !loaded.errors.is_empty() {
+        for e in &loaded.errors {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::from(2);
+    }
+    let report = vestibule_config::migrate::report(&loaded.snapshot);
+    let text = match output {
+        MigrateFormat::Table if report.is_empty() => {
+            "no Ingress carries ingress-nginx annotations".to_string()
+        }
+        MigrateFormat::Table => vestibule_config::migrate::table(&report),
+        MigrateFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let printed = print_out(&text);
+    if printed != ExitCode::SUCCESS {
+        return printed;
+    }
+    if vestibule_config::migrate::all_supported(&report) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
 }
 
 fn render<T: serde::Serialize>(value: &T, format: Format) -> Result<String, String> {

@@ -445,3 +445,48 @@ fn translate_ingress_class_narrows_as_run_does() {
         ["private.test", "public.test"]
     );
 }
+
+#[test]
+fn migrate_reports_each_annotation_and_exits_3_unless_all_are_supported() {
+    let file =
+        repo_root().join("config/tests/testdata/83-ingress-nginx-canary-and-annotations.in.yaml");
+    let o = operator(&["migrate", "-f", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let table = stdout(&o);
+    let line = |needle: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("configuration-snippet").contains("refused"), "{table}");
+    assert!(line("proxy-body-size").contains("unsupported"), "{table}");
+    assert!(line("canary-weight").contains("supported"), "{table}");
+
+    let o = operator(&["migrate", "-f", file.to_str().unwrap(), "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(json[0]["ingress"], "shop/shop");
+    assert_eq!(json[0]["annotations"][0]["support"], "refused");
+
+    // Only supported annotations (or none): 0.
+    let dir = std::env::temp_dir().join(format!("vestibule-migrate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = dir.join("ok.yaml");
+    std::fs::write(
+        &ok,
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: c\n  namespace: shop\n  annotations: {nginx.ingress.kubernetes.io/canary: \"true\"}\nspec: {}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        operator(&["migrate", "-f", ok.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        operator(&["migrate", "-f", "/no/such/file"]).status.code(),
+        Some(2)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

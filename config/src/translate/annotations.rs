@@ -10,16 +10,56 @@ use super::{Condition, ConditionType, Reason};
 
 const PREFIXES: [&str; 2] = ["nginx.ingress.kubernetes.io/", "vestibule.dev/"];
 
+/// How Vestibule treats an ingress-nginx annotation (`vestibule-operator
+/// migrate` reports it per Ingress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Support {
+    /// Behaves as ingress-nginx documents it.
+    Supported,
+    /// Served, with a difference the note says.
+    Approximated,
+    /// No effect (a condition and an Event say so).
+    Unsupported,
+    /// Never accepted: raw configuration (snippets).
+    Refused,
+}
+
+/// The annotation's name without its prefix, if it is one of ours.
+pub fn strip_prefix(key: &str) -> Option<&str> {
+    PREFIXES.iter().find_map(|p| key.strip_prefix(p))
+}
+
+/// How `name` (without prefix) is treated, and a note for people.
+pub fn classify(name: &str) -> (Support, &'static str) {
+    if name.ends_with("snippet") || name.ends_with("snippets") {
+        return (
+            Support::Refused,
+            "raw proxy configuration is never accepted (CVE-2025-1974)",
+        );
+    }
+    match name {
+        "canary" | "canary-weight" | "canary-weight-total" | "canary-by-header" => {
+            (Support::Supported, "")
+        }
+        "canary-by-header-value" => (
+            Support::Approximated,
+            "an exact header value; canary-by-header-pattern is not supported",
+        ),
+        _ => (Support::Unsupported, "no effect yet"),
+    }
+}
+
 /// What the annotations ask for.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Annotations {
+pub(crate) struct Annotations {
     /// `canary: "true"`: this Ingress is a share of another's routes.
     pub canary: Option<Canary>,
 }
 
 /// A canary's share of its primary's traffic.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Canary {
+pub(crate) struct Canary {
     /// Of every `total` requests, `weight` go to the canary.
     pub weight: u32,
     pub total: u32,
@@ -30,33 +70,26 @@ pub(super) struct Canary {
 }
 
 /// Reads the annotations of an Ingress; problems become conditions.
-pub(super) fn read(
+pub(crate) fn read(
     annotations: Option<&BTreeMap<String, String>>,
     conditions: &mut Vec<Condition>,
 ) -> Annotations {
     let mut known: BTreeMap<&str, &str> = BTreeMap::new();
     for (key, value) in annotations.into_iter().flatten() {
-        let Some(name) = PREFIXES.iter().find_map(|p| key.strip_prefix(p)) else {
+        let Some(name) = strip_prefix(key) else {
             continue;
         };
-        if name.ends_with("snippet") || name.ends_with("snippets") {
-            conditions.push(Condition::new(
+        match classify(name).0 {
+            Support::Refused => conditions.push(Condition::new(
                 ConditionType::Accepted,
                 false,
                 Reason::SnippetRefused,
                 format!("annotation {key}: snippets (raw proxy configuration) are refused, always; the rest of the Ingress is served"),
-            ));
-            continue;
-        }
-        match name {
-            "canary"
-            | "canary-weight"
-            | "canary-weight-total"
-            | "canary-by-header"
-            | "canary-by-header-value" => {
+            )),
+            Support::Supported | Support::Approximated => {
                 known.insert(name, value.as_str());
             }
-            _ => conditions.push(Condition::new(
+            Support::Unsupported => conditions.push(Condition::new(
                 ConditionType::Accepted,
                 false,
                 Reason::UnsupportedAnnotation,

@@ -15,7 +15,7 @@
 //! `status`).
 
 mod acme;
-mod annotations;
+pub mod annotations;
 pub mod backend;
 mod canary;
 mod classes;
