@@ -104,3 +104,55 @@ async fn an_older_canary_takes_its_weight_and_its_header_never_the_whole_route()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_app_root_upstream_vhost_and_read_timeout_annotations() {
+    let app = Upstream::start("app").await;
+    let dir = TempDir::new("ingress-nginx-annotations");
+    let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
+    let with_host = |name: &str, host: &str, annotations: &str| {
+        ingress(name, "app", annotations, "2024-01-01T00:00:00Z").replace("shop.test", host)
+    };
+    let manifests = [
+        class.to_string(),
+        service("app", &app),
+        with_host(
+            "moved",
+            "old.test",
+            r#"nginx.ingress.kubernetes.io/permanent-redirect: "https://new.test/landing", nginx.ingress.kubernetes.io/permanent-redirect-code: "308""#,
+        ),
+        with_host(
+            "app",
+            "app.test",
+            r#"nginx.ingress.kubernetes.io/app-root: /app, nginx.ingress.kubernetes.io/upstream-vhost: internal.app.svc, nginx.ingress.kubernetes.io/proxy-read-timeout: "1""#,
+        ),
+    ]
+    .join("\n---\n");
+    std::fs::write(dir.0.join("all.yaml"), manifests).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    let mut client = gw.client();
+
+    let r = client.get("old.test", "/anything").await.unwrap();
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("https://new.test/landing")
+    );
+
+    let r = client.get("app.test", "/").await.unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.headers.get("location").map(String::as_str),
+        Some("http://app.test/app")
+    );
+
+    let r = client.get("app.test", "/app").await.unwrap();
+    assert_eq!(r.upstream(), Some("app"));
+    assert_eq!(
+        r.seen().get("host").map(String::as_str),
+        Some("internal.app.svc")
+    );
+    // proxy-read-timeout: 1 s, then 504.
+    let r = client.get("app.test", "/slow?delay=2s").await.unwrap();
+    assert_eq!(r.status, 504);
+}

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 
 use super::{Condition, ConditionType, Reason};
+use crate::hostname::Hostname;
+use crate::model::{PathRewrite, Redirect, RedirectStatus, Scheme};
 
 const PREFIXES: [&str; 2] = ["nginx.ingress.kubernetes.io/", "vestibule.dev/"];
 
@@ -46,6 +48,15 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "an exact header value; canary-by-header-pattern is not supported",
         ),
+        "permanent-redirect-code" | "app-root" | "upstream-vhost" => (Support::Supported, ""),
+        "permanent-redirect" | "temporal-redirect" => (
+            Support::Approximated,
+            "the request's query string is kept on the target URL",
+        ),
+        "proxy-read-timeout" => (
+            Support::Approximated,
+            "the wait for the upstream's response between reads, as ingress-nginx; 504 after it",
+        ),
         _ => (Support::Unsupported, "no effect yet"),
     }
 }
@@ -55,6 +66,15 @@ pub fn classify(name: &str) -> (Support, &'static str) {
 pub(crate) struct Annotations {
     /// `canary: "true"`: this Ingress is a share of another's routes.
     pub canary: Option<Canary>,
+    /// `permanent-redirect` / `temporal-redirect`: every route answers
+    /// with this redirect instead of proxying.
+    pub redirect: Option<Redirect>,
+    /// `app-root`: `/` itself redirects (302) to this path.
+    pub app_root: Option<String>,
+    /// `upstream-vhost`: the Host upstream requests carry.
+    pub upstream_vhost: Option<Hostname>,
+    /// `proxy-read-timeout` (seconds): the wait for the upstream's response.
+    pub read_timeout_ms: Option<u32>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -155,7 +175,111 @@ pub(crate) fn read(
             None
         }
     };
-    Annotations { canary }
+    let redirect = redirect(&known, &mut invalid);
+    let app_root = known.get("app-root").and_then(|p| {
+        let ok = p.starts_with('/')
+            && p.len() <= 1024
+            && p.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !ok {
+            invalid("app-root", p, "must be an absolute path");
+        }
+        ok.then(|| p.to_string())
+    });
+    let upstream_vhost = known.get("upstream-vhost").and_then(|h| {
+        let parsed = Hostname::parse(h).ok();
+        if parsed.is_none() {
+            invalid("upstream-vhost", h, "not a hostname");
+        }
+        parsed
+    });
+    let read_timeout_ms = known.get("proxy-read-timeout").and_then(|v| {
+        let secs = v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|s| (1..=3600).contains(s));
+        if secs.is_none() {
+            invalid("proxy-read-timeout", v, "seconds from 1 to 3600");
+        }
+        secs.map(|s| s * 1000)
+    });
+    Annotations {
+        canary,
+        redirect,
+        app_root,
+        upstream_vhost,
+        read_timeout_ms,
+    }
+}
+
+/// `permanent-redirect` (with `permanent-redirect-code`, default 301) or
+/// `temporal-redirect` (302): an absolute http(s) URL.
+fn redirect(
+    known: &BTreeMap<&str, &str>,
+    invalid: &mut dyn FnMut(&str, &str, &str),
+) -> Option<Redirect> {
+    let (name, url, status) = match (
+        known.get("permanent-redirect"),
+        known.get("temporal-redirect"),
+    ) {
+        (Some(url), _) => {
+            let code = known
+                .get("permanent-redirect-code")
+                .copied()
+                .unwrap_or("301");
+            let status = code
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| RedirectStatus::try_from(c).ok());
+            if status.is_none() {
+                invalid("permanent-redirect-code", code, "301, 302, 303, 307 or 308");
+            }
+            (
+                "permanent-redirect",
+                *url,
+                status.unwrap_or(RedirectStatus::try_from(301).ok()?),
+            )
+        }
+        (None, Some(url)) => ("temporal-redirect", *url, RedirectStatus::FOUND),
+        (None, None) => return None,
+    };
+    let parsed = parse_url(url);
+    if parsed.is_none() {
+        invalid(name, url, "not an absolute http(s) URL");
+    }
+    let (scheme, host, port, path) = parsed?;
+    Some(Redirect {
+        scheme: Some(scheme),
+        hostname: Some(host),
+        port: Some(port.unwrap_or(scheme.default_port())),
+        path: Some(PathRewrite::Full(path)),
+        status,
+    })
+}
+
+/// `http(s)://host[:port][/path]`, no query or fragment.
+fn parse_url(url: &str) -> Option<(Scheme, Hostname, Option<u16>, String)> {
+    let (scheme, rest) = match url.split_once("://")? {
+        ("http", rest) => (Scheme::Http, rest),
+        ("https", rest) => (Scheme::Https, rest),
+        _ => return None,
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().ok().filter(|p| *p > 0)?)),
+        None => (authority, None),
+    };
+    let clean = path.len() <= 2048
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    clean.then_some(())?;
+    Some((scheme, Hostname::parse(host).ok()?, port, path.to_string()))
 }
 
 fn is_token(h: &str) -> bool {

@@ -2,12 +2,19 @@
 //! TLS bindings, a default backend and pools, with tenant hijack rules and
 //! conflicts applied; what is dropped becomes a condition.
 
+use super::annotations::Annotations;
 use super::*;
+use crate::model::{PathRewrite, Redirect, RedirectStatus, Rewrite};
 
 impl<'a> Translator<'a> {
     /// Adds a primary (non-canary) Ingress; `conditions` holds what its
     /// annotations already said.
-    pub(super) fn add_ingress(&mut self, ingress: &'a Ingress, mut conditions: Vec<Condition>) {
+    pub(super) fn add_ingress(
+        &mut self,
+        ingress: &'a Ingress,
+        annotations: &Annotations,
+        mut conditions: Vec<Condition>,
+    ) {
         let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
         let name = ingress.metadata.name.as_deref().unwrap_or_default();
         let object = ObjectRef {
@@ -49,6 +56,26 @@ impl<'a> Translator<'a> {
                 }
             };
             rule_hosts.push(host.clone());
+            if let Some(root) = &annotations.app_root {
+                // `app-root`: `/` itself is sent to the application's root.
+                let redirect = Redirect {
+                    scheme: None,
+                    hostname: None,
+                    port: None,
+                    path: Some(PathRewrite::Full(root.clone())),
+                    status: RedirectStatus::FOUND,
+                };
+                self.routes.entry(host.clone()).or_default().insert_new(
+                    RouteKey::path(PathMatch::Exact("/".into())),
+                    || {
+                        RouteEntry::new(
+                            route_name.clone(),
+                            Backend::Redirect(Box::new(redirect)),
+                            object.clone(),
+                        )
+                    },
+                );
+            }
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
                 let matcher = match path_match(&path.path_type, path.path.as_deref()) {
                     Ok(m) => m,
@@ -75,12 +102,30 @@ impl<'a> Translator<'a> {
                     ));
                     continue;
                 }
-                let backend = self.ingress_backend(namespace, &path.backend, &mut conditions);
+                // A redirect annotation answers every route: no backend.
+                let backend = match &annotations.redirect {
+                    Some(r) => Backend::Redirect(Box::new(r.clone())),
+                    None => self.ingress_backend(namespace, &path.backend, &mut conditions),
+                };
+                let filters = annotations
+                    .upstream_vhost
+                    .iter()
+                    .map(|h| {
+                        Filter::Rewrite(Rewrite {
+                            hostname: Some(h.clone()),
+                            path: None,
+                        })
+                    })
+                    .collect();
                 self.routes
                     .entry(host.clone())
                     .or_default()
-                    .insert_new(key, || {
-                        RouteEntry::new(route_name.clone(), backend, object.clone())
+                    .insert_new(key, || RouteEntry {
+                        name: route_name.clone(),
+                        filters,
+                        timeout_ms: annotations.read_timeout_ms,
+                        backend,
+                        owner: object.clone(),
                     });
                 served += 1;
                 if let Some(t) = tenant {

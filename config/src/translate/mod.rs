@@ -123,10 +123,11 @@ fn run(
     for ingress in by_age(&snapshot.ingresses, |i| &i.metadata) {
         if t.is_ours(ingress) {
             let mut conditions = Vec::new();
-            let read = annotations::read(ingress.metadata.annotations.as_ref(), &mut conditions);
-            match read.canary {
+            let mut read =
+                annotations::read(ingress.metadata.annotations.as_ref(), &mut conditions);
+            match read.canary.take() {
                 Some(canary) => canaries.push((ingress, canary, conditions)),
-                None => t.add_ingress(ingress, conditions),
+                None => t.add_ingress(ingress, &read, conditions),
             }
         }
     }
