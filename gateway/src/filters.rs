@@ -208,6 +208,8 @@ enum Compiled {
         path: Option<NewPath>,
     },
     Mirror(Arc<UpstreamPool>),
+    MaxBody(u64),
+    Networks(model::ClientNetworks),
 }
 
 /// Header edits with names and values parsed once.
@@ -298,6 +300,8 @@ impl Filters {
                         path: r.path.as_ref().map(|p| NewPath::new(p, &route.path)),
                     },
                     Filter::Mirror(id) => Compiled::Mirror(pool(id)),
+                    Filter::MaxBody(n) => Compiled::MaxBody(*n),
+                    Filter::ClientNetworks(n) => Compiled::Networks(n.clone()),
                 })
                 .collect(),
         )
@@ -328,7 +332,10 @@ impl Filters {
                         }
                     }
                 }
-                Compiled::Response(_) | Compiled::Mirror(_) => {}
+                Compiled::Response(_)
+                | Compiled::Mirror(_)
+                | Compiled::MaxBody(_)
+                | Compiled::Networks(_) => {}
             }
         }
     }
@@ -340,6 +347,23 @@ impl Filters {
                 e.apply(resp);
             }
         }
+    }
+
+    /// Whether a client at `client` may use the route (an unknown address
+    /// never passes a network rule).
+    pub fn admits(&self, client: Option<std::net::IpAddr>) -> bool {
+        self.0.iter().all(|f| match f {
+            Compiled::Networks(n) => client.is_some_and(|ip| n.admits(ip)),
+            _ => true,
+        })
+    }
+
+    /// The largest request body the route takes.
+    pub fn max_body(&self) -> Option<u64> {
+        self.0.iter().find_map(|f| match f {
+            Compiled::MaxBody(n) => Some(*n),
+            _ => None,
+        })
     }
 
     /// The pools that get a copy of each request.

@@ -156,3 +156,73 @@ async fn redirects_app_root_upstream_vhost_and_read_timeout_annotations() {
     let r = client.get("app.test", "/slow?delay=2s").await.unwrap();
     assert_eq!(r.status, 504);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ranges_and_body_size_annotations() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = Upstream::start("app").await;
+    let dir = TempDir::new("ingress-nginx-limits");
+    let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
+    let with_host = |name: &str, host: &str, annotations: &str| {
+        ingress(name, "app", annotations, "2024-01-01T00:00:00Z").replace("shop.test", host)
+    };
+    let manifests = [
+        class.to_string(),
+        service("app", &app),
+        with_host(
+            "office",
+            "office.test",
+            r#"nginx.ingress.kubernetes.io/whitelist-source-range: "10.0.0.0/8, 192.168.1.7""#,
+        ),
+        with_host(
+            "local",
+            "local.test",
+            r#"nginx.ingress.kubernetes.io/whitelist-source-range: "127.0.0.0/8""#,
+        ),
+        with_host(
+            "blocked",
+            "blocked.test",
+            r#"nginx.ingress.kubernetes.io/denylist-source-range: "127.0.0.1/32""#,
+        ),
+        with_host(
+            "upload",
+            "upload.test",
+            r#"nginx.ingress.kubernetes.io/proxy-body-size: 1k"#,
+        ),
+    ]
+    .join("\n---\n");
+    std::fs::write(dir.0.join("all.yaml"), manifests).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    let mut client = gw.client();
+    // The test client is 127.0.0.1.
+    assert_eq!(client.get("office.test", "/").await.unwrap().status, 403);
+    assert_eq!(
+        client.get("local.test", "/").await.unwrap().upstream(),
+        Some("app")
+    );
+    assert_eq!(client.get("blocked.test", "/").await.unwrap().status, 403);
+
+    // A declared body over 1 KiB: 413 before any of it is read.
+    let r = client
+        .request("POST", "upload.test", "/", &[("content-length", "2048")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    // A chunked one: cut at 1 KiB with 413, never passed on whole.
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let chunk = "x".repeat(800);
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: upload.test\r\nTransfer-Encoding: chunked\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    // Within the limit: served.
+    let r = client
+        .request("POST", "upload.test", "/", &[("content-length", "0")])
+        .await
+        .unwrap();
+    assert_eq!(r.upstream(), Some("app"));
+}

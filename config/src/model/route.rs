@@ -281,6 +281,29 @@ pub enum Filter {
     Rewrite(Rewrite),
     /// Sends a copy of the request to this pool and ignores the answer.
     Mirror(PoolId),
+    /// A request body larger than this many bytes gets 413.
+    MaxBody(u64),
+    /// Only clients from `allow` (when it lists any), and never from
+    /// `deny`, are served; others get 403.
+    ClientNetworks(ClientNetworks),
+}
+
+/// Client networks a route admits or refuses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientNetworks {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<ipnet::IpNet>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl ClientNetworks {
+    /// Whether a client at `ip` is served.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+            && !self.deny.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// Header edits, applied as set, then add, then remove.

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use super::{Condition, ConditionType, Reason};
 use crate::hostname::Hostname;
-use crate::model::{PathRewrite, Redirect, RedirectStatus, Scheme};
+use crate::model::{ClientNetworks, PathRewrite, Redirect, RedirectStatus, Scheme};
+use ipnet::IpNet;
 
 const PREFIXES: [&str; 2] = ["nginx.ingress.kubernetes.io/", "vestibule.dev/"];
 
@@ -48,7 +49,12 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "an exact header value; canary-by-header-pattern is not supported",
         ),
-        "permanent-redirect-code" | "app-root" | "upstream-vhost" => (Support::Supported, ""),
+        "permanent-redirect-code"
+        | "app-root"
+        | "upstream-vhost"
+        | "proxy-body-size"
+        | "whitelist-source-range"
+        | "denylist-source-range" => (Support::Supported, ""),
         "permanent-redirect" | "temporal-redirect" => (
             Support::Approximated,
             "the request's query string is kept on the target URL",
@@ -75,6 +81,10 @@ pub(crate) struct Annotations {
     pub upstream_vhost: Option<Hostname>,
     /// `proxy-read-timeout` (seconds): the wait for the upstream's response.
     pub read_timeout_ms: Option<u32>,
+    /// `proxy-body-size`: the largest request body.
+    pub max_body: Option<u64>,
+    /// `whitelist-source-range` / `denylist-source-range`.
+    pub networks: Option<ClientNetworks>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -204,12 +214,53 @@ pub(crate) fn read(
         }
         secs.map(|s| s * 1000)
     });
+    let max_body = known.get("proxy-body-size").and_then(|v| {
+        let size = body_size(v);
+        if size.is_none() {
+            invalid("proxy-body-size", v, "a size like 8m, 512k or 1g");
+        }
+        // 0: no limit, as in nginx.
+        size.filter(|s| *s > 0)
+    });
+    let mut ranges = |name: &str| -> Vec<IpNet> {
+        let Some(v) = known.get(name) else {
+            return Vec::new();
+        };
+        let parsed: Result<Vec<IpNet>, _> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+            })
+            .collect();
+        match parsed {
+            Ok(nets) => nets,
+            Err(_) => {
+                invalid(name, v, "a comma-separated list of CIDRs");
+                // The safe default of an allowlist that can't be read: no one.
+                if name == "whitelist-source-range" {
+                    vec![IpNet::from(std::net::IpAddr::from([0, 0, 0, 0])).trunc()]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    };
+    let networks = ClientNetworks {
+        allow: ranges("whitelist-source-range"),
+        deny: ranges("denylist-source-range"),
+    };
+    let networks = (networks != ClientNetworks::default()).then_some(networks);
     Annotations {
         canary,
         redirect,
         app_root,
         upstream_vhost,
         read_timeout_ms,
+        max_body,
+        networks,
     }
 }
 
@@ -280,6 +331,24 @@ fn parse_url(url: &str) -> Option<(Scheme, Hostname, Option<u16>, String)> {
             .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
     clean.then_some(())?;
     Some((scheme, Hostname::parse(host).ok()?, port, path.to_string()))
+}
+
+/// An nginx size: bytes, or with k, m or g (either case).
+fn body_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (digits, unit) = match v.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_lowercase()),
+        _ => (v, 'b'),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        'b' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
 }
 
 fn is_token(h: &str) -> bool {

@@ -108,14 +108,16 @@ impl<'a> Translator<'a> {
                     None => self.ingress_backend(namespace, &path.backend, &mut conditions),
                 };
                 let filters = annotations
-                    .upstream_vhost
+                    .networks
                     .iter()
-                    .map(|h| {
+                    .map(|n| Filter::ClientNetworks(n.clone()))
+                    .chain(annotations.max_body.map(Filter::MaxBody))
+                    .chain(annotations.upstream_vhost.iter().map(|h| {
                         Filter::Rewrite(Rewrite {
                             hostname: Some(h.clone()),
                             path: None,
                         })
-                    })
+                    }))
                     .collect();
                 self.routes
                     .entry(host.clone())

@@ -23,6 +23,8 @@ pub struct Ctx {
     /// The `X-Tenant-Id` of the matched host, if a tenant owns it.
     pub tenant_header: Option<HeaderValue>,
     pub routed: Option<Routed>,
+    /// Request body bytes the route still takes (`proxy-body-size`).
+    pub body_left: Option<u64>,
 }
 
 impl Ctx {
@@ -33,6 +35,7 @@ impl Ctx {
             authority: None,
             tenant_header: None,
             routed: None,
+            body_left: None,
         }
     }
 

@@ -173,7 +173,13 @@ impl ProxyHttp for Gateway {
             self.observe_handshake(session, conn);
         }
         let decision = match checked {
-            Ok(()) => self.route(session.req_header(), tls, ctx),
+            Ok(()) => {
+                let client = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                self.route(session.req_header(), tls, client, ctx)
+            }
             Err(why) => Decision::Reject(why),
         };
         match decision {
@@ -185,6 +191,14 @@ impl ProxyHttp for Gateway {
             }
             Decision::Redirect(status, location) => {
                 respond(session, status, "", Some((LOCATION, location))).await
+            }
+            Decision::Forbidden => {
+                respond(session, 403, "this address may not use this route\n", None).await
+            }
+            Decision::TooLarge => {
+                // The body is not read: the connection can't be reused.
+                session.set_keepalive(None);
+                respond(session, 413, "request body too large\n", None).await
             }
             Decision::Unresolved => {
                 let body = "this route's backend could not be resolved\n";
@@ -210,10 +224,20 @@ impl ProxyHttp for Gateway {
     async fn request_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        // A streamed body over the route's limit: 413 (or a cut stream, if
+        // the upstream already answered).
+        if let (Some(left), Some(chunk)) = (ctx.body_left.as_mut(), body.as_ref()) {
+            match left.checked_sub(chunk.len() as u64) {
+                Some(rest) => *left = rest,
+                None => {
+                    return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large")
+                }
+            }
+        }
         if end_of_stream {
             conn::body_done(session.stream());
         }
@@ -432,6 +456,11 @@ enum Decision {
     Reject(edge::Reject),
     /// A redirect: status and `Location`.
     Redirect(u16, HeaderValue),
+    /// The client's network may not use the route (403).
+    Forbidden,
+    /// The request body is larger than the route takes (413), said by its
+    /// Content-Length before any of it is read.
+    TooLarge,
     /// The route's backend (or this request's share of it) could not be
     /// resolved: 500, as the Gateway API requires.
     Unresolved,
@@ -447,7 +476,13 @@ enum Decision {
 impl Gateway {
     /// The routing decision; synchronous so the runtime guard never lives
     /// across an await.
-    fn route(&self, req: &RequestHeader, tls: Option<&TlsConn>, ctx: &mut Ctx) -> Decision {
+    fn route(
+        &self,
+        req: &RequestHeader,
+        tls: Option<&TlsConn>,
+        client: Option<std::net::IpAddr>,
+        ctx: &mut Ctx,
+    ) -> Decision {
         let authority = authority_of(req);
         let mut buf = HostBuf::new();
         let raw = authority.as_ref().map_or(&[][..], |a| a.as_bytes());
@@ -476,6 +511,19 @@ impl Gateway {
             Lookup::Route { route, .. } | Lookup::Default { route, .. } => route,
             Lookup::NoRoute { .. } | Lookup::NoHost => return Decision::NotFound,
         };
+        if !target.filters.admits(client) {
+            return Decision::Forbidden;
+        }
+        if let Some(max) = target.filters.max_body() {
+            let declared = req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Decision::TooLarge;
+            }
+            ctx.body_left = Some(max);
+        }
         let pool = match target.action.choose() {
             Choice::Proxy(pool) => pool.clone(),
             Choice::Fail => return Decision::Unresolved,
