@@ -51,14 +51,34 @@ endpoints: [{{addresses: ["{ip}"]}}]
     )
 }
 
+const CLASS: &str = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
+
+/// A gateway serving Service `app` and one Ingress per (name, host,
+/// annotations) to it.
+async fn gateway_with(
+    tag: &str,
+    app: &Upstream,
+    ingresses: &[(&str, &str, &str)],
+) -> (Gateway, TempDir) {
+    let dir = TempDir::new(tag);
+    let mut manifests = vec![CLASS.to_string(), service("app", app)];
+    for (name, host, annotations) in ingresses {
+        manifests.push(
+            ingress(name, "app", annotations, "2024-01-01T00:00:00Z").replace("shop.test", host),
+        );
+    }
+    std::fs::write(dir.0.join("all.yaml"), manifests.join("\n---\n")).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    (gw, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_canary_takes_its_weight_and_its_header_never_the_whole_route() {
     let web = Upstream::start("web").await;
     let canary = Upstream::start("web-canary").await;
     let dir = TempDir::new("ingress-nginx-canary");
-    let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
     let manifests = [
-        class.to_string(),
+        CLASS.to_string(),
         service("web", &web),
         service("web-canary", &canary),
         // The canary is older: before, it took all of shop.test.
@@ -108,28 +128,23 @@ async fn an_older_canary_takes_its_weight_and_its_header_never_the_whole_route()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_app_root_upstream_vhost_and_read_timeout_annotations() {
     let app = Upstream::start("app").await;
-    let dir = TempDir::new("ingress-nginx-annotations");
-    let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
-    let with_host = |name: &str, host: &str, annotations: &str| {
-        ingress(name, "app", annotations, "2024-01-01T00:00:00Z").replace("shop.test", host)
-    };
-    let manifests = [
-        class.to_string(),
-        service("app", &app),
-        with_host(
-            "moved",
-            "old.test",
-            r#"nginx.ingress.kubernetes.io/permanent-redirect: "https://new.test/landing", nginx.ingress.kubernetes.io/permanent-redirect-code: "308""#,
-        ),
-        with_host(
-            "app",
-            "app.test",
-            r#"nginx.ingress.kubernetes.io/app-root: /app, nginx.ingress.kubernetes.io/upstream-vhost: internal.app.svc, nginx.ingress.kubernetes.io/proxy-read-timeout: "1""#,
-        ),
-    ]
-    .join("\n---\n");
-    std::fs::write(dir.0.join("all.yaml"), manifests).unwrap();
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    let (gw, _dir) = gateway_with(
+        "ingress-nginx-annotations",
+        &app,
+        &[
+            (
+                "moved",
+                "old.test",
+                r#"nginx.ingress.kubernetes.io/permanent-redirect: "https://new.test/landing", nginx.ingress.kubernetes.io/permanent-redirect-code: "308""#,
+            ),
+            (
+                "app",
+                "app.test",
+                r#"nginx.ingress.kubernetes.io/app-root: /app, nginx.ingress.kubernetes.io/upstream-vhost: internal.app.svc, nginx.ingress.kubernetes.io/proxy-read-timeout: "1""#,
+            ),
+        ],
+    )
+    .await;
     let mut client = gw.client();
 
     let r = client.get("old.test", "/anything").await.unwrap();
@@ -161,38 +176,33 @@ async fn redirects_app_root_upstream_vhost_and_read_timeout_annotations() {
 async fn source_ranges_and_body_size_annotations() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = Upstream::start("app").await;
-    let dir = TempDir::new("ingress-nginx-limits");
-    let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
-    let with_host = |name: &str, host: &str, annotations: &str| {
-        ingress(name, "app", annotations, "2024-01-01T00:00:00Z").replace("shop.test", host)
-    };
-    let manifests = [
-        class.to_string(),
-        service("app", &app),
-        with_host(
-            "office",
-            "office.test",
-            r#"nginx.ingress.kubernetes.io/whitelist-source-range: "10.0.0.0/8, 192.168.1.7""#,
-        ),
-        with_host(
-            "local",
-            "local.test",
-            r#"nginx.ingress.kubernetes.io/whitelist-source-range: "127.0.0.0/8""#,
-        ),
-        with_host(
-            "blocked",
-            "blocked.test",
-            r#"nginx.ingress.kubernetes.io/denylist-source-range: "127.0.0.1/32""#,
-        ),
-        with_host(
-            "upload",
-            "upload.test",
-            r#"nginx.ingress.kubernetes.io/proxy-body-size: 1k"#,
-        ),
-    ]
-    .join("\n---\n");
-    std::fs::write(dir.0.join("all.yaml"), manifests).unwrap();
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    let (gw, _dir) = gateway_with(
+        "ingress-nginx-limits",
+        &app,
+        &[
+            (
+                "office",
+                "office.test",
+                r#"nginx.ingress.kubernetes.io/whitelist-source-range: "10.0.0.0/8, 192.168.1.7""#,
+            ),
+            (
+                "local",
+                "local.test",
+                r#"nginx.ingress.kubernetes.io/whitelist-source-range: "127.0.0.0/8""#,
+            ),
+            (
+                "blocked",
+                "blocked.test",
+                r#"nginx.ingress.kubernetes.io/denylist-source-range: "127.0.0.1/32""#,
+            ),
+            (
+                "upload",
+                "upload.test",
+                r#"nginx.ingress.kubernetes.io/proxy-body-size: 1k"#,
+            ),
+        ],
+    )
+    .await;
     let mut client = gw.client();
     // The test client is 127.0.0.1.
     assert_eq!(client.get("office.test", "/").await.unwrap().status, 403);

@@ -381,7 +381,7 @@ mod tests {
                 "nginx.ingress.kubernetes.io/configuration-snippet",
                 "more_set_headers x;",
             ),
-            ("nginx.ingress.kubernetes.io/proxy-body-size", "8m"),
+            ("nginx.ingress.kubernetes.io/enable-cors", "true"),
             ("example.com/other", "ignored: not ours"),
         ]);
         assert_eq!(
@@ -398,7 +398,7 @@ mod tests {
             reasons,
             [Reason::SnippetRefused, Reason::UnsupportedAnnotation]
         );
-        assert!(c[1].message.contains("proxy-body-size"));
+        assert!(c[1].message.contains("enable-cors"));
         // A bad weight: a canary with no traffic, and a condition.
         let (a, c) = annotations(&[
             ("vestibule.dev/canary", "true"),

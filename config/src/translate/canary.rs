@@ -8,6 +8,7 @@
 //! only gets a condition, so it can never take the production traffic.
 
 use super::annotations::Canary;
+use super::ingress::{identity, rule_host};
 use super::*;
 
 impl<'a> Translator<'a> {
@@ -17,32 +18,14 @@ impl<'a> Translator<'a> {
         canary: &Canary,
         mut conditions: Vec<Condition>,
     ) {
-        let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
-        let name = ingress.metadata.name.as_deref().unwrap_or_default();
-        let object = ObjectRef {
-            kind: ObjectKind::Ingress,
-            namespace: Some(namespace.to_string()),
-            name: name.to_string(),
-        };
-        let route_name = RouteName::new(format!("ingress/{namespace}/{name}"));
+        let (namespace, object, route_name) = identity(ingress);
+        let name = object.name.clone();
         let mut served = 0usize;
         let no_spec = Default::default();
         let spec: &IngressSpec = ingress.spec.as_ref().unwrap_or(&no_spec);
         for rule in spec.rules.iter().flatten() {
-            let host = match rule.host.as_deref() {
-                None | Some("") => HostPattern::Any,
-                Some(raw) => match HostPattern::parse(raw) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        conditions.push(Condition::new(
-                            ConditionType::Accepted,
-                            false,
-                            Reason::InvalidHost,
-                            e.to_string(),
-                        ));
-                        continue;
-                    }
-                },
+            let Some(host) = rule_host(rule, &mut conditions) else {
+                continue;
             };
             if let Err(c) = self.admit_host(&host, namespace) {
                 conditions.push(c);

@@ -15,14 +15,7 @@ impl<'a> Translator<'a> {
         annotations: &Annotations,
         mut conditions: Vec<Condition>,
     ) {
-        let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
-        let name = ingress.metadata.name.as_deref().unwrap_or_default();
-        let object = ObjectRef {
-            kind: ObjectKind::Ingress,
-            namespace: Some(namespace.to_string()),
-            name: name.to_string(),
-        };
-        let route_name = RouteName::new(format!("ingress/{namespace}/{name}"));
+        let (namespace, object, route_name) = identity(ingress);
         // Routes (and the default backend) this Ingress serves, and hosts it sets TLS for.
         let mut served = 0usize;
         let mut tls_hosts = 0usize;
@@ -33,20 +26,8 @@ impl<'a> Translator<'a> {
         let mut rule_hosts = Vec::new();
 
         for rule in spec.rules.iter().flatten() {
-            let host = match rule.host.as_deref() {
-                None | Some("") => HostPattern::Any,
-                Some(raw) => match HostPattern::parse(raw) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        conditions.push(Condition::new(
-                            ConditionType::Accepted,
-                            false,
-                            Reason::InvalidHost,
-                            e.to_string(),
-                        ));
-                        continue;
-                    }
-                },
+            let Some(host) = rule_host(rule, &mut conditions) else {
+                continue;
             };
             let tenant = match self.admit_host(&host, namespace) {
                 Ok(t) => t,
@@ -321,5 +302,43 @@ impl<'a> Translator<'a> {
         };
         let (id, pool) = self.services.resolve(namespace, &service.name, &port);
         self.install_pool(id, pool, conditions)
+    }
+}
+
+/// An Ingress's namespace, status object and route name.
+pub(super) fn identity(ingress: &Ingress) -> (&str, ObjectRef, RouteName) {
+    let namespace = ingress.metadata.namespace.as_deref().unwrap_or("default");
+    let name = ingress.metadata.name.as_deref().unwrap_or_default();
+    let object = ObjectRef {
+        kind: ObjectKind::Ingress,
+        namespace: Some(namespace.to_string()),
+        name: name.to_string(),
+    };
+    (
+        namespace,
+        object,
+        RouteName::new(format!("ingress/{namespace}/{name}")),
+    )
+}
+
+/// A rule's host (none: any host); an invalid one becomes a condition.
+pub(super) fn rule_host(
+    rule: &k8s_openapi::api::networking::v1::IngressRule,
+    conditions: &mut Vec<Condition>,
+) -> Option<HostPattern> {
+    match rule.host.as_deref() {
+        None | Some("") => Some(HostPattern::Any),
+        Some(raw) => match HostPattern::parse(raw) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                conditions.push(Condition::new(
+                    ConditionType::Accepted,
+                    false,
+                    Reason::InvalidHost,
+                    e.to_string(),
+                ));
+                None
+            }
+        },
     }
 }
