@@ -34,6 +34,7 @@ fn config(hosts: usize) -> GatewayConfig {
             tenant: None,
             tls: None,
             wildcard: Default::default(),
+            plain_http: Default::default(),
             routes: vec![
                 route("api", PathMatch::prefix("/api")),
                 route("health", PathMatch::Exact("/healthz".into())),
@@ -60,6 +61,7 @@ fn conditional_config(hosts: usize) -> GatewayConfig {
             tenant: None,
             tls: None,
             wildcard: Default::default(),
+            plain_http: Default::default(),
             routes: vec![
                 with(
                     "api-canary",

@@ -117,6 +117,7 @@ fn sample_config() -> GatewayConfig {
             tenant: None,
             tls: None,
             wildcard: Default::default(),
+            plain_http: Default::default(),
             routes: vec![route("r", PathMatch::prefix("/x"))],
         }],
         pools: [(PoolId::new("p"), Pool::Endpoints(vec![]))].into(),
@@ -193,6 +194,7 @@ fn config() -> impl Strategy<Value = GatewayConfig> {
                     tenant,
                     tls: None,
                     wildcard: Default::default(),
+                    plain_http: Default::default(),
                     routes,
                 }
             })

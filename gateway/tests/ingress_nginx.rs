@@ -236,3 +236,58 @@ async fn source_ranges_and_body_size_annotations() {
         .unwrap();
     assert_eq!(r.upstream(), Some("app"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_redirect_annotations_decide_plain_http() {
+    let app = Upstream::start("app").await;
+    let tls = |text: String, host: &str| {
+        text.replace(
+            "spec:\n  ingressClassName: vestibule",
+            &format!("spec:\n  tls: [{{hosts: [{host}], secretName: absent}}]\n  ingressClassName: vestibule"),
+        )
+    };
+    let dir = TempDir::new("ingress-nginx-ssl-redirect");
+    let manifests = [
+        CLASS.to_string(),
+        service("app", &app),
+        // A TLS host: plain HTTP redirects, unless ssl-redirect says no.
+        tls(
+            ingress("tls", "app", "", "2024-01-01T00:00:00Z").replace("shop.test", "tls.test"),
+            "tls.test",
+        ),
+        tls(
+            ingress(
+                "plain",
+                "app",
+                r#"nginx.ingress.kubernetes.io/ssl-redirect: "false""#,
+                "2024-01-01T00:00:00Z",
+            )
+            .replace("shop.test", "plain.test"),
+            "plain.test",
+        ),
+        // No TLS here (it ends in front of us): force-ssl-redirect still redirects.
+        ingress(
+            "forced",
+            "app",
+            r#"nginx.ingress.kubernetes.io/force-ssl-redirect: "true""#,
+            "2024-01-01T00:00:00Z",
+        )
+        .replace("shop.test", "forced.test"),
+    ]
+    .join("\n---\n");
+    std::fs::write(dir.0.join("all.yaml"), manifests).unwrap();
+    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
+    let mut client = gw.client();
+    assert_eq!(client.get("tls.test", "/").await.unwrap().status, 308);
+    assert_eq!(
+        client.get("plain.test", "/").await.unwrap().upstream(),
+        Some("app")
+    );
+    let r = client.get("forced.test", "/x").await.unwrap();
+    assert_eq!(r.status, 308);
+    assert!(
+        r.headers["location"].starts_with("https://forced.test"),
+        "{:?}",
+        r.headers
+    );
+}

@@ -228,8 +228,39 @@ pub struct VirtualHost {
     /// How many labels a `*.suffix` host stands for.
     #[serde(default, skip_serializing_if = "WildcardDepth::is_one_label")]
     pub wildcard: WildcardDepth,
+    /// What plain HTTP requests to the host get.
+    #[serde(default, skip_serializing_if = "PlainHttp::is_default")]
+    pub plain_http: PlainHttp,
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// What the HTTP listener does with a host's requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PlainHttp {
+    /// A 308 to https when the host has TLS; served otherwise.
+    #[default]
+    RedirectIfTls,
+    /// Served over plain HTTP too (ingress-nginx `ssl-redirect: "false"`).
+    Serve,
+    /// Always a 308 to https (`force-ssl-redirect`: TLS ends in front).
+    Redirect,
+}
+
+impl PlainHttp {
+    pub fn is_default(&self) -> bool {
+        *self == PlainHttp::RedirectIfTls
+    }
+
+    /// Whether plain HTTP to a host with (`tls`) or without TLS redirects.
+    pub fn redirects(self, tls: bool) -> bool {
+        match self {
+            PlainHttp::RedirectIfTls => tls,
+            PlainHttp::Serve => false,
+            PlainHttp::Redirect => true,
+        }
+    }
 }
 
 /// What a wildcard host pattern matches below its suffix.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::{Condition, ConditionType, Reason};
 use crate::hostname::Hostname;
-use crate::model::{ClientNetworks, PathRewrite, Redirect, RedirectStatus, Scheme};
+use crate::model::{ClientNetworks, PathRewrite, PlainHttp, Redirect, RedirectStatus, Scheme};
 use ipnet::IpNet;
 
 const PREFIXES: [&str; 2] = ["nginx.ingress.kubernetes.io/", "vestibule.dev/"];
@@ -54,7 +54,9 @@ pub fn classify(name: &str) -> (Support, &'static str) {
         | "upstream-vhost"
         | "proxy-body-size"
         | "whitelist-source-range"
-        | "denylist-source-range" => (Support::Supported, ""),
+        | "denylist-source-range"
+        | "ssl-redirect"
+        | "force-ssl-redirect" => (Support::Supported, ""),
         "permanent-redirect" | "temporal-redirect" => (
             Support::Approximated,
             "the request's query string is kept on the target URL",
@@ -85,6 +87,9 @@ pub(crate) struct Annotations {
     pub max_body: Option<u64>,
     /// `whitelist-source-range` / `denylist-source-range`.
     pub networks: Option<ClientNetworks>,
+    /// `ssl-redirect: "false"` (serve plain HTTP) or `force-ssl-redirect:
+    /// "true"` (always redirect).
+    pub plain_http: Option<PlainHttp>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -253,8 +258,23 @@ pub(crate) fn read(
         deny: ranges("denylist-source-range"),
     };
     let networks = (networks != ClientNetworks::default()).then_some(networks);
+    let mut flag = |name: &str| match known.get(name) {
+        None => None,
+        Some(&"true") => Some(true),
+        Some(&"false") => Some(false),
+        Some(v) => {
+            invalid(name, v, "must be \"true\" or \"false\"");
+            None
+        }
+    };
+    let plain_http = match (flag("force-ssl-redirect"), flag("ssl-redirect")) {
+        (Some(true), _) => Some(PlainHttp::Redirect),
+        (_, Some(false)) => Some(PlainHttp::Serve),
+        _ => None,
+    };
     Annotations {
         canary,
+        plain_http,
         redirect,
         app_root,
         upstream_vhost,

@@ -37,6 +37,9 @@ impl<'a> Translator<'a> {
                 }
             };
             rule_hosts.push(host.clone());
+            if let Some(policy) = annotations.plain_http {
+                self.plain_http.entry(host.clone()).or_insert(policy);
+            }
             if let Some(root) = &annotations.app_root {
                 // `app-root`: `/` itself is sent to the application's root.
                 let redirect = Redirect {

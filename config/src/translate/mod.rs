@@ -37,8 +37,8 @@ use crate::hostname::{HostPattern, Hostname};
 use crate::manifests::Snapshot;
 use crate::model::{
     Backend, CertId, Certificate, Conditions, Endpoint, Filter, GatewayConfig, Header, HeaderName,
-    HeaderText, HostTls, PathMatch, Pool, PoolId, Route, RouteName, Tenant as TenantConfig,
-    TenantId, TlsUnavailable, Unavailable, VirtualHost, WildcardDepth,
+    HeaderText, HostTls, PathMatch, PlainHttp, Pool, PoolId, Route, RouteName,
+    Tenant as TenantConfig, TenantId, TlsUnavailable, Unavailable, VirtualHost, WildcardDepth,
 };
 use crate::tenant::Tenant;
 
@@ -242,6 +242,8 @@ struct Translator<'a> {
     tls: BTreeMap<HostPattern, TlsBinding>,
     /// Wildcard hosts of Gateway API routes: they match any depth.
     any_depth: BTreeSet<HostPattern>,
+    /// Hosts whose plain HTTP an Ingress annotation decides (the oldest).
+    plain_http: BTreeMap<HostPattern, PlainHttp>,
     default_backend: Option<(Backend, ObjectRef)>,
     pools: BTreeMap<PoolId, Pool>,
     certificates: BTreeMap<CertId, Certificate>,
@@ -272,6 +274,7 @@ impl<'a> Translator<'a> {
             routes: BTreeMap::new(),
             tls: BTreeMap::new(),
             any_depth: BTreeSet::new(),
+            plain_http: BTreeMap::new(),
             default_backend: None,
             pools: BTreeMap::new(),
             certificates: BTreeMap::new(),

@@ -30,6 +30,7 @@ impl<'a> Translator<'a> {
                 })
                 .map(|b| b.tls.clone());
             let routes = routes.into_routes();
+            let plain_http = self.plain_http.get(&host).copied().unwrap_or_default();
             let wildcard = if self.any_depth.contains(&host) {
                 WildcardDepth::AnyDepth
             } else {
@@ -40,6 +41,7 @@ impl<'a> Translator<'a> {
                 tenant,
                 tls,
                 wildcard,
+                plain_http,
                 routes,
             });
         }

@@ -497,7 +497,7 @@ impl Gateway {
         let runtime = self.shared.runtime.load();
         let lookup = runtime.routes.lookup(host, &**req);
         if let Some(vhost) = lookup.vhost() {
-            if vhost.tls && !self.settings.tls {
+            if vhost.redirect_http && !self.settings.tls {
                 return Decision::Redirect(308, self.https_location(host, req));
             }
             if let Some(conn) = tls {

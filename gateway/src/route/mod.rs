@@ -26,8 +26,10 @@ pub struct VhostEntry<R> {
     pub tenant: Option<TenantId>,
     /// `X-Tenant-Id` value, built once so requests only clone a refcount.
     pub tenant_header: Option<http::HeaderValue>,
-    /// The host is served over TLS: plain HTTP requests are redirected.
-    pub tls: bool,
+    /// Plain HTTP requests to the host are redirected to https (it has
+    /// TLS, unless an annotation says to serve plain HTTP, or one says to
+    /// redirect always).
+    pub redirect_http: bool,
     pub paths: PathTable<R>,
 }
 
@@ -129,7 +131,7 @@ impl<R> RouteTable<R> {
                     .tenant
                     .as_ref()
                     .and_then(|t| http::HeaderValue::from_str(t.as_str()).ok()),
-                tls: vhost.tls.is_some(),
+                redirect_http: vhost.plain_http.redirects(vhost.tls.is_some()),
                 paths,
             });
         }
@@ -202,6 +204,7 @@ mod tests {
             tenant: None,
             tls: None,
             wildcard: Default::default(),
+            plain_http: Default::default(),
             routes,
         }
     }

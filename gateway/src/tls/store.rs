@@ -242,6 +242,7 @@ mod tests {
             tenant: tenant.map(TenantId::new),
             tls,
             wildcard: Default::default(),
+            plain_http: Default::default(),
             routes: vec![],
         }
     }

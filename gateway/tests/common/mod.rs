@@ -367,6 +367,7 @@ pub fn vhost(host: &str, tenant: Option<&str>, routes: Vec<Route>) -> VirtualHos
         tenant: tenant.map(TenantId::new),
         tls: None,
         wildcard: Default::default(),
+        plain_http: Default::default(),
         routes,
     }
 }
