@@ -111,23 +111,14 @@ async fn the_leader_orders_once_stores_a_secret_and_every_gateway_serves_it() {
 
     let config = client(&[&pebble.root_pem]);
     for (name, gw) in [("A", &gw_a), ("B", &gw_b)] {
-        let mut last = String::new();
-        let served = loop {
-            match https_get(gw.https, &config, "shop.customer.test").await {
-                Ok(r) if r.status == 200 && r.upstream() == Some("app") => break true,
-                Ok(r) => last = format!("{r:?}"),
-                Err(e) => last = e,
-            }
-            if created.elapsed() > Duration::from_secs(60) {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert!(
-            served,
-            "replica {name} never served the ACME certificate: {last}\n{}",
-            pebble.log()
-        );
+        wait_served(gw, &config, "shop.customer.test", created)
+            .await
+            .unwrap_or_else(|last| {
+                panic!(
+                    "replica {name} never served the ACME certificate: {last}\n{}",
+                    pebble.log()
+                )
+            });
     }
     eprintln!(
         "operator mode: Tenant created -> both replicas serve the ACME certificate in {} ms",
@@ -241,23 +232,14 @@ async fn on_demand_in_operator_mode_reaches_the_leader_through_any_replica() {
         .await
         .is_err());
     for (name, gw) in [("B", &gw_b), ("A", &gw_a)] {
-        let mut last = String::new();
-        let served = loop {
-            match https_get(gw.https, &config, "od.customer.test").await {
-                Ok(r) if r.status == 200 && r.upstream() == Some("app") => break true,
-                Ok(r) => last = format!("{r:?}"),
-                Err(e) => last = e,
-            }
-            if asked.elapsed() > Duration::from_secs(60) {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert!(
-            served,
-            "replica {name} never served the on-demand certificate: {last}\n{}",
-            pebble.log()
-        );
+        wait_served(gw, &config, "od.customer.test", asked)
+            .await
+            .unwrap_or_else(|last| {
+                panic!(
+                    "replica {name} never served the on-demand certificate: {last}\n{}",
+                    pebble.log()
+                )
+            });
     }
     eprintln!(
         "operator mode, on demand: first handshake -> both replicas serve in {} ms",
@@ -268,4 +250,24 @@ async fn on_demand_in_operator_mode_reaches_the_leader_through_any_replica() {
     for o in operators {
         o.shutdown().await.unwrap();
     }
+}
+
+/// Waits up to 60 s from `since` until `gw` serves `host` from the app over
+/// verified HTTPS; `Err` is the last answer.
+async fn wait_served(
+    gw: &Gateway,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    host: &str,
+    since: Instant,
+) -> Result<(), String> {
+    let mut last = String::new();
+    while since.elapsed() <= Duration::from_secs(60) {
+        match https_get(gw.https, config, host).await {
+            Ok(r) if r.status == 200 && r.upstream() == Some("app") => return Ok(()),
+            Ok(r) => last = format!("{r:?}"),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last)
 }

@@ -8,7 +8,7 @@
 //! only gets a condition, so it can never take the production traffic.
 
 use super::annotations::Canary;
-use super::ingress::{identity, rule_host};
+use super::ingress::{identity, rule_host, rule_path};
 use super::*;
 
 impl<'a> Translator<'a> {
@@ -32,17 +32,8 @@ impl<'a> Translator<'a> {
                 continue;
             }
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let matcher = match path_match(&path.path_type, path.path.as_deref()) {
-                    Ok(m) => m,
-                    Err(msg) => {
-                        conditions.push(Condition::new(
-                            ConditionType::Accepted,
-                            false,
-                            Reason::InvalidPath,
-                            format!("host {host}: {msg}"),
-                        ));
-                        continue;
-                    }
+                let Some(matcher) = rule_path(&host, path, &mut conditions) else {
+                    continue;
                 };
                 let key = RouteKey::path(matcher.clone());
                 let primary = self

@@ -61,17 +61,8 @@ impl<'a> Translator<'a> {
                 );
             }
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let matcher = match path_match(&path.path_type, path.path.as_deref()) {
-                    Ok(m) => m,
-                    Err(msg) => {
-                        conditions.push(Condition::new(
-                            ConditionType::Accepted,
-                            false,
-                            Reason::InvalidPath,
-                            format!("host {host}: {msg}"),
-                        ));
-                        continue;
-                    }
+                let Some(matcher) = rule_path(&host, path, &mut conditions) else {
+                    continue;
                 };
                 let key = RouteKey::path(matcher);
                 if let Some(existing) = self.routes.get(&host).and_then(|r| r.get(&key)) {
@@ -343,5 +334,25 @@ pub(super) fn rule_host(
                 None
             }
         },
+    }
+}
+
+/// A rule path's matcher; an invalid one becomes a condition.
+pub(super) fn rule_path(
+    host: &HostPattern,
+    path: &k8s_openapi::api::networking::v1::HTTPIngressPath,
+    conditions: &mut Vec<Condition>,
+) -> Option<PathMatch> {
+    match path_match(&path.path_type, path.path.as_deref()) {
+        Ok(m) => Some(m),
+        Err(msg) => {
+            conditions.push(Condition::new(
+                ConditionType::Accepted,
+                false,
+                Reason::InvalidPath,
+                format!("host {host}: {msg}"),
+            ));
+            None
+        }
     }
 }
