@@ -310,6 +310,13 @@ def check_gateway(docs, case: str, v: dict[str, Any]) -> None:
                     and any(i["key"] == key and os.path.basename(path) == i["path"] for i in vol["secret"].get("items", [])),
                     f"[{case}] {flag} {path} is not Secret {store[secret]}'s {key}")
 
+    # The client address flags follow gateway.clientAddress.
+    client = g["clientAddress"]
+    F.check(("--proxy-protocol" in a) == bool(client["proxyProtocol"]),
+            f"[{case}] gateway --proxy-protocol vs clientAddress.proxyProtocol")
+    F.check(a.get("--trusted-proxies", [""])[0] == ",".join(client["trustedProxies"]) if client["trustedProxies"]
+            else "--trusted-proxies" not in a, f"[{case}] gateway --trusted-proxies vs clientAddress.trustedProxies")
+
     # --operator URL: scheme by TLS, host = operator Service DNS name, port = its config port.
     url = a.get("--operator", [""])[0]
     m = re.fullmatch(r"(https?)://([^:/]+):(\d+)", url)

@@ -137,6 +137,18 @@ pub struct Cli {
     /// header once `_` is read as `-` are always dropped.
     #[arg(long)]
     pub allow_underscores_in_headers: bool,
+    /// Every connection to the HTTP and HTTPS listeners starts with a PROXY
+    /// protocol header (v1 or v2), whose client address replaces the peer's;
+    /// connections without one are closed. Only for listeners that nothing
+    /// but the load balancer can reach.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// Peers (CIDRs or addresses, comma-separated) whose X-Forwarded-For is
+    /// believed: the client is the rightmost address in it that is not
+    /// itself trusted, and the upstream's X-Forwarded-For appends to it.
+    /// From any other peer the header is replaced.
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A request head (line and headers) must arrive completely within this,
     /// counted from the connection's accept or from the head's first byte;
     /// slower clients get 408 and are disconnected (slowloris).
@@ -175,6 +187,15 @@ pub struct Cli {
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR or an IP address"))
 }
 
 /// `250ms`, `5s`, `2m`, or a bare number of seconds.
@@ -221,6 +242,9 @@ impl Cli {
             max_header_bytes: self.max_header_bytes,
             access_log: !self.no_access_log,
             client_timeout: self.client_timeout.max(Duration::from_millis(10)),
+            trusted_proxies: std::sync::Arc::new(crate::edge::client_ip::TrustedProxies::new(
+                self.trusted_proxies.clone(),
+            )),
             underscores: if self.allow_underscores_in_headers {
                 Underscores::Allow
             } else {

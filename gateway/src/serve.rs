@@ -16,6 +16,7 @@ use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE
 
 use crate::admin::{Access, Admin};
 use crate::cli::{Cli, LogFormat};
+use crate::conn::proxy_protocol::ProxyProtocol;
 use crate::conn::{CapFilter, ClientLimits, ConnGuard, Edge};
 use crate::control::Controller;
 use crate::error::{Error, SourceError};
@@ -222,6 +223,15 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Service::new(name.to_string(), Edge::new(app, guard.clone()))
     };
     let mut proxy = edge_service("vestibule http", cli.proxy_settings());
+    let proxy_protocol = |then| ProxyProtocol {
+        timeout: limits.header_timeout,
+        then,
+    };
+    if cli.proxy_protocol {
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(proxy_protocol(None)));
+    }
     proxy.add_listener(ListenerConfig::tcp(cli.http.to_string()).l4_buffer(downstream_buffers()));
     // The HTTPS listener: the same proxy with `tls: true` behind rustls,
     // whose certificates come from the live runtime at each handshake.
@@ -233,13 +243,19 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             ..cli.proxy_settings()
         },
     );
-    https.endpoints().set_pre_tls_callback(tls::hello_gate(
-        shared.clone(),
-        guard.clone(),
-        limits.header_timeout,
-    ));
-    // Over-cap clients are refused before the handshake costs anything.
-    https.set_connection_filter(Arc::new(CapFilter(guard.clone())));
+    let hello_gate = tls::hello_gate(shared.clone(), guard.clone(), limits.header_timeout);
+    if cli.proxy_protocol {
+        // The client is known once the PROXY header is read: the per-IP cap
+        // is taken then (by the hello gate), not at accept, where every
+        // connection comes from the balancer.
+        https
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(proxy_protocol(Some(hello_gate))));
+    } else {
+        https.endpoints().set_pre_tls_callback(hello_gate);
+        // Over-cap clients are refused before the handshake costs anything.
+        https.set_connection_filter(Arc::new(CapFilter(guard.clone())));
+    }
     https.add_listener(
         ListenerConfig::tcp(cli.https.to_string())
             .tls(tls_settings)

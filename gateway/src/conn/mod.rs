@@ -31,6 +31,7 @@
 //! `edge`: the `ServerApp`; `stream`: the deadlines.
 
 mod edge;
+pub mod proxy_protocol;
 mod stream;
 
 pub use edge::Edge;

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use super::client_ip::Client;
+
 use http::HeaderValue;
 use pingora_core::Result;
 use pingora_http::RequestHeader;
@@ -91,7 +93,8 @@ pub fn scrub(req: &mut RequestHeader, underscores: Underscores) {
 
 /// What the gateway knows of the request, for the headers it sets.
 pub struct Origin<'a> {
-    pub client_ip: Option<IpAddr>,
+    /// The real client, and who connected.
+    pub client: Option<&'a Client>,
     /// The TLS listener took the request.
     pub tls: bool,
     /// The request's authority (Host, or `:authority` on HTTP/2), as sent.
@@ -100,14 +103,20 @@ pub struct Origin<'a> {
 }
 
 /// Sets the tenant and forwarding headers on a scrubbed upstream request.
-/// The edge is the first trusted hop, so each is set, never appended.
+/// Each is set, never appended, but X-Forwarded-For: a trusted proxy's
+/// chain gets that proxy appended (`--trusted-proxies`).
 pub fn set_forwarding(req: &mut RequestHeader, origin: &Origin<'_>) -> Result<()> {
     if let Some(tenant) = origin.tenant {
         req.insert_header(X_TENANT_ID, tenant.clone())?;
     }
-    let ip = origin.client_ip.map(ip_value);
-    if let Some(ip) = &ip {
-        req.insert_header(X_FORWARDED_FOR, ip.clone())?;
+    let client_ip = origin.client.map(|c| c.ip);
+    let ip = client_ip.map(ip_value);
+    if let (Some(client), Some(ip)) = (origin.client, &ip) {
+        let chain = match &client.forwarded_for {
+            Some(chain) => appended(chain, client.peer),
+            None => ip.clone(),
+        };
+        req.insert_header(X_FORWARDED_FOR, chain)?;
         req.insert_header(X_REAL_IP, ip.clone())?;
     }
     let proto = if origin.tls { "https" } else { "http" };
@@ -124,9 +133,19 @@ pub fn set_forwarding(req: &mut RequestHeader, origin: &Origin<'_>) -> Result<()
     if let Some(authority) = origin.authority {
         req.insert_header(X_FORWARDED_HOST, authority.clone())?;
     }
-    let client = origin.client_ip.zip(ip.as_ref());
+    let client = client_ip.zip(ip.as_ref());
     req.insert_header(FORWARDED, forwarded(client, origin.authority, proto))?;
     Ok(())
+}
+
+/// `chain, peer`.
+fn appended(chain: &HeaderValue, peer: IpAddr) -> HeaderValue {
+    let peer = ip_value(peer);
+    let mut v = Vec::with_capacity(chain.len() + 2 + peer.len());
+    v.extend_from_slice(chain.as_bytes());
+    v.extend_from_slice(b", ");
+    v.extend_from_slice(peer.as_bytes());
+    HeaderValue::from_bytes(&v).unwrap_or(peer)
 }
 
 /// RFC 7239: `for=192.0.2.1;host="a.test:8443";proto=https`; an IPv6
@@ -249,8 +268,13 @@ mod tests {
         let mut r = request(&[]);
         let authority = HeaderValue::from_static("a.test:8443");
         let tenant = HeaderValue::from_static("acme");
+        let client = Client {
+            ip: "10.1.2.3".parse().unwrap(),
+            peer: "10.1.2.3".parse().unwrap(),
+            forwarded_for: None,
+        };
         let origin = Origin {
-            client_ip: Some("10.1.2.3".parse().unwrap()),
+            client: Some(&client),
             tls: true,
             authority: Some(&authority),
             tenant: Some(&tenant),
@@ -273,6 +297,25 @@ mod tests {
             "http",
         );
         assert_eq!(v6, "for=\"[::1]\";proto=http");
+        // A trusted proxy's chain: the proxy is appended, the real client
+        // is X-Real-IP and Forwarded's `for`.
+        let mut r = request(&[]);
+        let client = Client {
+            ip: "198.51.100.7".parse().unwrap(),
+            peer: "10.0.0.9".parse().unwrap(),
+            forwarded_for: Some(HeaderValue::from_static("198.51.100.7, 10.0.0.8")),
+        };
+        let origin = Origin {
+            client: Some(&client),
+            tls: false,
+            authority: None,
+            tenant: None,
+        };
+        set_forwarding(&mut r, &origin).unwrap();
+        let h = |n: &str| r.headers.get(n).unwrap().to_str().unwrap().to_string();
+        assert_eq!(h("x-forwarded-for"), "198.51.100.7, 10.0.0.8, 10.0.0.9");
+        assert_eq!(h("x-real-ip"), "198.51.100.7");
+        assert_eq!(h("forwarded"), "for=198.51.100.7;proto=http");
         assert_eq!(authority_port(b"[::1]:81"), Some(&b"81"[..]));
         assert_eq!(authority_port(b"[::1]"), None);
         assert_eq!(authority_port(b"a.test:"), None);

@@ -4,6 +4,7 @@
 //! the one canonical form of the request target that routing, logging and
 //! the upstream all read. Pure: a parsed request head in, a verdict out.
 
+pub mod client_ip;
 pub mod headers;
 pub mod path;
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use http::HeaderValue;
 use prometheus::IntGauge;
 
+use crate::edge::client_ip::Client;
 use crate::runtime::RouteTarget;
 use crate::upstream::{Endpoint, UpstreamPool};
 
@@ -25,6 +26,8 @@ pub struct Ctx {
     pub routed: Option<Routed>,
     /// Request body bytes the route still takes (`proxy-body-size`).
     pub body_left: Option<u64>,
+    /// The real client (see `edge::client_ip`), once the head is in.
+    pub client: Option<Client>,
 }
 
 impl Ctx {
@@ -36,6 +39,7 @@ impl Ctx {
             tenant_header: None,
             routed: None,
             body_left: None,
+            client: None,
         }
     }
 

@@ -19,6 +19,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn;
 use crate::edge;
+use crate::edge::client_ip::TrustedProxies;
 use crate::edge::headers::{self, Origin, Underscores};
 use crate::filters::Choice;
 use crate::ratelimit::Refusal;
@@ -44,6 +45,8 @@ pub struct ProxySettings {
     pub client_timeout: Duration,
     /// Request headers with `_` in their name.
     pub underscores: Underscores,
+    /// Peers whose X-Forwarded-For names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl Default for ProxySettings {
@@ -55,6 +58,7 @@ impl Default for ProxySettings {
             access_log: true,
             client_timeout: Duration::from_secs(30),
             underscores: Underscores::Drop,
+            trusted_proxies: Arc::default(),
         }
     }
 }
@@ -174,10 +178,12 @@ impl ProxyHttp for Gateway {
         }
         let decision = match checked {
             Ok(()) => {
-                let client = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip());
+                let peer = session.client_addr().and_then(|a| a.as_inet());
+                ctx.client = peer.map(|p| {
+                    let trusted = &self.settings.trusted_proxies;
+                    trusted.client(p.ip().to_canonical(), session.req_header())
+                });
+                let client = ctx.client.as_ref().map(|c| c.ip);
                 self.route(session.req_header(), tls, client, ctx)
             }
             Err(why) => Decision::Reject(why),
@@ -272,7 +278,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -283,10 +289,7 @@ impl ProxyHttp for Gateway {
             routed.target.filters.on_request(upstream);
         }
         let origin = Origin {
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            client: ctx.client.as_ref(),
             tls: self.settings.tls,
             authority: ctx.authority.as_ref(),
             tenant: ctx.tenant_header.as_ref(),
@@ -437,6 +440,7 @@ impl ProxyHttp for Gateway {
             target: "vestibule::access",
             tenant,
             route,
+            client = ctx.client.as_ref().map(|c| tracing::field::display(c.ip)),
             host = %String::from_utf8_lossy(ctx.authority.as_ref().map_or(&[][..], |a| a.as_bytes())),
             method = %req.method,
             path = req.uri.path(),
