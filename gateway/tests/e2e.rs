@@ -639,3 +639,58 @@ async fn sigterm_exits_cleanly_and_bad_config_exits_2() {
     let out = std::process::Command::new(bin).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "no source is a usage error");
 }
+
+/// RFC 9110 §6.2: an HTTP/1.0 upstream's answer reaches an HTTP/1.1 client
+/// as HTTP/1.1, with its length or (delimited by the close upstream) chunked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_upstream_answers_in_the_gateways_version() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut r = BufReader::new(sock);
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                let with_length = line.contains("/length");
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).await.unwrap() == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let answer: &[u8] = if with_length {
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nsized\n"
+                } else {
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close\n"
+                };
+                r.get_mut().write_all(answer).await.unwrap();
+                r.get_mut().shutdown().await.unwrap();
+            });
+        }
+    });
+    let dir = TempDir::new("http10");
+    let (gw, _) = start_with(&dir, &one_host_config("old.test", addr)).await;
+    for (path, body) in [("/length", "sized\n"), ("/close", "until close\n")] {
+        let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: old.test\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+            .await
+            .unwrap()
+            .unwrap();
+        let raw = String::from_utf8_lossy(&raw);
+        assert!(raw.starts_with("HTTP/1.1 200"), "{path}: {raw}");
+        // Close-delimited upstream bodies go out chunked to HTTP/1.1.
+        assert!(raw.contains(body), "{path}: {raw}");
+    }
+}

@@ -303,6 +303,11 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // RFC 9110 §6.2: the response carries the gateway's own version, not
+        // the upstream's (an HTTP/1.0 upstream's answer is HTTP/1.1 here).
+        if resp.version == http::Version::HTTP_10 {
+            resp.set_version(http::Version::HTTP_11);
+        }
         if resp.status.is_informational() {
             return Ok(());
         }
