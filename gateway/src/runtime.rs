@@ -108,9 +108,15 @@ impl Runtime {
             .pools
             .iter()
             .map(|(id, spec)| {
+                let protocol = config.upstream_protocols.get(id);
                 let pool = match previous.pools.get(id) {
-                    Some(old) if old.spec == *spec => old.clone(),
-                    _ => UpstreamPool::new(id.clone(), spec.clone(), settings.clone()),
+                    Some(old) if old.spec == *spec && old.protocol() == protocol => old.clone(),
+                    _ => UpstreamPool::speaking(
+                        id.clone(),
+                        spec.clone(),
+                        protocol.cloned(),
+                        settings.clone(),
+                    ),
                 };
                 (id.clone(), pool)
             })

@@ -8,69 +8,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::nginx::*;
 use common::*;
-
-fn ingress(name: &str, service: &str, annotations: &str, created: &str) -> String {
-    format!(
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata:
-  name: {name}
-  namespace: saas
-  creationTimestamp: "{created}"
-  annotations: {{{annotations}}}
-spec:
-  ingressClassName: vestibule
-  rules:
-    - host: shop.test
-      http:
-        paths:
-          - {{path: /, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}
-"#
-    )
-}
-
-fn service(name: &str, up: &Upstream) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: saas}}
-spec: {{ports: [{{port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: saas, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{port: {port}}}]
-endpoints: [{{addresses: ["{ip}"]}}]
-"#,
-        port = up.addr.port(),
-        ip = up.addr.ip(),
-    )
-}
-
-const CLASS: &str = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: vestibule}\nspec: {controller: vestibule.dev/ingress-controller}\n";
-
-/// A gateway serving Service `app` and one Ingress per (name, host,
-/// annotations) to it.
-async fn gateway_with(
-    tag: &str,
-    app: &Upstream,
-    ingresses: &[(&str, &str, &str)],
-) -> (Gateway, TempDir) {
-    let dir = TempDir::new(tag);
-    let mut manifests = vec![CLASS.to_string(), service("app", app)];
-    for (name, host, annotations) in ingresses {
-        manifests.push(
-            ingress(name, "app", annotations, "2024-01-01T00:00:00Z").replace("shop.test", host),
-        );
-    }
-    std::fs::write(dir.0.join("all.yaml"), manifests.join("\n---\n")).unwrap();
-    let gw = Gateway::start(&["--manifests", dir.0.to_str().unwrap()], &[]).await;
-    (gw, dir)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_canary_takes_its_weight_and_its_header_never_the_whole_route() {

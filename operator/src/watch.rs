@@ -105,6 +105,15 @@ impl Stores {
             &namespaces,
             &watcher::Config::default().labels(EAB_SECRET_SELECTOR),
         ));
+        // So are Opaque Secrets of upstream roots (`proxy-ssl-secret`).
+        secrets.extend(spawn.each(
+            "Secret",
+            &namespaces,
+            &watcher::Config::default().labels(&format!(
+                "{}=true",
+                vestibule_config::translate::tls::UPSTREAM_CA_LABEL
+            )),
+        ));
         // Issued certificates live in the acme namespace, watched or not.
         let acme_ns = settings.translate.acme_namespace.as_str();
         if !namespaces.iter().any(|n| n.is_none_or(|n| n == acme_ns)) {

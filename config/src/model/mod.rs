@@ -15,8 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::hostname::{HostPattern, Hostname};
 
 mod route;
+mod upstream;
 
 pub use route::*;
+pub use upstream::*;
 
 // === impl GatewayConfig ===
 
@@ -35,6 +37,9 @@ pub struct GatewayConfig {
     pub default_backend: Option<Backend>,
     #[serde(default)]
     pub pools: BTreeMap<PoolId, Pool>,
+    /// Pools that speak h2c or TLS upstream; the rest speak HTTP/1.1 over TCP.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream_protocols: BTreeMap<PoolId, UpstreamProtocol>,
     /// Certificates by content id; hosts refer to them, so one PEM shared by
     /// many hosts is stored (and parsed by the gateway) once.
     #[serde(default)]
@@ -82,6 +87,8 @@ impl GatewayConfig {
             #[serde(skip_serializing_if = "Option::is_none")]
             default_backend: &'a Option<Backend>,
             pools: &'a BTreeMap<PoolId, Pool>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            upstream_protocols: &'a BTreeMap<PoolId, UpstreamProtocol>,
             certificates: &'a BTreeMap<CertId, Certificate>,
             tenants: &'a BTreeMap<TenantId, Tenant>,
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -94,6 +101,7 @@ impl GatewayConfig {
             hosts: &self.hosts,
             default_backend: &self.default_backend,
             pools: &self.pools,
+            upstream_protocols: &self.upstream_protocols,
             certificates: &self.certificates,
             tenants: &self.tenants,
             acme_http01: &self.acme_http01,
@@ -169,6 +177,20 @@ impl GatewayConfig {
         }
         if let Some(b) = &self.default_backend {
             pool(b)?;
+        }
+        for (id, protocol) in &self.upstream_protocols {
+            if !self.pools.contains_key(id) {
+                return Err(ConfigError::Reference(format!(
+                    "upstream protocol for unknown pool {id}"
+                )));
+            }
+            if let Some(UpstreamVerify::Roots(pem)) = protocol.tls().map(|t| &t.verify) {
+                if pem.len() > MAX_ROOTS_PEM {
+                    return Err(ConfigError::Reference(format!(
+                        "pool {id}: upstream roots larger than {MAX_ROOTS_PEM} bytes"
+                    )));
+                }
+            }
         }
         for (token, key_authorization) in &self.acme_http01 {
             if token.contains('.') || !acme_value(token) || !acme_value(key_authorization) {

@@ -51,9 +51,15 @@ impl<'a> Translator<'a> {
                     ));
                     continue;
                 };
-                let Backend::Pool(canary_pool) =
-                    self.ingress_backend(namespace, &path.backend, &mut conditions)
-                else {
+                // A canary speaks its primary's protocol (ingress-nginx
+                // takes every non-canary annotation from the primary).
+                let protocol = self.upstream_protocols.get(&primary).cloned();
+                let backend = self.ingress_backend(namespace, &path.backend, None, &mut conditions);
+                let backend = match (backend, protocol.clone()) {
+                    (Backend::Pool(id), Some(p)) => self.speaking(id, p),
+                    (backend, _) => backend,
+                };
+                let Backend::Pool(canary_pool) = backend else {
                     continue;
                 };
                 served += 1;
@@ -70,6 +76,9 @@ impl<'a> Translator<'a> {
                             let id = PoolId::new(format!("canary/{namespace}/{name}/{host}{}", matcher.as_str()));
                             let merged = merge_weighted(&[(canary.total - canary.weight, p), (canary.weight, c)]);
                             self.pools.insert(id.clone(), Pool::Endpoints(merged));
+                            if let Some(p) = protocol {
+                                self.upstream_protocols.insert(id.clone(), p);
+                            }
                             if let Some(entry) = self.routes.get_mut(&host).and_then(|r| r.get_mut(&key)) {
                                 entry.backend = Backend::Pool(id);
                             }

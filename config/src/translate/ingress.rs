@@ -2,7 +2,7 @@
 //! TLS bindings, a default backend and pools, with tenant hijack rules and
 //! conflicts applied; what is dropped becomes a condition.
 
-use super::annotations::Annotations;
+use super::annotations::{Annotations, UpstreamAsk};
 use super::*;
 use crate::model::{PathRewrite, Redirect, RedirectStatus, Rewrite};
 
@@ -80,7 +80,12 @@ impl<'a> Translator<'a> {
                 // A redirect annotation answers every route: no backend.
                 let backend = match &annotations.redirect {
                     Some(r) => Backend::Redirect(Box::new(r.clone())),
-                    None => self.ingress_backend(namespace, &path.backend, &mut conditions),
+                    None => self.ingress_backend(
+                        namespace,
+                        &path.backend,
+                        annotations.upstream.as_ref(),
+                        &mut conditions,
+                    ),
                 };
                 let filters = annotations
                     .networks
@@ -203,7 +208,12 @@ impl<'a> Translator<'a> {
                     format!("the default backend is already set by {owner}"),
                 ));
             } else {
-                let backend = self.ingress_backend(namespace, default, &mut conditions);
+                let backend = self.ingress_backend(
+                    namespace,
+                    default,
+                    annotations.upstream.as_ref(),
+                    &mut conditions,
+                );
                 self.default_backend = Some((backend, object.clone()));
                 served += 1;
             }
@@ -261,6 +271,7 @@ impl<'a> Translator<'a> {
         &mut self,
         namespace: &str,
         backend: &IngressBackend,
+        upstream: Option<&UpstreamAsk>,
         conditions: &mut Vec<Condition>,
     ) -> Backend {
         let Some(service) = &backend.service else {
@@ -295,7 +306,13 @@ impl<'a> Translator<'a> {
             return self.install_pool(id, Err(missing), conditions);
         };
         let (id, pool) = self.services.resolve(namespace, &service.name, &port);
-        self.install_pool(id, pool, conditions)
+        let backend = self.install_pool(id, pool, conditions);
+        match upstream {
+            Some(ask) => {
+                self.with_upstream_protocol(backend, ask, namespace, &service.name, conditions)
+            }
+            None => backend,
+        }
     }
 }
 

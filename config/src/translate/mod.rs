@@ -25,6 +25,7 @@ mod output;
 pub mod status;
 pub mod tenants;
 pub mod tls;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -246,6 +247,8 @@ struct Translator<'a> {
     plain_http: BTreeMap<HostPattern, PlainHttp>,
     default_backend: Option<(Backend, ObjectRef)>,
     pools: BTreeMap<PoolId, Pool>,
+    /// Pools that speak h2c or TLS (`backend-protocol`).
+    upstream_protocols: BTreeMap<PoolId, crate::model::UpstreamProtocol>,
     certificates: BTreeMap<CertId, Certificate>,
     statuses: BTreeMap<ObjectRef, ObjectStatus>,
     /// Secret checks of the previous translation, and of this one (`None`:
@@ -277,6 +280,7 @@ impl<'a> Translator<'a> {
             plain_http: BTreeMap::new(),
             default_backend: None,
             pools: BTreeMap::new(),
+            upstream_protocols: BTreeMap::new(),
             certificates: BTreeMap::new(),
             statuses: BTreeMap::new(),
             memo: memo.map(|previous| (previous, CertificateMemo::default())),

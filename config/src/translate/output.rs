@@ -58,6 +58,11 @@ impl<'a> Translator<'a> {
             .into_iter()
             .filter(|(id, _)| used_pools.contains(id))
             .collect();
+        let upstream_protocols = self
+            .upstream_protocols
+            .into_iter()
+            .filter(|(id, _)| used_pools.contains(id))
+            .collect();
         let used_certs: BTreeSet<&CertId> = hosts
             .iter()
             .filter_map(|h| h.tls.as_ref().and_then(HostTls::certificate))
@@ -91,6 +96,7 @@ impl<'a> Translator<'a> {
             hosts,
             default_backend,
             pools,
+            upstream_protocols,
             certificates,
             tenants,
             // Pending ACME challenges come from the issuer, not from objects.

@@ -45,6 +45,10 @@ impl CertificateMemo {
 }
 
 /// One field of a Secret's `data`.
+/// The label of Opaque Secrets holding upstream roots (`ca.crt`), which
+/// the operator watches beside `kubernetes.io/tls` Secrets.
+pub const UPSTREAM_CA_LABEL: &str = "vestibule.dev/upstream-ca";
+
 fn secret_field<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
     secret.data.as_ref()?.get(key).map(|b| b.0.as_slice())
 }
@@ -122,6 +126,36 @@ impl<'a> SecretIndex<'a> {
             let id = c.id();
             (c, id)
         })
+    }
+
+    /// The PEM roots in Secret `namespace/name`'s `ca.crt` (upstream
+    /// verification), or why there are none.
+    pub fn roots(&self, namespace: &str, name: &str) -> Result<String, Unresolved> {
+        let invalid = |why: &str| Unresolved {
+            reason: Reason::SecretInvalid,
+            message: format!("Secret {namespace}/{name}: {why}"),
+        };
+        let secret = self
+            .secrets
+            .get(&(namespace, name))
+            .ok_or_else(|| Unresolved {
+                reason: Reason::SecretNotFound,
+                message: format!(
+                    "Secret {namespace}/{name} not found (of type {TLS_TYPE:?} or labelled {UPSTREAM_CA_LABEL}=true)"
+                ),
+            })?;
+        let pem = secret_field(secret, "ca.crt").ok_or_else(|| invalid("no ca.crt"))?;
+        if pem.len() > crate::model::MAX_ROOTS_PEM {
+            return Err(invalid("ca.crt is larger than 256 KiB"));
+        }
+        let count = CertificateDer::pem_slice_iter(pem)
+            .map(|c| c.map_err(|_| invalid("ca.crt is not valid PEM")))
+            .collect::<Result<Vec<_>, _>>()?
+            .len();
+        if count == 0 {
+            return Err(invalid("ca.crt holds no CERTIFICATE block"));
+        }
+        String::from_utf8(pem.to_vec()).map_err(|_| invalid("ca.crt is not UTF-8"))
     }
 
     /// The certificate in Secret `namespace/name`, or why there is none. The

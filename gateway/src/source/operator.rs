@@ -51,7 +51,7 @@ const DEMAND_BATCH: usize = 16;
 
 /// What one poll returned.
 enum Poll {
-    New(GatewayConfig),
+    New(Box<GatewayConfig>),
     Unchanged,
 }
 
@@ -243,7 +243,7 @@ impl OperatorSource {
             return Err(OperatorError::EmptyBody);
         }
         let config = GatewayConfig::from_text(&text)?;
-        Ok(Poll::New(config))
+        Ok(Poll::New(Box::new(config)))
     }
 
     /// Writes the config atomically: a crash leaves the old file or the new one.
@@ -380,7 +380,7 @@ impl ConfigSource for OperatorSource {
         match fetched {
             Ok(Ok(Poll::New(config))) => {
                 self.persist(&config);
-                Ok(Some(config))
+                Ok(Some(*config))
             }
             Ok(Ok(Poll::Unchanged)) => Ok(self.load_persisted()),
             Ok(Err(e)) => {
@@ -425,7 +425,7 @@ impl OperatorSource {
                     }
                     self.persist(&config);
                     current = Some(config.version.clone());
-                    if events.send(SourceEvent::Config(Arc::new(config))).is_err() {
+                    if events.send(SourceEvent::Config(Arc::new(*config))).is_err() {
                         return;
                     }
                 }

@@ -7,6 +7,7 @@
 //! counters and round-robin position survive the swap.
 
 pub mod health;
+mod protocol;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -23,7 +24,9 @@ use pingora_load_balancing::health_check::TcpHealthCheck;
 // `RoundRobin` is `Weighted<algorithms::RoundRobin>`: weighted round robin.
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
-use vestibule_config::model::{Pool, PoolId};
+use vestibule_config::model::{Pool, PoolId, UpstreamProtocol};
+
+use protocol::Wire;
 
 /// How pools connect, time out, and eject endpoints.
 #[derive(Clone, Debug)]
@@ -107,6 +110,8 @@ type EndpointMap = HashMap<SocketAddr, Arc<Endpoint>, ahash::RandomState>;
 pub struct UpstreamPool {
     pub id: PoolId,
     pub spec: Pool,
+    /// h2c or TLS; `None`: HTTP/1.1 over TCP.
+    wire: Option<Wire>,
     lb: LoadBalancer<RoundRobin>,
     discovery: Arc<Discovered>,
     endpoints: ArcSwap<EndpointMap>,
@@ -129,6 +134,16 @@ impl std::fmt::Debug for UpstreamPool {
 
 impl UpstreamPool {
     pub fn new(id: PoolId, spec: Pool, settings: Arc<UpstreamSettings>) -> Arc<Self> {
+        Self::speaking(id, spec, None, settings)
+    }
+
+    /// A pool whose endpoints speak `protocol` (h2c or TLS).
+    pub fn speaking(
+        id: PoolId,
+        spec: Pool,
+        protocol: Option<UpstreamProtocol>,
+        settings: Arc<UpstreamSettings>,
+    ) -> Arc<Self> {
         let discovery = Arc::new(Discovered::default());
         let mut backends = Backends::new(Box::new(SharedDiscovery(discovery.clone())));
         let mut hc = TcpHealthCheck::new();
@@ -148,6 +163,7 @@ impl UpstreamPool {
             ejections: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             spec,
+            wire: protocol.map(Wire::new),
         });
         if let Pool::Endpoints(eps) = &pool.spec {
             let addrs = eps.iter().map(|e| (e.address, e.weight.max(1) as usize));
@@ -192,7 +208,7 @@ impl UpstreamPool {
     }
 
     fn make_peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = Wire::peer(self.wire.as_ref(), addr);
         let o = &mut peer.options;
         o.connection_timeout = Some(self.settings.connect_timeout);
         o.read_timeout = Some(self.settings.read_timeout);
@@ -241,6 +257,11 @@ impl UpstreamPool {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Relaxed)
+    }
+
+    /// The protocol the pool speaks, if not HTTP/1.1 over TCP.
+    pub fn protocol(&self) -> Option<&UpstreamProtocol> {
+        self.wire.as_ref().map(|w| &w.protocol)
     }
 
     pub fn is_external(&self) -> bool {

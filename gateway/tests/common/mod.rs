@@ -3,6 +3,8 @@
 //! server owns signals and never returns, so it can't run in-process).
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod nginx;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

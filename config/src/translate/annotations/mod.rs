@@ -8,8 +8,14 @@ use std::collections::BTreeMap;
 
 use super::{Condition, ConditionType, Reason};
 use crate::hostname::Hostname;
-use crate::model::{ClientNetworks, PathRewrite, PlainHttp, Redirect, RedirectStatus, Scheme};
+use crate::model::{ClientNetworks, PathRewrite, PlainHttp, Redirect, RedirectStatus};
 use ipnet::IpNet;
+use values::{body_size, is_token, parse_url};
+
+pub(crate) use upstream::{UpstreamAsk, Wire};
+
+mod upstream;
+mod values;
 
 const PREFIXES: [&str; 2] = ["nginx.ingress.kubernetes.io/", "vestibule.dev/"];
 
@@ -61,6 +67,19 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "the request's query string is kept on the target URL",
         ),
+        "backend-protocol" => (
+            Support::Approximated,
+            "HTTP, HTTPS, GRPC, GRPCS and H2C; a TLS upstream's certificate is verified (against the system roots, or proxy-ssl-secret's ca.crt) unless proxy-ssl-verify is \"off\", where ingress-nginx does not verify by default",
+        ),
+        "proxy-ssl-verify" | "proxy-ssl-name" => (Support::Supported, ""),
+        "proxy-ssl-secret" => (
+            Support::Approximated,
+            "its ca.crt verifies the upstream (no client certificate); the Secret must be in the Ingress's namespace, of type kubernetes.io/tls or labelled vestibule.dev/upstream-ca=true",
+        ),
+        "proxy-ssl-server-name" => (
+            Support::Approximated,
+            "SNI is always sent to TLS upstreams",
+        ),
         "proxy-read-timeout" => (
             Support::Approximated,
             "the wait for the upstream's response between reads, as ingress-nginx; 504 after it",
@@ -90,6 +109,8 @@ pub(crate) struct Annotations {
     /// `ssl-redirect: "false"` (serve plain HTTP) or `force-ssl-redirect:
     /// "true"` (always redirect).
     pub plain_http: Option<PlainHttp>,
+    /// `backend-protocol` and `proxy-ssl-*`.
+    pub upstream: Option<UpstreamAsk>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -272,7 +293,9 @@ pub(crate) fn read(
         (_, Some(false)) => Some(PlainHttp::Serve),
         _ => None,
     };
+    let upstream = upstream::read(&known, &mut invalid);
     Annotations {
+        upstream,
         canary,
         plain_http,
         redirect,
@@ -328,54 +351,6 @@ fn redirect(
         path: Some(PathRewrite::Full(path)),
         status,
     })
-}
-
-/// `http(s)://host[:port][/path]`, no query or fragment.
-fn parse_url(url: &str) -> Option<(Scheme, Hostname, Option<u16>, String)> {
-    let (scheme, rest) = match url.split_once("://")? {
-        ("http", rest) => (Scheme::Http, rest),
-        ("https", rest) => (Scheme::Https, rest),
-        _ => return None,
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p.parse::<u16>().ok().filter(|p| *p > 0)?)),
-        None => (authority, None),
-    };
-    let clean = path.len() <= 2048
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
-    clean.then_some(())?;
-    Some((scheme, Hostname::parse(host).ok()?, port, path.to_string()))
-}
-
-/// An nginx size: bytes, or with k, m or g (either case).
-fn body_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let (digits, unit) = match v.char_indices().last()? {
-        (i, c) if c.is_ascii_alphabetic() => (&v[..i], c.to_ascii_lowercase()),
-        _ => (v, 'b'),
-    };
-    let n: u64 = digits.parse().ok()?;
-    let scale = match unit {
-        'b' => 1,
-        'k' => 1 << 10,
-        'm' => 1 << 20,
-        'g' => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(scale)
-}
-
-fn is_token(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 256
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
