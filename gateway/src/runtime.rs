@@ -30,11 +30,32 @@ pub struct RouteTarget {
     pub tenant: Option<TenantId>,
     pub action: Action,
     pub filters: Filters,
-    /// The route's wait for the upstream's response, when it sets one.
-    pub timeout: Option<std::time::Duration>,
+    /// The route's upstream timeouts, where it sets them.
+    pub timeouts: Timeouts,
     pub stats: RouteStats,
     /// The tenant's limits on this replica, if it has one.
     pub limiter: Option<Arc<TenantLimit>>,
+}
+
+/// A route's upstream timeouts; `None`: the pool's (the command line's).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timeouts {
+    /// The wait for the upstream's response, between reads.
+    pub read: Option<std::time::Duration>,
+    pub connect: Option<std::time::Duration>,
+    /// The wait for each write of the request.
+    pub send: Option<std::time::Duration>,
+}
+
+impl Timeouts {
+    fn of(route: &vestibule_config::model::Route) -> Self {
+        let ms = |v: Option<u32>| v.map(|ms| std::time::Duration::from_millis(ms.into()));
+        Timeouts {
+            read: ms(route.timeout_ms),
+            connect: ms(route.connect_timeout_ms),
+            send: ms(route.send_timeout_ms),
+        }
+    }
 }
 
 /// Counts for `/config` and logs.
@@ -151,23 +172,24 @@ impl Runtime {
                 )
             })
         };
-        let mut target = |tenant: Option<&TenantId>, name: &RouteName, action, filters, timeout| {
-            let t = tenant.map_or("", |t| t.as_str());
-            let key = (t.to_string(), name.as_str().to_string());
-            let stats = stats
-                .entry(key)
-                .or_insert_with(|| metrics.route_stats(t, name.as_str()))
-                .clone();
-            Arc::new(RouteTarget {
-                name: name.clone(),
-                tenant: tenant.cloned(),
-                action,
-                filters,
-                timeout,
-                stats,
-                limiter: tenant.and_then(|t| limiters.get(t).cloned()),
-            })
-        };
+        let mut target =
+            |tenant: Option<&TenantId>, name: &RouteName, action, filters, timeouts| {
+                let t = tenant.map_or("", |t| t.as_str());
+                let key = (t.to_string(), name.as_str().to_string());
+                let stats = stats
+                    .entry(key)
+                    .or_insert_with(|| metrics.route_stats(t, name.as_str()))
+                    .clone();
+                Arc::new(RouteTarget {
+                    name: name.clone(),
+                    tenant: tenant.cloned(),
+                    action,
+                    filters,
+                    timeouts,
+                    stats,
+                    limiter: tenant.and_then(|t| limiters.get(t).cloned()),
+                })
+            };
         let default = config.default_backend.as_ref().map(|b| {
             let action = match b.pool() {
                 Some(id) => Action::Proxy(pool(id)),
@@ -178,7 +200,7 @@ impl Runtime {
                 &RouteName::new(DEFAULT_ROUTE),
                 action,
                 Filters::default(),
-                None,
+                Timeouts::default(),
             )
         });
         let routes = RouteTable::build(
@@ -186,10 +208,14 @@ impl Runtime {
             |vhost, route| {
                 let action = Action::new(route, &route.backend, pool);
                 let filters = Filters::new(route, pool);
-                let timeout = route
-                    .timeout_ms
-                    .map(|ms| std::time::Duration::from_millis(ms.into()));
-                target(vhost.tenant.as_ref(), &route.name, action, filters, timeout)
+                let timeouts = Timeouts::of(route);
+                target(
+                    vhost.tenant.as_ref(),
+                    &route.name,
+                    action,
+                    filters,
+                    timeouts,
+                )
             },
             default,
         );

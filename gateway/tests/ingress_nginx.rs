@@ -230,3 +230,100 @@ async fn ssl_redirect_annotations_decide_plain_http() {
         r.headers
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_send_timeout_annotations_bound_the_upstream_waits() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An endpoint whose accept queue is full: SYNs go unanswered, so a
+    // connect hangs until the gateway gives up.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let full_addr = full.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(full_addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => queued.push(s),
+            _ => break,
+        }
+    }
+    // An endpoint that accepts and never reads: its socket buffers fill.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf_addr = deaf.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = deaf.accept().await {
+            held.push(s);
+        }
+    });
+    let (gw, _dir) = serve(
+        "ingress-nginx-timeouts",
+        vec![
+            service_at("full", full_addr),
+            service_at("deaf", deaf_addr),
+            ingress(
+                "connect",
+                "full",
+                r#"nginx.ingress.kubernetes.io/proxy-connect-timeout: "1""#,
+                "2024-01-01T00:00:00Z",
+            )
+            .replace("shop.test", "connect.test"),
+            ingress(
+                "send",
+                "deaf",
+                r#"nginx.ingress.kubernetes.io/proxy-send-timeout: "1", nginx.ingress.kubernetes.io/proxy-read-timeout: "30""#,
+                "2024-01-01T00:00:00Z",
+            )
+            .replace("shop.test", "send.test"),
+        ],
+    )
+    .await;
+
+    // Connect: given up after 1 s (the default is 3 s), not served.
+    let started = Instant::now();
+    let r = gw.client().get("connect.test", "/").await.unwrap();
+    let took = started.elapsed();
+    assert!(r.status >= 502, "{}", r.status);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+
+    // Send: a 64 MiB body the upstream never reads stalls the gateway's
+    // writes; after 1 s without progress the exchange ends with 504 (the
+    // read timeout is 30 s, the default send timeout 60 s).
+    let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let size = 64 << 20;
+    s.write_all(
+        format!("POST / HTTP/1.1\r\nHost: send.test\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..(size / chunk.len()) {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut out)).await;
+    let took = started.elapsed();
+    writer.abort();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 504"), "{took:?}: {text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    drop(queued);
+}

@@ -28,6 +28,14 @@ pub struct Route {
     /// (between reads); then 504. `None`: the gateway's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u32>,
+    /// The longest wait, in milliseconds, to connect to an endpoint (a
+    /// failed connect is retried once on another). `None`: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u32>,
+    /// The longest wait, in milliseconds, for the upstream to take each
+    /// write of the request. `None`: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_timeout_ms: Option<u32>,
     pub backend: Backend,
 }
 
@@ -40,6 +48,8 @@ impl Route {
             conditions: Conditions::default(),
             filters: Vec::new(),
             timeout_ms: None,
+            connect_timeout_ms: None,
+            send_timeout_ms: None,
             backend: Backend::Pool(pool),
         }
     }

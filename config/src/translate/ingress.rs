@@ -106,6 +106,8 @@ impl<'a> Translator<'a> {
                         name: route_name.clone(),
                         filters,
                         timeout_ms: annotations.read_timeout_ms,
+                        connect_timeout_ms: annotations.connect_timeout_ms,
+                        send_timeout_ms: annotations.send_timeout_ms,
                         backend,
                         owner: object.clone(),
                     });

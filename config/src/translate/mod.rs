@@ -145,6 +145,8 @@ struct RouteEntry {
     name: RouteName,
     filters: Vec<Filter>,
     timeout_ms: Option<u32>,
+    connect_timeout_ms: Option<u32>,
+    send_timeout_ms: Option<u32>,
     backend: Backend,
     owner: ObjectRef,
 }
@@ -156,6 +158,8 @@ impl RouteEntry {
             name,
             filters: Vec::new(),
             timeout_ms: None,
+            connect_timeout_ms: None,
+            send_timeout_ms: None,
             backend,
             owner,
         }
@@ -215,6 +219,8 @@ impl PathRoutes {
                 conditions: key.conditions,
                 filters: e.filters,
                 timeout_ms: e.timeout_ms,
+                connect_timeout_ms: e.connect_timeout_ms,
+                send_timeout_ms: e.send_timeout_ms,
                 backend: e.backend,
             })
             .collect();

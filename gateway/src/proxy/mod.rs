@@ -258,13 +258,14 @@ impl ProxyHttp for Gateway {
             .routed
             .as_mut()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
-        let timeout = routed.target.timeout;
+        let timeouts = routed.target.timeouts;
         match routed.start_attempt() {
             Ok(attempt) => {
                 let mut peer = attempt.endpoint.peer();
-                if timeout.is_some() {
-                    peer.options.read_timeout = timeout;
-                }
+                let o = &mut peer.options;
+                o.read_timeout = timeouts.read.or(o.read_timeout);
+                o.connection_timeout = timeouts.connect.or(o.connection_timeout);
+                o.write_timeout = timeouts.send.or(o.write_timeout);
                 Ok(peer)
             }
             Err(why) => {

@@ -84,6 +84,11 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "the wait for the upstream's response between reads, as ingress-nginx; 504 after it",
         ),
+        "proxy-connect-timeout" => (
+            Support::Approximated,
+            "per connect attempt (one retry on another endpoint); at most 3600 s where nginx caps it at 75 s",
+        ),
+        "proxy-send-timeout" => (Support::Supported, ""),
         _ => (Support::Unsupported, "no effect yet"),
     }
 }
@@ -102,6 +107,10 @@ pub(crate) struct Annotations {
     pub upstream_vhost: Option<Hostname>,
     /// `proxy-read-timeout` (seconds): the wait for the upstream's response.
     pub read_timeout_ms: Option<u32>,
+    /// `proxy-connect-timeout` (seconds).
+    pub connect_timeout_ms: Option<u32>,
+    /// `proxy-send-timeout` (seconds).
+    pub send_timeout_ms: Option<u32>,
     /// `proxy-body-size`: the largest request body.
     pub max_body: Option<u64>,
     /// `whitelist-source-range` / `denylist-source-range`.
@@ -229,17 +238,24 @@ pub(crate) fn read(
         }
         parsed
     });
-    let read_timeout_ms = known.get("proxy-read-timeout").and_then(|v| {
-        let secs = v
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|s| (1..=3600).contains(s));
-        if secs.is_none() {
-            invalid("proxy-read-timeout", v, "seconds from 1 to 3600");
-        }
-        secs.map(|s| s * 1000)
-    });
+    let mut seconds = |name: &str| {
+        known.get(name).and_then(|v| {
+            let secs = v
+                .trim()
+                .strip_suffix('s')
+                .unwrap_or(v.trim())
+                .parse::<u32>()
+                .ok()
+                .filter(|s| (1..=3600).contains(s));
+            if secs.is_none() {
+                invalid(name, v, "seconds from 1 to 3600; the default stays");
+            }
+            secs.map(|s| s * 1000)
+        })
+    };
+    let read_timeout_ms = seconds("proxy-read-timeout");
+    let connect_timeout_ms = seconds("proxy-connect-timeout");
+    let send_timeout_ms = seconds("proxy-send-timeout");
     let max_body = known.get("proxy-body-size").and_then(|v| {
         let size = body_size(v);
         if size.is_none() {
@@ -302,6 +318,8 @@ pub(crate) fn read(
         app_root,
         upstream_vhost,
         read_timeout_ms,
+        connect_timeout_ms,
+        send_timeout_ms,
         max_body,
         networks,
     }

@@ -636,6 +636,8 @@ impl<'a> Translator<'a> {
                             name: route_name.clone(),
                             filters: filters.clone(),
                             timeout_ms: converted.timeout_ms,
+                            connect_timeout_ms: None,
+                            send_timeout_ms: None,
                             backend: backend.clone(),
                             owner: object.clone(),
                         });
