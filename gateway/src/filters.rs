@@ -156,10 +156,20 @@ impl RedirectTo {
     }
 }
 
-/// A path replacement, with the route's matched prefix.
+/// A path replacement, with the route's matched prefix or expression.
 enum NewPath {
     Full(Box<str>),
-    Prefix { matched: Box<str>, with: Box<str> },
+    Prefix {
+        matched: Box<str>,
+        with: Box<str>,
+    },
+    /// `rewrite-target`: `with` expanded from the captures of `regex`
+    /// (`$1` written as `${1}`, so a letter after it is not read as part of
+    /// a group name, as nginx reads it).
+    Captures {
+        regex: regex::Regex,
+        with: Box<str>,
+    },
 }
 
 impl NewPath {
@@ -169,6 +179,16 @@ impl NewPath {
             PathRewrite::Prefix(with) => NewPath::Prefix {
                 matched: matched.as_str().into(),
                 with: with.as_str().into(),
+            },
+            PathRewrite::Captures(with) => match matched {
+                PathMatch::Regex(p) => match model::path_regex(p) {
+                    Ok(regex) => NewPath::Captures {
+                        regex,
+                        with: nginx_groups(with).into(),
+                    },
+                    Err(_) => NewPath::Full(with.as_str().into()),
+                },
+                PathMatch::Exact(_) | PathMatch::Prefix(_) => NewPath::Full(with.as_str().into()),
             },
         }
     }
@@ -190,8 +210,38 @@ impl NewPath {
                     out.push('/');
                 }
             }
+            NewPath::Captures { regex, with } => match regex.captures(path) {
+                Some(caps) => {
+                    let start = out.len();
+                    caps.expand(with, out);
+                    if out.len() == start {
+                        out.push('/');
+                    }
+                }
+                None => out.push_str(path),
+            },
         }
     }
+}
+
+/// nginx's `$1`..`$9` as the regex crate's `${1}`..`${9}`; other `$` as
+/// a literal `$$`.
+fn nginx_groups(with: &str) -> String {
+    let mut out = String::with_capacity(with.len() + 8);
+    let mut chars = with.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('$', Some(d)) if d.is_ascii_digit() => {
+                out.push_str("${");
+                out.push(*d);
+                out.push('}');
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            (c, _) => out.push(c),
+        }
+    }
+    out
 }
 
 // === impl Filters ===

@@ -327,3 +327,65 @@ async fn connect_and_send_timeout_annotations_bound_the_upstream_waits() {
     );
     drop(queued);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_regex_paths_and_rewrite_target_captures() {
+    let app = Upstream::start("app").await;
+    let tools = |name: &str, path: &str, annotations: &str| {
+        ingress(name, "app", annotations, "2024-01-01T00:00:00Z")
+            .replace("shop.test", "tools.test")
+            .replace(
+                "{path: /, pathType: Prefix,",
+                &format!("{{path: \"{path}\", pathType: ImplementationSpecific,"),
+            )
+    };
+    let (gw, _dir) = serve(
+        "ingress-nginx-regex",
+        vec![
+            service("app", &app),
+            tools(
+                "grafana",
+                "/grafana/?(.*)",
+                r#"nginx.ingress.kubernetes.io/rewrite-target: /$1, nginx.ingress.kubernetes.io/use-regex: "true""#,
+            ),
+            tools(
+                "dashboard",
+                "/dashboard(/|$)(.*)",
+                r#"nginx.ingress.kubernetes.io/rewrite-target: /$2"#,
+            ),
+            ingress("site", "app", "", "2024-01-01T00:00:00Z").replace("shop.test", "tools.test"),
+            tools(
+                "api",
+                "/v[0-9]+/users",
+                r#"nginx.ingress.kubernetes.io/use-regex: "true""#,
+            )
+            .replace("tools.test", "api.test"),
+        ],
+    )
+    .await;
+    let mut client = gw.client();
+    for (host, path, target) in [
+        ("tools.test", "/grafana/d/abc?x=1", Some("/d/abc?x=1")),
+        ("tools.test", "/GRAFANA/login", Some("/login")),
+        ("tools.test", "/grafana", Some("/")),
+        ("tools.test", "/dashboard", Some("/")),
+        ("tools.test", "/dashboard/api/v1/pods", Some("/api/v1/pods")),
+        // Not the dashboard's pattern: the plain Prefix route, unchanged.
+        ("tools.test", "/dashboardx", Some("/dashboardx")),
+        ("api.test", "/v2/users/7", Some("/v2/users/7")),
+        ("api.test", "/vx/users", None),
+    ] {
+        let r = client.get(host, path).await.unwrap();
+        match target {
+            Some(t) => {
+                assert_eq!(r.status, 200, "{host}{path}");
+                assert_eq!(
+                    r.headers.get("x-target").map(String::as_str),
+                    Some(t),
+                    "{host}{path}"
+                );
+            }
+            None => assert_eq!(r.status, 404, "{host}{path}"),
+        }
+    }
+}

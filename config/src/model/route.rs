@@ -85,6 +85,30 @@ pub enum PathMatch {
     /// `/foo/` and `/foo/bar`, never `/foobar`. Stored without a trailing `/`
     /// (except the root `/`).
     Prefix(String),
+    /// A regular expression matching the start of the path, letters in any
+    /// case (ingress-nginx's `use-regex`: nginx's `location ~* ^PATH`).
+    Regex(String),
+}
+
+/// Longest path regular expression accepted.
+pub const MAX_PATH_REGEX: usize = 1024;
+
+/// Compiles a `PathMatch::Regex` pattern: anchored at the start, case
+/// insensitive, and bounded (the `regex` crate runs in linear time; the
+/// compiled program is capped at 1 MiB).
+pub fn path_regex(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > MAX_PATH_REGEX {
+        return Err(format!("longer than {MAX_PATH_REGEX} bytes"));
+    }
+    regex::RegexBuilder::new(&format!("^(?:{pattern})"))
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => "too large once compiled".to_string(),
+            _ => "not a regular expression".to_string(),
+        })
 }
 
 impl PathMatch {
@@ -100,7 +124,7 @@ impl PathMatch {
 
     pub fn as_str(&self) -> &str {
         match self {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+            PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p) => p,
         }
     }
 
@@ -113,15 +137,19 @@ impl PathMatch {
                 Some(rest) => rest.is_empty() || rest.starts_with('/'),
                 None => false,
             },
+            PathMatch::Regex(p) => path_regex(p).is_ok_and(|r| r.is_match(path)),
         }
     }
 
-    /// Route precedence: Exact before Prefix, longer before shorter, then by
-    /// text so the order is total. Sorting by this key puts the winner first.
+    /// Route precedence: Exact, then regular expressions (as nginx tries
+    /// them before the prefixes it found), then Prefix; longer before
+    /// shorter, then by text so the order is total. Sorting by this key
+    /// puts the winner first.
     pub fn precedence_key(&self) -> (u8, std::cmp::Reverse<usize>, &str) {
         match self {
             PathMatch::Exact(p) => (0, std::cmp::Reverse(p.len()), p),
-            PathMatch::Prefix(p) => (1, std::cmp::Reverse(p.len()), p),
+            PathMatch::Regex(p) => (1, std::cmp::Reverse(p.len()), p),
+            PathMatch::Prefix(p) => (2, std::cmp::Reverse(p.len()), p),
         }
     }
 }
@@ -131,6 +159,7 @@ impl fmt::Display for PathMatch {
         match self {
             PathMatch::Exact(p) => write!(f, "Exact {p}"),
             PathMatch::Prefix(p) => write!(f, "Prefix {p}"),
+            PathMatch::Regex(p) => write!(f, "Regex {p}"),
         }
     }
 }
@@ -349,6 +378,9 @@ pub enum PathRewrite {
     Full(String),
     /// The matched prefix of the route's `Prefix` path becomes this.
     Prefix(String),
+    /// The whole path becomes this, with `$1`..`$9` the capture groups of
+    /// the route's `Regex` path (ingress-nginx's `rewrite-target`).
+    Captures(String),
 }
 
 // === impl Backend ===

@@ -32,7 +32,7 @@ impl<'a> Translator<'a> {
                 continue;
             }
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let Some(matcher) = rule_path(&host, path, &mut conditions) else {
+                let Some(matcher) = rule_path(&host, path, false, &mut conditions) else {
                     continue;
                 };
                 let key = RouteKey::path(matcher.clone());

@@ -61,7 +61,8 @@ impl<'a> Translator<'a> {
                 );
             }
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let Some(matcher) = rule_path(&host, path, &mut conditions) else {
+                let Some(matcher) = rule_path(&host, path, annotations.use_regex, &mut conditions)
+                else {
                     continue;
                 };
                 let key = RouteKey::path(matcher);
@@ -98,6 +99,7 @@ impl<'a> Translator<'a> {
                             path: None,
                         })
                     }))
+                    .chain(rewrite_target(&key.path, annotations))
                     .collect();
                 self.routes
                     .entry(host.clone())
@@ -360,9 +362,16 @@ pub(super) fn rule_host(
 pub(super) fn rule_path(
     host: &HostPattern,
     path: &k8s_openapi::api::networking::v1::HTTPIngressPath,
+    regex: bool,
     conditions: &mut Vec<Condition>,
 ) -> Option<PathMatch> {
-    match path_match(&path.path_type, path.path.as_deref()) {
+    let matched = match (regex, path.path_type.as_str()) {
+        // `use-regex`: Prefix and ImplementationSpecific paths are regular
+        // expressions (Exact stays exact, as nginx's `location =`).
+        (true, "Prefix" | "ImplementationSpecific") => regex_path(path.path.as_deref()),
+        _ => path_match(&path.path_type, path.path.as_deref()),
+    };
+    match matched {
         Ok(m) => Some(m),
         Err(msg) => {
             conditions.push(Condition::new(
@@ -374,4 +383,43 @@ pub(super) fn rule_path(
             None
         }
     }
+}
+
+/// A `use-regex` path: absolute, no spaces or control characters, and a
+/// regular expression the gateway can compile within its bounds.
+fn regex_path(path: Option<&str>) -> Result<PathMatch, String> {
+    let path = path.unwrap_or("/");
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!(
+            "path {path:?} must be absolute and must not contain spaces or control characters"
+        ));
+    }
+    crate::model::path_regex(path).map_err(|why| format!("path {path:?} (use-regex): {why}"))?;
+    Ok(PathMatch::Regex(path.to_string()))
+}
+
+/// `rewrite-target` on a route: the whole path replaced, with the capture
+/// groups of a regex path (an Exact path has none: its `$1`.. are empty,
+/// as in nginx).
+fn rewrite_target(matcher: &PathMatch, annotations: &Annotations) -> Option<Filter> {
+    let target = annotations.rewrite_target.as_ref()?;
+    let path = match matcher {
+        PathMatch::Regex(_) => PathRewrite::Captures(target.clone()),
+        PathMatch::Exact(_) | PathMatch::Prefix(_) => {
+            let mut plain = String::with_capacity(target.len());
+            let mut chars = target.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                } else {
+                    plain.push(c);
+                }
+            }
+            PathRewrite::Full(if plain.is_empty() { "/".into() } else { plain })
+        }
+    };
+    Some(Filter::Rewrite(Rewrite {
+        hostname: None,
+        path: Some(path),
+    }))
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use vestibule_config::model::{Conditions, PathMatch};
+use vestibule_config::model::{path_regex, Conditions, PathMatch};
 
 use super::request::{Compiled, RequestView};
 
@@ -98,10 +98,13 @@ impl<R> Entries<R> {
     }
 }
 
-/// Exact and prefix routes of one vhost.
+/// Exact, regular expression and prefix routes of one vhost.
 #[derive(Debug)]
 pub struct PathTable<R> {
     exact: Entries<R>,
+    /// `use-regex` paths, longest pattern first: tried after Exact and
+    /// before any Prefix, as nginx tries its regex locations.
+    regex: Vec<(regex::Regex, Candidates<R>)>,
     prefix: Entries<R>,
 }
 
@@ -113,6 +116,7 @@ impl<R> PathTable<R> {
     /// is left out.
     pub fn build<'a>(routes: impl IntoIterator<Item = (&'a PathMatch, &'a Conditions, R)>) -> Self {
         let mut exact: Vec<(&str, Collected<'a, R>)> = Vec::new();
+        let mut regex: Vec<(&str, Collected<'a, R>)> = Vec::new();
         let mut prefix: Vec<(&str, Collected<'a, R>)> = Vec::new();
         for (path, conditions, r) in routes {
             let Some(compiled) = Compiled::new(conditions) else {
@@ -120,6 +124,7 @@ impl<R> PathTable<R> {
             };
             let (list, p) = match path {
                 PathMatch::Exact(p) => (&mut exact, p.as_str()),
+                PathMatch::Regex(p) => (&mut regex, p.as_str()),
                 // Normalize here too: a hand-written config may say `/foo/`.
                 PathMatch::Prefix(p) => (&mut prefix, normalize_prefix(p)),
             };
@@ -140,14 +145,25 @@ impl<R> PathTable<R> {
                 .map(|(p, routes)| (Box::from(p), candidates(routes)))
                 .collect()
         };
+        // A pattern that does not compile (only a hand-written config can
+        // hold one: the translator checks them) is left out.
+        let mut regex: Vec<(regex::Regex, Candidates<R>)> = regex
+            .into_iter()
+            .filter_map(|(p, routes)| Some((path_regex(p).ok()?, candidates(routes))))
+            .collect();
+        // Stable: equal lengths keep the config's (precedence) order.
+        regex.sort_by_key(|(r, _)| std::cmp::Reverse(r.as_str().len()));
         PathTable {
             exact: Entries::new(finish(exact)),
+            regex,
             prefix: Entries::new(finish(prefix)),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.exact.len() + self.prefix.len()
+        self.exact.len()
+            + self.regex.iter().map(|(_, c)| c.len()).sum::<usize>()
+            + self.prefix.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -155,7 +171,10 @@ impl<R> PathTable<R> {
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &R> {
-        self.exact.iter().chain(self.prefix.iter())
+        self.exact
+            .iter()
+            .chain(self.regex.iter().flat_map(|(_, c)| c.iter()))
+            .chain(self.prefix.iter())
     }
 
     /// The winning route for a request.
@@ -167,6 +186,14 @@ impl<R> PathTable<R> {
             Entries::Hashed(m) => m.get(path),
         };
         if let Some(r) = exact.and_then(|c| c.pick(req)) {
+            return Some(r);
+        }
+        if let Some(r) = self
+            .regex
+            .iter()
+            .filter(|(re, _)| re.is_match(path))
+            .find_map(|(_, c)| c.pick(req))
+        {
             return Some(r);
         }
         match &self.prefix {

@@ -80,6 +80,14 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "SNI is always sent to TLS upstreams",
         ),
+        "use-regex" => (
+            Support::Approximated,
+            "the Ingress's own Prefix and ImplementationSpecific paths become case-insensitive regular expressions anchored at the start (the regex crate: no backreferences or lookaround); ingress-nginx turns every path of the host into one",
+        ),
+        "rewrite-target" => (
+            Support::Supported,
+            "",
+        ),
         "proxy-read-timeout" => (
             Support::Approximated,
             "the wait for the upstream's response between reads, as ingress-nginx; 504 after it",
@@ -120,6 +128,11 @@ pub(crate) struct Annotations {
     pub plain_http: Option<PlainHttp>,
     /// `backend-protocol` and `proxy-ssl-*`.
     pub upstream: Option<UpstreamAsk>,
+    /// `use-regex: "true"` (or a `rewrite-target`): paths are regular
+    /// expressions.
+    pub use_regex: bool,
+    /// `rewrite-target`: the upstream path, `$1`.. from the path's groups.
+    pub rewrite_target: Option<String>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -310,7 +323,31 @@ pub(crate) fn read(
         _ => None,
     };
     let upstream = upstream::read(&known, &mut invalid);
+    let rewrite_target = known.get("rewrite-target").and_then(|t| {
+        let ok = t.starts_with('/')
+            && t.len() <= 1024
+            && t.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !ok {
+            invalid(
+                "rewrite-target",
+                t,
+                "must be an absolute path (with $1.. for capture groups), no query",
+            );
+        }
+        ok.then(|| t.to_string())
+    });
+    let use_regex = match known.get("use-regex").copied() {
+        Some("true") => true,
+        None | Some("false") => false,
+        Some(v) => {
+            invalid("use-regex", v, "must be \"true\" or \"false\"");
+            false
+        }
+    } || rewrite_target.is_some();
     Annotations {
+        use_regex,
+        rewrite_target,
         upstream,
         canary,
         plain_http,
