@@ -6,6 +6,7 @@
 //! header values. The tenant and forwarding headers are set after the
 //! request edits, so a route can never forge them.
 
+use crate::cors::CorsPolicy;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -260,6 +261,7 @@ enum Compiled {
     Mirror(Arc<UpstreamPool>),
     MaxBody(u64),
     Networks(model::ClientNetworks),
+    Cors(Box<CorsPolicy>),
 }
 
 /// Header edits with names and values parsed once.
@@ -352,6 +354,12 @@ impl Filters {
                     Filter::Mirror(id) => Compiled::Mirror(pool(id)),
                     Filter::MaxBody(n) => Compiled::MaxBody(*n),
                     Filter::ClientNetworks(n) => Compiled::Networks(n.clone()),
+                    // A policy whose values can't be headers (the IR's
+                    // checks make that unlikely) admits no one.
+                    Filter::Cors(c) => match CorsPolicy::new(c) {
+                        Some(policy) => Compiled::Cors(Box::new(policy)),
+                        None => Compiled::Networks(model::ClientNetworks::default()),
+                    },
                 })
                 .collect(),
         )
@@ -385,7 +393,8 @@ impl Filters {
                 Compiled::Response(_)
                 | Compiled::Mirror(_)
                 | Compiled::MaxBody(_)
-                | Compiled::Networks(_) => {}
+                | Compiled::Networks(_)
+                | Compiled::Cors(_) => {}
             }
         }
     }
@@ -412,6 +421,14 @@ impl Filters {
     pub fn max_body(&self) -> Option<u64> {
         self.0.iter().find_map(|f| match f {
             Compiled::MaxBody(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    /// The route's CORS policy, if it has one.
+    pub fn cors(&self) -> Option<&CorsPolicy> {
+        self.0.iter().find_map(|f| match f {
+            Compiled::Cors(c) => Some(&**c),
             _ => None,
         })
     }

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod cli;
 pub mod conn;
 pub mod control;
+pub mod cors;
 pub mod edge;
 pub mod error;
 pub mod filters;

@@ -389,3 +389,105 @@ async fn use_regex_paths_and_rewrite_target_captures() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_and_admitted_origins_marked() {
+    let app = Upstream::start("app").await;
+    let (gw, _dir) = gateway_with(
+        "ingress-nginx-cors",
+        &app,
+        &[
+            ("open", "open.test", r#"nginx.ingress.kubernetes.io/enable-cors: "true""#),
+            (
+                "listed",
+                "api.test",
+                r#"nginx.ingress.kubernetes.io/enable-cors: "true", nginx.ingress.kubernetes.io/cors-allow-origin: "https://app.example.com, https://*.tools.example.com", nginx.ingress.kubernetes.io/cors-expose-headers: X-Request-Id, nginx.ingress.kubernetes.io/cors-allow-credentials: "false", nginx.ingress.kubernetes.io/cors-max-age: "600""#,
+            ),
+        ],
+    )
+    .await;
+    let mut client = gw.client();
+    let preflight = [
+        ("Origin", "https://a.tools.example.com"),
+        ("Access-Control-Request-Method", "POST"),
+    ];
+
+    // An admitted origin's preflight: 204 here, never proxied.
+    let before = app.requests().len();
+    let r = client
+        .request("OPTIONS", "api.test", "/items", &preflight)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    let h = |n: &str| r.headers.get(n).cloned().unwrap_or_default();
+    assert_eq!(
+        h("access-control-allow-origin"),
+        "https://a.tools.example.com"
+    );
+    assert_eq!(h("access-control-max-age"), "600");
+    assert!(h("access-control-allow-methods").contains("POST"));
+    assert_eq!(h("vary"), "Origin");
+    assert!(!r.headers.contains_key("access-control-allow-credentials"));
+    assert_eq!(app.requests().len(), before);
+
+    // An admitted origin's request: proxied, its response marked.
+    let r = client
+        .request(
+            "GET",
+            "api.test",
+            "/items",
+            &[("Origin", "https://app.example.com")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.upstream(), Some("app"));
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        r.headers
+            .get("access-control-expose-headers")
+            .map(String::as_str),
+        Some("X-Request-Id")
+    );
+
+    // Another origin: no CORS headers, and its OPTIONS goes upstream.
+    for method in ["GET", "OPTIONS"] {
+        let r = client
+            .request(
+                method,
+                "api.test",
+                "/items",
+                &[("Origin", "https://evil.test")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.upstream(), Some("app"), "{method}");
+        assert!(
+            !r.headers.contains_key("access-control-allow-origin"),
+            "{method}"
+        );
+    }
+
+    // Any origin (ingress-nginx's default): `*`, with credentials.
+    let r = client
+        .request("OPTIONS", "open.test", "/", &preflight)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("*")
+    );
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-credentials")
+            .map(String::as_str),
+        Some("true")
+    );
+}

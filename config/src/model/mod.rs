@@ -14,9 +14,11 @@ use sha2::{Digest, Sha256};
 
 use crate::hostname::{HostPattern, Hostname};
 
+mod cors;
 mod route;
 mod upstream;
 
+pub use cors::*;
 pub use route::*;
 pub use upstream::*;
 

@@ -325,6 +325,9 @@ pub enum Filter {
     /// Only clients from `allow` (when it lists any), and never from
     /// `deny`, are served; others get 403.
     ClientNetworks(ClientNetworks),
+    /// CORS: preflights answered here, responses marked for admitted
+    /// origins.
+    Cors(Box<super::Cors>),
 }
 
 /// Client networks a route admits or refuses.

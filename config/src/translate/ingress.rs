@@ -100,6 +100,7 @@ impl<'a> Translator<'a> {
                         })
                     }))
                     .chain(rewrite_target(&key.path, annotations))
+                    .chain(annotations.cors.clone().map(Filter::Cors))
                     .collect();
                 self.routes
                     .entry(host.clone())

@@ -28,6 +28,9 @@ pub struct Ctx {
     pub body_left: Option<u64>,
     /// The real client (see `edge::client_ip`), once the head is in.
     pub client: Option<Client>,
+    /// The `Access-Control-Allow-Origin` an admitted cross-origin request's
+    /// response gets.
+    pub cors_allow: Option<HeaderValue>,
 }
 
 impl Ctx {
@@ -40,6 +43,7 @@ impl Ctx {
             routed: None,
             body_left: None,
             client: None,
+            cors_allow: None,
         }
     }
 

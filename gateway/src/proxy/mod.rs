@@ -18,6 +18,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn;
+use crate::cors::CorsDecision;
 use crate::edge;
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::headers::{self, Origin, Underscores};
@@ -198,6 +199,7 @@ impl ProxyHttp for Gateway {
             Decision::Redirect(status, location) => {
                 respond(session, status, "", Some((LOCATION, location))).await
             }
+            Decision::Preflight(headers) => respond(session, 204, "", headers).await,
             Decision::Forbidden => {
                 respond(session, 403, "this address may not use this route\n", None).await
             }
@@ -314,6 +316,10 @@ impl ProxyHttp for Gateway {
         }
         if let Some(routed) = &ctx.routed {
             routed.target.filters.on_response(resp);
+            if let (Some(cors), Some(allow)) = (routed.target.filters.cors(), ctx.cors_allow.take())
+            {
+                cors.mark(resp, allow);
+            }
         }
         if let Some(Routed {
             target,
@@ -468,6 +474,8 @@ enum Decision {
     Redirect(u16, HeaderValue),
     /// The client's network may not use the route (403).
     Forbidden,
+    /// A CORS preflight, answered here (204).
+    Preflight(Vec<(HeaderName, HeaderValue)>),
     /// The request body is larger than the route takes (413), said by its
     /// Content-Length before any of it is read.
     TooLarge,
@@ -523,6 +531,13 @@ impl Gateway {
         };
         if !target.filters.admits(client) {
             return Decision::Forbidden;
+        }
+        if let Some(cors) = target.filters.cors() {
+            match cors.decide(req) {
+                CorsDecision::Preflight(headers) => return Decision::Preflight(headers),
+                CorsDecision::Mark(allow) => ctx.cors_allow = Some(allow),
+                CorsDecision::None => {}
+            }
         }
         if let Some(max) = target.filters.max_body() {
             let declared = req

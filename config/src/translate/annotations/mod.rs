@@ -14,6 +14,7 @@ use values::{body_size, is_token, parse_url};
 
 pub(crate) use upstream::{UpstreamAsk, Wire};
 
+mod cors;
 mod upstream;
 mod values;
 
@@ -80,6 +81,16 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "SNI is always sent to TLS upstreams",
         ),
+        "enable-cors"
+        | "cors-allow-origin"
+        | "cors-allow-methods"
+        | "cors-allow-headers"
+        | "cors-expose-headers"
+        | "cors-allow-credentials"
+        | "cors-max-age" => (
+            Support::Approximated,
+            "admitted origins get Access-Control-Allow-Origin (and -Credentials, -Expose-Headers) on responses; an OPTIONS request from one is answered 204 here with -Methods, -Headers and -Max-Age; Vary: Origin is added when an origin is echoed",
+        ),
         "use-regex" => (
             Support::Approximated,
             "the Ingress's own Prefix and ImplementationSpecific paths become case-insensitive regular expressions anchored at the start (the regex crate: no backreferences or lookaround); ingress-nginx turns every path of the host into one",
@@ -133,6 +144,8 @@ pub(crate) struct Annotations {
     pub use_regex: bool,
     /// `rewrite-target`: the upstream path, `$1`.. from the path's groups.
     pub rewrite_target: Option<String>,
+    /// `enable-cors` with its `cors-*` settings.
+    pub cors: Option<Box<crate::model::Cors>>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -323,6 +336,7 @@ pub(crate) fn read(
         _ => None,
     };
     let upstream = upstream::read(&known, &mut invalid);
+    let cors = cors::read(&known, &mut invalid);
     let rewrite_target = known.get("rewrite-target").and_then(|t| {
         let ok = t.starts_with('/')
             && t.len() <= 1024
@@ -346,6 +360,7 @@ pub(crate) fn read(
         }
     } || rewrite_target.is_some();
     Annotations {
+        cors,
         use_regex,
         rewrite_target,
         upstream,
@@ -431,7 +446,7 @@ mod tests {
                 "nginx.ingress.kubernetes.io/configuration-snippet",
                 "more_set_headers x;",
             ),
-            ("nginx.ingress.kubernetes.io/enable-cors", "true"),
+            ("nginx.ingress.kubernetes.io/limit-rps", "5"),
             ("example.com/other", "ignored: not ours"),
         ]);
         assert_eq!(
@@ -448,7 +463,7 @@ mod tests {
             reasons,
             [Reason::SnippetRefused, Reason::UnsupportedAnnotation]
         );
-        assert!(c[1].message.contains("enable-cors"));
+        assert!(c[1].message.contains("limit-rps"));
         // A bad weight: a canary with no traffic, and a condition.
         let (a, c) = annotations(&[
             ("vestibule.dev/canary", "true"),
