@@ -461,7 +461,7 @@ fn migrate_reports_each_annotation_and_exits_3_unless_all_are_supported() {
             .to_string()
     };
     assert!(line("configuration-snippet").contains("refused"), "{table}");
-    assert!(line("affinity").contains("unsupported"), "{table}");
+    assert!(line("server-alias").contains("unsupported"), "{table}");
     assert!(line("canary-weight").contains("supported"), "{table}");
 
     let o = operator(&["migrate", "-f", file.to_str().unwrap(), "-o", "json"]);
