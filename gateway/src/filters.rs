@@ -6,6 +6,7 @@
 //! header values. The tenant and forwarding headers are set after the
 //! request edits, so a route can never forge them.
 
+use crate::auth::AuthCheck;
 use crate::cors::CorsPolicy;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -262,6 +263,7 @@ enum Compiled {
     MaxBody(u64),
     Networks(model::ClientNetworks),
     Cors(Box<CorsPolicy>),
+    Auth(Box<AuthCheck>),
 }
 
 /// Header edits with names and values parsed once.
@@ -360,6 +362,7 @@ impl Filters {
                         Some(policy) => Compiled::Cors(Box::new(policy)),
                         None => Compiled::Networks(model::ClientNetworks::default()),
                     },
+                    Filter::ExternalAuth(a) => Compiled::Auth(Box::new(AuthCheck::new(a))),
                 })
                 .collect(),
         )
@@ -388,6 +391,14 @@ impl Filters {
                         if let Ok(uri) = http::Uri::try_from(new) {
                             req.set_uri(uri);
                         }
+                    }
+                }
+                // What the client sent under the names the auth service
+                // answers with is never passed on (the service's values
+                // are set after the filters).
+                Compiled::Auth(a) => {
+                    for name in a.copied() {
+                        req.remove_header(name);
                     }
                 }
                 Compiled::Response(_)
@@ -421,6 +432,14 @@ impl Filters {
     pub fn max_body(&self) -> Option<u64> {
         self.0.iter().find_map(|f| match f {
             Compiled::MaxBody(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    /// The route's external auth check, if it has one.
+    pub fn auth(&self) -> Option<&AuthCheck> {
+        self.0.iter().find_map(|f| match f {
+            Compiled::Auth(a) => Some(&**a),
             _ => None,
         })
     }

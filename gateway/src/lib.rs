@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod auth;
 pub mod cli;
 pub mod conn;
 pub mod control;

@@ -1,12 +1,16 @@
 //! A cluster migrating from ingress-nginx, through real sockets: a canary
 //! Ingress (`canary-weight`, `canary-by-header`) takes its share of the
 //! primary's traffic and never the whole of it, even when it is the older
-//! object; snippets are refused and have no effect.
+//! object; snippets are refused and have no effect; and each supported
+//! annotation (redirects, app-root, upstream-vhost, timeouts, source
+//! ranges, body size, ssl-redirect, use-regex and rewrite-target, CORS,
+//! auth-url) does what ingress-nginx users expect.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use common::nginx::*;
 use common::*;
@@ -490,4 +494,170 @@ async fn cors_preflights_are_answered_and_admitted_origins_marked() {
             .map(String::as_str),
         Some("true")
     );
+}
+
+/// An auth service: `Authorization: Bearer good` passes (with
+/// `X-Auth-User: alice`), `forbidden` gets 403, `slow` no answer in time,
+/// `broken` a 502, none a 401 with a challenge. Every request it gets is
+/// kept (request line and headers).
+async fn auth_service() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(sock);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    log.lock().unwrap().push(head.clone());
+                    let token = head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("authorization: bearer ")
+                            .map(str::to_string)
+                    });
+                    let answer: &[u8] = match token.as_deref() {
+                        Some("good") => b"HTTP/1.1 200 OK\r\nX-Auth-User: alice\r\nX-Other: no\r\nContent-Length: 0\r\n\r\n",
+                        Some("forbidden") => b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+                        Some("broken") => b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+                        Some("slow") => {
+                            tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+                        }
+                        _ => b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"shop\"\r\nContent-Length: 0\r\n\r\n",
+                    };
+                    if conn.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_url_asks_an_auth_service_before_proxying() {
+    let app = Upstream::start("app").await;
+    let (auth, seen) = auth_service().await;
+    let url = format!("http://{auth}/check?for=$escaped_request_uri");
+    let (gw, _dir) = gateway_with(
+        "ingress-nginx-auth",
+        &app,
+        &[
+            (
+                "guarded",
+                "shop.test",
+                &format!(
+                    r#"nginx.ingress.kubernetes.io/auth-url: "{url}", nginx.ingress.kubernetes.io/auth-response-headers: "X-Auth-User""#
+                ),
+            ),
+            (
+                "signin",
+                "portal.test",
+                &format!(
+                    r#"nginx.ingress.kubernetes.io/auth-url: "{url}", nginx.ingress.kubernetes.io/auth-signin: "https://login.test/start""#
+                ),
+            ),
+            (
+                "metadata",
+                "meta.test",
+                r#"nginx.ingress.kubernetes.io/auth-url: "http://169.254.169.254/latest/meta-data/""#,
+            ),
+        ],
+    )
+    .await;
+    let mut client = gw.client();
+    let get = |token: &'static str| {
+        let mut headers = vec![("X-Auth-User", "mallory")];
+        if !token.is_empty() {
+            headers.push(("Authorization", token));
+        }
+        headers
+    };
+
+    // 2xx: proxied, with the service's X-Auth-User (never the client's).
+    let r = client
+        .request("GET", "shop.test", "/cart?item=1", &get("Bearer good"))
+        .await
+        .unwrap();
+    assert_eq!(r.upstream(), Some("app"));
+    let upstream_saw = r.seen();
+    assert_eq!(upstream_saw["x-auth-user"], "alice");
+    assert!(!upstream_saw.contains_key("x-other"));
+    let asked = seen.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        asked.starts_with("GET /check?for=%2Fcart%3Fitem%3D1 HTTP/1.1"),
+        "{asked}"
+    );
+    let asked = asked.to_ascii_lowercase();
+    assert!(
+        asked.contains("x-original-url: http://shop.test/cart?item=1"),
+        "{asked}"
+    );
+    assert!(asked.contains("x-original-method: get"), "{asked}");
+    assert!(asked.contains("x-forwarded-for: 127.0.0.1"), "{asked}");
+
+    // 401 (with its challenge) and 403 are the client's answer.
+    let before = app.requests().len();
+    let r = client
+        .request("GET", "shop.test", "/cart", &get(""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"shop\"");
+    let r = client
+        .request("GET", "shop.test", "/cart", &get("Bearer forbidden"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    // Anything else from the service, or no answer in 5 s: 500.
+    let r = client
+        .request("GET", "shop.test", "/cart", &get("Bearer broken"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 500);
+    let started = std::time::Instant::now();
+    let r = client
+        .request("GET", "shop.test", "/cart", &get("Bearer slow"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 500);
+    assert!(started.elapsed() < std::time::Duration::from_secs(7));
+    assert_eq!(
+        app.requests().len(),
+        before,
+        "a refused request went upstream"
+    );
+
+    // auth-signin: a 401 sends the client to sign in, with where it was.
+    let r = client
+        .request("GET", "portal.test", "/home", &get(""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.headers["location"],
+        "https://login.test/start?rd=http%3A%2F%2Fportal.test%2Fhome"
+    );
+
+    // A link-local auth URL (cloud metadata) is never fetched.
+    let r = client
+        .request("GET", "meta.test", "/", &get("Bearer good"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 500);
 }

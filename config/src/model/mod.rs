@@ -14,10 +14,12 @@ use sha2::{Digest, Sha256};
 
 use crate::hostname::{HostPattern, Hostname};
 
+mod auth;
 mod cors;
 mod route;
 mod upstream;
 
+pub use auth::*;
 pub use cors::*;
 pub use route::*;
 pub use upstream::*;

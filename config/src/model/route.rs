@@ -328,6 +328,8 @@ pub enum Filter {
     /// CORS: preflights answered here, responses marked for admitted
     /// origins.
     Cors(Box<super::Cors>),
+    /// Asks an auth service before proxying.
+    ExternalAuth(Box<super::ExternalAuth>),
 }
 
 /// Client networks a route admits or refuses.

@@ -101,6 +101,7 @@ impl<'a> Translator<'a> {
                     }))
                     .chain(rewrite_target(&key.path, annotations))
                     .chain(annotations.cors.clone().map(Filter::Cors))
+                    .chain(annotations.auth.clone().map(Filter::ExternalAuth))
                     .collect();
                 self.routes
                     .entry(host.clone())

@@ -31,6 +31,8 @@ pub struct Ctx {
     /// The `Access-Control-Allow-Origin` an admitted cross-origin request's
     /// response gets.
     pub cors_allow: Option<HeaderValue>,
+    /// Headers the auth service's 2xx answer gives the upstream request.
+    pub auth_headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Ctx {
@@ -44,6 +46,7 @@ impl Ctx {
             body_left: None,
             client: None,
             cors_allow: None,
+            auth_headers: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::auth::{AuthClient, AuthVerdict, Vars};
 use crate::conn;
 use crate::cors::CorsDecision;
 use crate::edge;
@@ -67,11 +68,46 @@ impl Default for ProxySettings {
 pub struct Gateway {
     shared: Arc<Shared>,
     settings: ProxySettings,
+    /// The client of `auth-url` checks, made at the first one.
+    auth: std::sync::OnceLock<Arc<AuthClient>>,
 }
 
 impl Gateway {
     pub fn new(shared: Arc<Shared>, settings: ProxySettings) -> Self {
-        Gateway { shared, settings }
+        Gateway {
+            shared,
+            settings,
+            auth: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Runs the routed request's auth check, if its route has one.
+    async fn authenticate(&self, session: &Session, ctx: &mut Ctx) -> Option<Decision> {
+        let target = ctx.routed.as_ref()?.target.clone();
+        let check = target.filters.auth()?;
+        let req = session.req_header();
+        let host = ctx
+            .authority
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .unwrap_or_default();
+        let request_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let vars = Vars {
+            scheme: if self.settings.tls { "https" } else { "http" },
+            host,
+            request_uri,
+        };
+        let client = self.auth.get_or_init(AuthClient::new);
+        let ip = ctx.client.as_ref().map(|c| c.ip);
+        match client.check(check, req, &vars, ip).await {
+            AuthVerdict::Pass(headers) => {
+                ctx.auth_headers = headers;
+                None
+            }
+            AuthVerdict::Deny(status, challenge) => Some(Decision::AuthDenied(status, challenge)),
+            AuthVerdict::SignIn(location) => Some(Decision::Redirect(302, location)),
+            AuthVerdict::Fail => Some(Decision::AuthFailed),
+        }
     }
 }
 
@@ -177,7 +213,7 @@ impl ProxyHttp for Gateway {
         if let Some(conn) = tls {
             self.observe_handshake(session, conn);
         }
-        let decision = match checked {
+        let mut decision = match checked {
             Ok(()) => {
                 let peer = session.client_addr().and_then(|a| a.as_inet());
                 ctx.client = peer.map(|p| {
@@ -189,6 +225,11 @@ impl ProxyHttp for Gateway {
             }
             Err(why) => Decision::Reject(why),
         };
+        if matches!(decision, Decision::Proxy) {
+            if let Some(denied) = self.authenticate(session, ctx).await {
+                decision = denied;
+            }
+        }
         match decision {
             Decision::Proxy => Ok(false),
             Decision::Reject(why) => {
@@ -200,6 +241,19 @@ impl ProxyHttp for Gateway {
                 respond(session, status, "", Some((LOCATION, location))).await
             }
             Decision::Preflight(headers) => respond(session, 204, "", headers).await,
+            Decision::AuthDenied(status, challenge) => {
+                let challenge = challenge.map(|c| (http::header::WWW_AUTHENTICATE, c));
+                respond(session, status, "not authorized\n", challenge).await
+            }
+            Decision::AuthFailed => {
+                respond(
+                    session,
+                    500,
+                    "the authentication service did not answer\n",
+                    None,
+                )
+                .await
+            }
             Decision::Forbidden => {
                 respond(session, 403, "this address may not use this route\n", None).await
             }
@@ -290,6 +344,9 @@ impl ProxyHttp for Gateway {
         // always win over them.
         if let Some(routed) = &ctx.routed {
             routed.target.filters.on_request(upstream);
+        }
+        for (name, value) in ctx.auth_headers.drain(..) {
+            upstream.insert_header(name, value)?;
         }
         let origin = Origin {
             client: ctx.client.as_ref(),
@@ -476,6 +533,10 @@ enum Decision {
     Forbidden,
     /// A CORS preflight, answered here (204).
     Preflight(Vec<(HeaderName, HeaderValue)>),
+    /// The auth service said 401 or 403 (with its `WWW-Authenticate`).
+    AuthDenied(u16, Option<HeaderValue>),
+    /// The auth service gave no usable answer (500).
+    AuthFailed,
     /// The request body is larger than the route takes (413), said by its
     /// Content-Length before any of it is read.
     TooLarge,

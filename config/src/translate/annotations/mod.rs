@@ -14,6 +14,7 @@ use values::{body_size, is_token, parse_url};
 
 pub(crate) use upstream::{UpstreamAsk, Wire};
 
+mod auth;
 mod cors;
 mod upstream;
 mod values;
@@ -91,6 +92,15 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "admitted origins get Access-Control-Allow-Origin (and -Credentials, -Expose-Headers) on responses; an OPTIONS request from one is answered 204 here with -Methods, -Headers and -Max-Age; Vary: Origin is added when an origin is echoed",
         ),
+        "auth-url" => (
+            Support::Approximated,
+            "the original request's headers (no body) go to the URL with X-Original-URL, X-Original-Method and the forwarding headers; 2xx passes, 401 and 403 are the client's answer, anything else (or no answer within 5 s) is a 500; no cache",
+        ),
+        "auth-method" | "auth-response-headers" => (Support::Supported, ""),
+        "auth-signin" => (
+            Support::Approximated,
+            "a 401 becomes a 302 to it, with rd=<original URL> added when it has no query; $host, $scheme, $request_uri and $escaped_request_uri are filled, no other nginx variable",
+        ),
         "use-regex" => (
             Support::Approximated,
             "the Ingress's own Prefix and ImplementationSpecific paths become case-insensitive regular expressions anchored at the start (the regex crate: no backreferences or lookaround); ingress-nginx turns every path of the host into one",
@@ -146,6 +156,8 @@ pub(crate) struct Annotations {
     pub rewrite_target: Option<String>,
     /// `enable-cors` with its `cors-*` settings.
     pub cors: Option<Box<crate::model::Cors>>,
+    /// `auth-url` with its `auth-*` settings.
+    pub auth: Option<Box<crate::model::ExternalAuth>>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -337,6 +349,7 @@ pub(crate) fn read(
     };
     let upstream = upstream::read(&known, &mut invalid);
     let cors = cors::read(&known, &mut invalid);
+    let auth = auth::read(&known, &mut invalid);
     let rewrite_target = known.get("rewrite-target").and_then(|t| {
         let ok = t.starts_with('/')
             && t.len() <= 1024
@@ -360,6 +373,7 @@ pub(crate) fn read(
         }
     } || rewrite_target.is_some();
     Annotations {
+        auth,
         cors,
         use_regex,
         rewrite_target,
