@@ -94,3 +94,15 @@ fn corpus_verdicts() {
     }
     assert!(failed.is_empty(), "corpus verdicts differ: {failed:?}");
 }
+
+#[test]
+fn the_readme_annotation_table_is_the_codes() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let table = vestibule_config::translate::annotations::markdown_table();
+    assert!(
+        readme.contains(&table),
+        "README.md's ingress-nginx annotation table is stale; it should read:\n{table}"
+    );
+}

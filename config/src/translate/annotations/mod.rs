@@ -16,110 +16,17 @@ pub(crate) use upstream::{UpstreamAsk, Wire};
 
 mod auth;
 mod cors;
+mod support;
 mod upstream;
 mod values;
 
-const PREFIXES: [&str; 2] = ["nginx.ingress.kubernetes.io/", "vestibule.dev/"];
+pub use support::{classify, markdown_table, Support};
 
-/// How Vestibule treats an ingress-nginx annotation (`vestibule-operator
-/// migrate` reports it per Ingress).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Support {
-    /// Behaves as ingress-nginx documents it.
-    Supported,
-    /// Served, with a difference the note says.
-    Approximated,
-    /// No effect (a condition and an Event say so).
-    Unsupported,
-    /// Never accepted: raw configuration (snippets).
-    Refused,
-}
+const PREFIXES: [&str; 2] = ["nginx.ingress.kubernetes.io/", "vestibule.dev/"];
 
 /// The annotation's name without its prefix, if it is one of ours.
 pub fn strip_prefix(key: &str) -> Option<&str> {
     PREFIXES.iter().find_map(|p| key.strip_prefix(p))
-}
-
-/// How `name` (without prefix) is treated, and a note for people.
-pub fn classify(name: &str) -> (Support, &'static str) {
-    if name.ends_with("snippet") || name.ends_with("snippets") {
-        return (
-            Support::Refused,
-            "raw proxy configuration is never accepted (CVE-2025-1974)",
-        );
-    }
-    match name {
-        "canary" | "canary-weight" | "canary-weight-total" | "canary-by-header" => {
-            (Support::Supported, "")
-        }
-        "canary-by-header-value" => (
-            Support::Approximated,
-            "an exact header value; canary-by-header-pattern is not supported",
-        ),
-        "permanent-redirect-code"
-        | "app-root"
-        | "upstream-vhost"
-        | "proxy-body-size"
-        | "whitelist-source-range"
-        | "denylist-source-range"
-        | "ssl-redirect"
-        | "force-ssl-redirect" => (Support::Supported, ""),
-        "permanent-redirect" | "temporal-redirect" => (
-            Support::Approximated,
-            "the request's query string is kept on the target URL",
-        ),
-        "backend-protocol" => (
-            Support::Approximated,
-            "HTTP, HTTPS, GRPC, GRPCS and H2C; a TLS upstream's certificate is verified (against the system roots, or proxy-ssl-secret's ca.crt) unless proxy-ssl-verify is \"off\", where ingress-nginx does not verify by default",
-        ),
-        "proxy-ssl-verify" | "proxy-ssl-name" => (Support::Supported, ""),
-        "proxy-ssl-secret" => (
-            Support::Approximated,
-            "its ca.crt verifies the upstream (no client certificate); the Secret must be in the Ingress's namespace, of type kubernetes.io/tls or labelled vestibule.dev/upstream-ca=true",
-        ),
-        "proxy-ssl-server-name" => (
-            Support::Approximated,
-            "SNI is always sent to TLS upstreams",
-        ),
-        "enable-cors"
-        | "cors-allow-origin"
-        | "cors-allow-methods"
-        | "cors-allow-headers"
-        | "cors-expose-headers"
-        | "cors-allow-credentials"
-        | "cors-max-age" => (
-            Support::Approximated,
-            "admitted origins get Access-Control-Allow-Origin (and -Credentials, -Expose-Headers) on responses; an OPTIONS request from one is answered 204 here with -Methods, -Headers and -Max-Age; Vary: Origin is added when an origin is echoed",
-        ),
-        "auth-url" => (
-            Support::Approximated,
-            "the original request's headers (no body) go to the URL with X-Original-URL, X-Original-Method and the forwarding headers; 2xx passes, 401 and 403 are the client's answer, anything else (or no answer within 5 s) is a 500; no cache",
-        ),
-        "auth-method" | "auth-response-headers" => (Support::Supported, ""),
-        "auth-signin" => (
-            Support::Approximated,
-            "a 401 becomes a 302 to it, with rd=<original URL> added when it has no query; $host, $scheme, $request_uri and $escaped_request_uri are filled, no other nginx variable",
-        ),
-        "use-regex" => (
-            Support::Approximated,
-            "the Ingress's own Prefix and ImplementationSpecific paths become case-insensitive regular expressions anchored at the start (the regex crate: no backreferences or lookaround); ingress-nginx turns every path of the host into one",
-        ),
-        "rewrite-target" => (
-            Support::Supported,
-            "",
-        ),
-        "proxy-read-timeout" => (
-            Support::Approximated,
-            "the wait for the upstream's response between reads, as ingress-nginx; 504 after it",
-        ),
-        "proxy-connect-timeout" => (
-            Support::Approximated,
-            "per connect attempt (one retry on another endpoint); at most 3600 s where nginx caps it at 75 s",
-        ),
-        "proxy-send-timeout" => (Support::Supported, ""),
-        _ => (Support::Unsupported, "no effect yet"),
-    }
 }
 
 /// What the annotations ask for.
