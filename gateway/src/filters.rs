@@ -8,8 +8,10 @@
 
 use crate::auth::AuthCheck;
 use crate::cors::CorsPolicy;
+use crate::ratelimit::per_client::{ClientConcurrencyLimiter, ClientRateLimiter, ClientSlot};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -264,6 +266,8 @@ enum Compiled {
     Networks(model::ClientNetworks),
     Cors(Box<CorsPolicy>),
     Auth(Box<AuthCheck>),
+    ClientRate(Arc<ClientRateLimiter>),
+    ClientConcurrency(Arc<ClientConcurrencyLimiter>),
 }
 
 /// Header edits with names and values parsed once.
@@ -363,6 +367,12 @@ impl Filters {
                         None => Compiled::Networks(model::ClientNetworks::default()),
                     },
                     Filter::ExternalAuth(a) => Compiled::Auth(Box::new(AuthCheck::new(a))),
+                    Filter::ClientRate(r) => {
+                        Compiled::ClientRate(Arc::new(ClientRateLimiter::new(r)))
+                    }
+                    Filter::ClientConcurrency(c) => {
+                        Compiled::ClientConcurrency(Arc::new(ClientConcurrencyLimiter::new(c)))
+                    }
                 })
                 .collect(),
         )
@@ -405,7 +415,9 @@ impl Filters {
                 | Compiled::Mirror(_)
                 | Compiled::MaxBody(_)
                 | Compiled::Networks(_)
-                | Compiled::Cors(_) => {}
+                | Compiled::Cors(_)
+                | Compiled::ClientRate(_)
+                | Compiled::ClientConcurrency(_) => {}
             }
         }
     }
@@ -434,6 +446,22 @@ impl Filters {
             Compiled::MaxBody(n) => Some(*n),
             _ => None,
         })
+    }
+
+    /// Applies the route's per-client limits to a request from `ip`: the
+    /// slot it holds while in flight, or how long until it may come back.
+    pub fn per_client(&self, ip: std::net::IpAddr) -> Result<Option<ClientSlot>, Duration> {
+        let mut slot = None;
+        for f in self.0.iter() {
+            match f {
+                Compiled::ClientRate(l) => l.check(ip)?,
+                Compiled::ClientConcurrency(l) => {
+                    slot = Some(l.acquire(ip).ok_or(Duration::from_secs(1))?);
+                }
+                _ => {}
+            }
+        }
+        Ok(slot)
     }
 
     /// The route's external auth check, if it has one.

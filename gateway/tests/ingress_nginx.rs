@@ -661,3 +661,56 @@ async fn auth_url_asks_an_auth_service_before_proxying() {
         .unwrap();
     assert_eq!(r.status, 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_rps_and_limit_connections_per_client_address() {
+    let app = Upstream::start("app").await;
+    let (gw, _dir) = gateway_with(
+        "ingress-nginx-limits-per-client",
+        &app,
+        &[
+            (
+                "rate",
+                "rate.test",
+                r#"nginx.ingress.kubernetes.io/limit-rps: "2", nginx.ingress.kubernetes.io/limit-burst-multiplier: "3""#,
+            ),
+            ("conns", "conns.test", r#"nginx.ingress.kubernetes.io/limit-connections: "2""#),
+            (
+                "exempt",
+                "exempt.test",
+                r#"nginx.ingress.kubernetes.io/limit-rps: "1", nginx.ingress.kubernetes.io/limit-whitelist: "127.0.0.0/8""#,
+            ),
+        ],
+    )
+    .await;
+    let mut client = gw.client();
+
+    // 2/s with a burst of 6: of 20 requests at once, about 6 pass.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let r = client.get("rate.test", "/").await.unwrap();
+        if r.status == 503 {
+            assert!(r.headers.contains_key("retry-after"));
+        }
+        statuses.push(r.status);
+    }
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!((6..=7).contains(&passed), "{statuses:?}");
+    assert_eq!(passed + statuses.iter().filter(|s| **s == 503).count(), 20);
+    // Exempt addresses are never limited.
+    for _ in 0..20 {
+        assert_eq!(client.get("exempt.test", "/").await.unwrap().status, 200);
+    }
+
+    // Two requests in flight from this address: a third is refused, and
+    // served again once they are done.
+    let slow = || {
+        let mut c = gw.client();
+        tokio::spawn(async move { c.get("conns.test", "/slow?delay=1s").await.unwrap().status })
+    };
+    let (a, b) = (slow(), slow());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(client.get("conns.test", "/").await.unwrap().status, 503);
+    assert_eq!((a.await.unwrap(), b.await.unwrap()), (200, 200));
+    assert_eq!(client.get("conns.test", "/").await.unwrap().status, 200);
+}

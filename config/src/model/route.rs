@@ -330,6 +330,42 @@ pub enum Filter {
     Cors(Box<super::Cors>),
     /// Asks an auth service before proxying.
     ExternalAuth(Box<super::ExternalAuth>),
+    /// Requests each client address may make (ingress-nginx's `limit-rps`
+    /// / `limit-rpm`); more get 503.
+    ClientRate(ClientRate),
+    /// Requests each client address may have in flight at once
+    /// (`limit-connections`); more get 503.
+    ClientConcurrency(ClientConcurrency),
+}
+
+/// A per-client-address request rate on a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientRate {
+    /// Requests per `per`.
+    pub requests: u32,
+    pub per: RatePeriod,
+    /// Requests beyond the rate a client may make at once.
+    pub burst: u32,
+    /// Addresses the limit does not apply to (`limit-whitelist`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RatePeriod {
+    Second,
+    Minute,
+}
+
+/// A per-client-address cap on requests in flight on a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientConcurrency {
+    pub max: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exempt: Vec<ipnet::IpNet>,
 }
 
 /// Client networks a route admits or refuses.

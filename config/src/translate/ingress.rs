@@ -102,6 +102,13 @@ impl<'a> Translator<'a> {
                     .chain(rewrite_target(&key.path, annotations))
                     .chain(annotations.cors.clone().map(Filter::Cors))
                     .chain(annotations.auth.clone().map(Filter::ExternalAuth))
+                    .chain(annotations.client_rate.clone().map(Filter::ClientRate))
+                    .chain(
+                        annotations
+                            .client_concurrency
+                            .clone()
+                            .map(Filter::ClientConcurrency),
+                    )
                     .collect();
                 self.routes
                     .entry(host.clone())

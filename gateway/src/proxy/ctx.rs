@@ -11,6 +11,7 @@ use http::HeaderValue;
 use prometheus::IntGauge;
 
 use crate::edge::client_ip::Client;
+use crate::ratelimit::per_client::ClientSlot;
 use crate::runtime::RouteTarget;
 use crate::upstream::{Endpoint, UpstreamPool};
 
@@ -33,6 +34,8 @@ pub struct Ctx {
     pub cors_allow: Option<HeaderValue>,
     /// Headers the auth service's 2xx answer gives the upstream request.
     pub auth_headers: Vec<(http::HeaderName, HeaderValue)>,
+    /// The request's place under its route's `limit-connections`.
+    pub client_slot: Option<ClientSlot>,
 }
 
 impl Ctx {
@@ -47,6 +50,7 @@ impl Ctx {
             client: None,
             cors_allow: None,
             auth_headers: Vec::new(),
+            client_slot: None,
         }
     }
 

@@ -245,6 +245,17 @@ impl ProxyHttp for Gateway {
                 let challenge = challenge.map(|c| (http::header::WWW_AUTHENTICATE, c));
                 respond(session, status, "not authorized\n", challenge).await
             }
+            Decision::ClientLimited(wait) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let retry = (http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                respond(
+                    session,
+                    503,
+                    "too many requests from this address\n",
+                    Some(retry),
+                )
+                .await
+            }
             Decision::AuthFailed => {
                 respond(
                     session,
@@ -537,6 +548,9 @@ enum Decision {
     AuthDenied(u16, Option<HeaderValue>),
     /// The auth service gave no usable answer (500).
     AuthFailed,
+    /// The client address is over the route's `limit-rps` or
+    /// `limit-connections` (503, with when to come back).
+    ClientLimited(Duration),
     /// The request body is larger than the route takes (413), said by its
     /// Content-Length before any of it is read.
     TooLarge,
@@ -592,6 +606,12 @@ impl Gateway {
         };
         if !target.filters.admits(client) {
             return Decision::Forbidden;
+        }
+        if let Some(ip) = client {
+            match target.filters.per_client(ip) {
+                Ok(slot) => ctx.client_slot = slot,
+                Err(wait) => return Decision::ClientLimited(wait),
+            }
         }
         if let Some(cors) = target.filters.cors() {
             match cors.decide(req) {

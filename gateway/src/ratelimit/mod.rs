@@ -7,6 +7,7 @@
 
 mod global;
 mod local;
+pub mod per_client;
 
 use std::sync::Arc;
 use std::time::Duration;

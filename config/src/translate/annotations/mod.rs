@@ -16,6 +16,7 @@ pub(crate) use upstream::{UpstreamAsk, Wire};
 
 mod auth;
 mod cors;
+mod limits;
 mod support;
 mod upstream;
 mod values;
@@ -65,6 +66,10 @@ pub(crate) struct Annotations {
     pub cors: Option<Box<crate::model::Cors>>,
     /// `auth-url` with its `auth-*` settings.
     pub auth: Option<Box<crate::model::ExternalAuth>>,
+    /// `limit-rps` / `limit-rpm` (with `limit-burst-multiplier`).
+    pub client_rate: Option<crate::model::ClientRate>,
+    /// `limit-connections`.
+    pub client_concurrency: Option<crate::model::ClientConcurrency>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -257,6 +262,7 @@ pub(crate) fn read(
     let upstream = upstream::read(&known, &mut invalid);
     let cors = cors::read(&known, &mut invalid);
     let auth = auth::read(&known, &mut invalid);
+    let (client_rate, client_concurrency) = limits::read(&known, &mut invalid);
     let rewrite_target = known.get("rewrite-target").and_then(|t| {
         let ok = t.starts_with('/')
             && t.len() <= 1024
@@ -280,6 +286,8 @@ pub(crate) fn read(
         }
     } || rewrite_target.is_some();
     Annotations {
+        client_rate,
+        client_concurrency,
         auth,
         cors,
         use_regex,
@@ -367,7 +375,7 @@ mod tests {
                 "nginx.ingress.kubernetes.io/configuration-snippet",
                 "more_set_headers x;",
             ),
-            ("nginx.ingress.kubernetes.io/limit-rps", "5"),
+            ("nginx.ingress.kubernetes.io/server-alias", "www.a.test"),
             ("example.com/other", "ignored: not ours"),
         ]);
         assert_eq!(
@@ -384,7 +392,7 @@ mod tests {
             reasons,
             [Reason::SnippetRefused, Reason::UnsupportedAnnotation]
         );
-        assert!(c[1].message.contains("limit-rps"));
+        assert!(c[1].message.contains("server-alias"));
         // A bad weight: a canary with no traffic, and a condition.
         let (a, c) = annotations(&[
             ("vestibule.dev/canary", "true"),

@@ -1,0 +1,170 @@
+//! Per client address limits of one route, on this replica (ingress-nginx's
+//! `limit-rps` / `limit-rpm` and `limit-connections`): a GCRA arrival time
+//! per address, and requests in flight per address. Both maps are bounded:
+//! a rate table full of addresses still inside their burst refuses new
+//! ones (as nginx does when its zone is full), and the in-flight table only
+//! holds addresses with a request under way.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use vestibule_config::model::{ClientConcurrency, ClientRate, RatePeriod};
+
+/// Addresses a route's rate table holds at most.
+pub const MAX_CLIENTS: usize = 65_536;
+
+type Table<V> = Mutex<HashMap<IpAddr, V, ahash::RandomState>>;
+
+/// A route's per-address request rate.
+pub struct ClientRateLimiter {
+    /// Nanoseconds per request.
+    interval: u64,
+    /// How far an address's arrival time may run ahead of now: its burst.
+    tolerance: u64,
+    exempt: Vec<IpNet>,
+    epoch: Instant,
+    /// Arrival time of each address's next request, in ns since `epoch`.
+    tat: Table<u64>,
+}
+
+impl ClientRateLimiter {
+    pub fn new(rate: &ClientRate) -> Self {
+        let period: u64 = match rate.per {
+            RatePeriod::Second => 1_000_000_000,
+            RatePeriod::Minute => 60_000_000_000,
+        };
+        let interval = (period / u64::from(rate.requests.max(1))).max(1);
+        ClientRateLimiter {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(rate.burst.max(1))),
+            exempt: rate.exempt.clone(),
+            epoch: Instant::now(),
+            tat: Mutex::default(),
+        }
+    }
+
+    /// Takes one of `ip`'s requests, or says how long until it has one.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.exempt.iter().any(|n| n.contains(&ip)) {
+            return Ok(());
+        }
+        self.check_at(ip, self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    fn check_at(&self, ip: IpAddr, now: u64) -> Result<(), Duration> {
+        let mut table = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        if table.len() >= MAX_CLIENTS && !table.contains_key(&ip) {
+            // Addresses whose bucket is full again hold nothing: forget them.
+            table.retain(|_, tat| *tat > now);
+            if table.len() >= MAX_CLIENTS {
+                return Err(Duration::from_secs(1));
+            }
+        }
+        let tat = table.entry(ip).or_insert(0);
+        let next = (*tat).max(now).saturating_add(self.interval);
+        let allowed_until = now.saturating_add(self.tolerance);
+        if next > allowed_until {
+            return Err(Duration::from_nanos(next - allowed_until));
+        }
+        *tat = next;
+        Ok(())
+    }
+}
+
+/// A route's per-address cap on requests in flight.
+pub struct ClientConcurrencyLimiter {
+    max: u32,
+    exempt: Vec<IpNet>,
+    in_flight: Table<u32>,
+}
+
+/// One request's place under the cap; given back when dropped.
+pub struct ClientSlot(Option<(Arc<ClientConcurrencyLimiter>, IpAddr)>);
+
+impl ClientConcurrencyLimiter {
+    pub fn new(c: &ClientConcurrency) -> Self {
+        ClientConcurrencyLimiter {
+            max: c.max,
+            exempt: c.exempt.clone(),
+            in_flight: Mutex::default(),
+        }
+    }
+
+    /// A place for one more request of `ip`, unless it has `max` under way.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        if self.exempt.iter().any(|n| n.contains(&ip)) {
+            return Some(ClientSlot(None));
+        }
+        let mut table = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = table.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(Some((self.clone(), ip))))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let Some((limiter, ip)) = self.0.take() else {
+            return;
+        };
+        let mut table = limiter.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = table.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn each_address_has_its_own_rate_and_burst() {
+        let l = ClientRateLimiter::new(&ClientRate {
+            requests: 10,
+            per: RatePeriod::Second,
+            burst: 5,
+            exempt: vec!["10.0.0.0/8".parse().unwrap()],
+        });
+        let t0 = 1_000_000_000_000;
+        // A burst of 5 at once.
+        let passed = (0..20)
+            .filter(|_| l.check_at(ip("192.0.2.1"), t0).is_ok())
+            .count();
+        assert_eq!(passed, 5);
+        // Another address is not affected; an exempt one is never limited.
+        assert!(l.check_at(ip("192.0.2.2"), t0).is_ok());
+        assert!((0..100).all(|_| l.check(ip("10.1.2.3")).is_ok()));
+        // 100 ms later the first has one more.
+        assert!(l.check_at(ip("192.0.2.1"), t0 + 100_000_000).is_ok());
+        assert!(l.check_at(ip("192.0.2.1"), t0 + 100_000_000).is_err());
+    }
+
+    #[test]
+    fn in_flight_requests_are_capped_and_given_back() {
+        let l = Arc::new(ClientConcurrencyLimiter::new(&ClientConcurrency {
+            max: 2,
+            exempt: vec![],
+        }));
+        let a = l.acquire(ip("192.0.2.1")).unwrap();
+        let _b = l.acquire(ip("192.0.2.1")).unwrap();
+        assert!(l.acquire(ip("192.0.2.1")).is_none());
+        assert!(l.acquire(ip("192.0.2.9")).is_some());
+        drop(a);
+        assert!(l.acquire(ip("192.0.2.1")).is_some());
+    }
+}
