@@ -28,7 +28,7 @@ async fn an_older_canary_takes_its_weight_and_its_header_never_the_whole_route()
         ingress(
             "shop-canary",
             "web-canary",
-            r#"nginx.ingress.kubernetes.io/canary: "true", nginx.ingress.kubernetes.io/canary-weight: "20", nginx.ingress.kubernetes.io/canary-by-header: X-Canary"#,
+            r#"nginx.ingress.kubernetes.io/canary: "true", nginx.ingress.kubernetes.io/canary-weight: "20", nginx.ingress.kubernetes.io/canary-by-header: X-Canary, nginx.ingress.kubernetes.io/canary-by-cookie: beta"#,
             "2024-01-01T00:00:00Z",
         ),
         ingress(
@@ -64,8 +64,25 @@ async fn an_older_canary_takes_its_weight_and_its_header_never_the_whole_route()
                 .await
                 .unwrap();
             assert_eq!(r.upstream(), Some(want), "X-Canary: {value}");
+            let cookie = format!("session=1; beta={value}");
+            let r = client
+                .request("GET", "shop.test", "/", &[("Cookie", &cookie)])
+                .await
+                .unwrap();
+            assert_eq!(r.upstream(), Some(want), "Cookie: {cookie}");
         }
     }
+    // The header wins over the cookie, as in ingress-nginx.
+    let r = client
+        .request(
+            "GET",
+            "shop.test",
+            "/",
+            &[("X-Canary", "never"), ("Cookie", "beta=always")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.upstream(), Some("web"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

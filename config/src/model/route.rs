@@ -180,19 +180,34 @@ pub struct Conditions {
     /// Exact query parameter values; names case-sensitive, compared as sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query: Vec<QueryParam>,
+    /// Exact cookie values (ingress-nginx's `canary-by-cookie`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<CookieMatch>,
+}
+
+/// A cookie a request must carry, with this exact value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CookieMatch {
+    /// An RFC 6265 cookie name (a token), case-sensitive.
+    pub name: String,
+    pub value: HeaderText,
 }
 
 impl Conditions {
     pub fn is_empty(&self) -> bool {
-        self.method.is_none() && self.headers.is_empty() && self.query.is_empty()
+        self.method.is_none()
+            && self.headers.is_empty()
+            && self.query.is_empty()
+            && self.cookies.is_empty()
     }
 
-    /// More specific first: a method, then more headers, then more query
-    /// parameters.
+    /// More specific first: a method, then more headers (a cookie counts
+    /// as one), then more query parameters.
     pub fn precedence_key(&self) -> (bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
         (
             self.method.is_none(),
-            std::cmp::Reverse(self.headers.len()),
+            std::cmp::Reverse(self.headers.len() + self.cookies.len()),
             std::cmp::Reverse(self.query.len()),
         )
     }

@@ -2,14 +2,16 @@
 //! Ingress is in, each canary takes a share of the route its primary
 //! serves on the same host and path: `canary-weight` of every
 //! `canary-weight-total` requests (one weighted pool of both Services'
-//! endpoints), and with `canary-by-header` the requests whose header says
-//! `always` (or `canary-by-header-value`), while `never` keeps a request on
-//! the primary. A canary is never served on its own: without a primary it
+//! endpoints), with `canary-by-header` the requests whose header says
+//! `always` (or `canary-by-header-value`), and with `canary-by-cookie` those
+//! whose cookie says `always`, while `never` keeps a request on the
+//! primary. A canary is never served on its own: without a primary it
 //! only gets a condition, so it can never take the production traffic.
 
 use super::annotations::Canary;
 use super::ingress::{identity, rule_host, rule_path};
 use super::*;
+use crate::model::CookieMatch;
 
 impl<'a> Translator<'a> {
     pub(super) fn add_canary(
@@ -91,42 +93,48 @@ impl<'a> Translator<'a> {
                         )),
                     }
                 }
-                // The header: `always` (or the given value) to the canary,
-                // `never` to the primary, whatever the weight.
-                if let Some(header) = &canary.header {
-                    let when = |value: &str| {
-                        let header = Header {
-                            name: HeaderName::try_from(header.clone()).ok()?,
-                            value: HeaderText::try_from(value.to_string()).ok()?,
-                        };
-                        Some(RouteKey {
-                            path: matcher.clone(),
-                            conditions: Conditions {
-                                headers: vec![header],
-                                ..Default::default()
-                            },
-                        })
+                // The header (`always`, or the given value, to the canary;
+                // `never` to the primary), then the cookie (`always` /
+                // `never`), whatever the weight: ingress-nginx's order.
+                let by_header = |value: &str| {
+                    let header = Header {
+                        name: HeaderName::try_from(canary.header.clone()?).ok()?,
+                        value: HeaderText::try_from(value.to_string()).ok()?,
                     };
-                    let to_canary = canary.header_value.as_deref().unwrap_or("always");
-                    let routes = self.routes.entry(host.clone()).or_default();
-                    if let Some(k) = when(to_canary) {
-                        routes.insert_new(k, || {
-                            RouteEntry::new(
-                                route_name.clone(),
-                                Backend::Pool(canary_pool.clone()),
-                                object.clone(),
-                            )
-                        });
-                    }
-                    if let Some(k) = when("never") {
-                        routes.insert_new(k, || {
-                            RouteEntry::new(
-                                route_name.clone(),
-                                Backend::Pool(primary.clone()),
-                                object.clone(),
-                            )
-                        });
-                    }
+                    Some(Conditions {
+                        headers: vec![header],
+                        ..Default::default()
+                    })
+                };
+                let by_cookie = |value: &str| {
+                    Some(Conditions {
+                        cookies: vec![CookieMatch {
+                            name: canary.cookie.clone()?,
+                            value: HeaderText::try_from(value.to_string()).ok()?,
+                        }],
+                        ..Default::default()
+                    })
+                };
+                let to_canary = canary.header_value.as_deref().unwrap_or("always");
+                let routes = self.routes.entry(host.clone()).or_default();
+                for (when, pool) in [
+                    (by_header(to_canary), &canary_pool),
+                    (by_header("never"), &primary),
+                    (by_cookie("always"), &canary_pool),
+                    (by_cookie("never"), &primary),
+                ] {
+                    let Some(conditions) = when else { continue };
+                    let key = RouteKey {
+                        path: matcher.clone(),
+                        conditions,
+                    };
+                    routes.insert_new(key, || {
+                        RouteEntry::new(
+                            route_name.clone(),
+                            Backend::Pool(pool.clone()),
+                            object.clone(),
+                        )
+                    });
                 }
             }
         }

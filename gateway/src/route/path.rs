@@ -251,6 +251,7 @@ mod tests {
         method: None,
         headers: Vec::new(),
         query: Vec::new(),
+        cookies: Vec::new(),
     };
 
     fn table(routes: &[PathMatch]) -> PathTable<usize> {

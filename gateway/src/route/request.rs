@@ -52,6 +52,7 @@ pub struct Compiled {
     method: Option<Method>,
     headers: Box<[(HeaderName, HeaderValue)]>,
     query: Box<[(Box<str>, Box<str>)]>,
+    cookies: Box<[(Box<str>, Box<str>)]>,
 }
 
 impl Compiled {
@@ -80,11 +81,19 @@ impl Compiled {
                 .iter()
                 .map(|q| (q.name.as_str().into(), q.value.as_str().into()))
                 .collect(),
+            cookies: c
+                .cookies
+                .iter()
+                .map(|k| (k.name.as_str().into(), k.value.as_str().into()))
+                .collect(),
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.method.is_none() && self.headers.is_empty() && self.query.is_empty()
+        self.method.is_none()
+            && self.headers.is_empty()
+            && self.query.is_empty()
+            && self.cookies.is_empty()
     }
 
     /// Does the request satisfy every condition? A header matches when one
@@ -107,10 +116,35 @@ impl Compiled {
                 return false;
             }
         }
+        if !self.cookies.is_empty() {
+            let Some(map) = req.headers() else {
+                return false;
+            };
+            let all = self
+                .cookies
+                .iter()
+                .all(|(name, want)| cookie(map, name) == Some(want));
+            if !all {
+                return false;
+            }
+        }
         self.query
             .iter()
             .all(|(name, want)| first_param(req.query(), name) == Some(want))
     }
+}
+
+/// The value of the first cookie called `name` in the `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n == name).then_some(v.trim_matches('"'))
+        })
 }
 
 /// The value of the first `name=` parameter of `query`.
@@ -154,6 +188,20 @@ mod tests {
             &[("version", "one"), ("version", "two")]
         )));
         assert!(!c.matches("/"));
+    }
+
+    #[test]
+    fn cookies_match_by_exact_name_and_value() {
+        let c = conditions(r#"{"cookies": [{"name": "Canary", "value": "always"}]}"#);
+        assert!(c.matches(&parts("GET", "/", &[("cookie", "a=1; Canary=always")])));
+        assert!(c.matches(&parts(
+            "GET",
+            "/",
+            &[("cookie", "a=1"), ("cookie", "Canary=\"always\"")]
+        )));
+        assert!(!c.matches(&parts("GET", "/", &[("cookie", "canary=always")])));
+        assert!(!c.matches(&parts("GET", "/", &[("cookie", "Canary=never")])));
+        assert!(!c.matches(&parts("GET", "/", &[])));
     }
 
     #[test]

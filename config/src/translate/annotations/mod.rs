@@ -82,6 +82,9 @@ pub(crate) struct Canary {
     /// to `header_value`) goes to the canary, with `never` to the primary.
     pub header: Option<String>,
     pub header_value: Option<String>,
+    /// `canary-by-cookie`: a request with this cookie set to `always` goes
+    /// to the canary, with `never` to the primary.
+    pub cookie: Option<String>,
 }
 
 /// Reads the annotations of an Ingress; problems become conditions.
@@ -145,6 +148,13 @@ pub(crate) fn read(
             if let Some(h) = known.get("canary-by-header").filter(|h| !is_token(h)) {
                 invalid("canary-by-header", h, "not a header name");
             }
+            let cookie = known
+                .get("canary-by-cookie")
+                .filter(|c| is_token(c))
+                .map(|c| c.to_string());
+            if let Some(c) = known.get("canary-by-cookie").filter(|c| !is_token(c)) {
+                invalid("canary-by-cookie", c, "not a cookie name");
+            }
             match (weight, total) {
                 (Some(weight), Some(total)) => Some(Canary {
                     weight: weight.min(total),
@@ -154,6 +164,7 @@ pub(crate) fn read(
                         .get("canary-by-header-value")
                         .map(|v| v.to_string())
                         .filter(|v| !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b))),
+                    cookie,
                 }),
                 // An unreadable weight: the canary takes no traffic (the
                 // safe default), and says why.
@@ -162,6 +173,7 @@ pub(crate) fn read(
                     total: 100,
                     header,
                     header_value: None,
+                    cookie,
                 }),
             }
         }
@@ -384,7 +396,8 @@ mod tests {
                 weight: 20,
                 total: 100,
                 header: Some("x-canary".into()),
-                header_value: None
+                header_value: None,
+                cookie: None,
             })
         );
         let reasons: Vec<Reason> = c.iter().map(|c| c.reason).collect();

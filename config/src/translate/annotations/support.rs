@@ -26,7 +26,11 @@ pub fn classify(name: &str) -> (Support, &'static str) {
         );
     }
     match name {
-        "canary" | "canary-weight" | "canary-weight-total" | "canary-by-header" => {
+        "canary"
+        | "canary-weight"
+        | "canary-weight-total"
+        | "canary-by-header"
+        | "canary-by-cookie" => {
             (Support::Supported, "")
         }
         "canary-by-header-value" => (
@@ -116,6 +120,7 @@ pub const DOCUMENTED: &[&str] = &[
     "auth-url",
     "backend-protocol",
     "canary",
+    "canary-by-cookie",
     "canary-by-header",
     "canary-by-header-value",
     "canary-weight",
@@ -154,7 +159,6 @@ pub const DOCUMENTED: &[&str] = &[
     "affinity",
     "auth-secret",
     "auth-type",
-    "canary-by-cookie",
     "custom-http-errors",
     "proxy-buffer-size",
     "proxy-buffering",
