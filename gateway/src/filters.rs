@@ -9,6 +9,7 @@
 use crate::auth::AuthCheck;
 use crate::cors::CorsPolicy;
 use crate::ratelimit::per_client::{ClientConcurrencyLimiter, ClientRateLimiter, ClientSlot};
+use crate::sticky::StickyCookie;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -268,6 +269,7 @@ enum Compiled {
     Auth(Box<AuthCheck>),
     ClientRate(Arc<ClientRateLimiter>),
     ClientConcurrency(Arc<ClientConcurrencyLimiter>),
+    Sticky(Box<StickyCookie>),
 }
 
 /// Header edits with names and values parsed once.
@@ -373,6 +375,7 @@ impl Filters {
                     Filter::ClientConcurrency(c) => {
                         Compiled::ClientConcurrency(Arc::new(ClientConcurrencyLimiter::new(c)))
                     }
+                    Filter::Affinity(a) => Compiled::Sticky(Box::new(StickyCookie::new(a))),
                 })
                 .collect(),
         )
@@ -417,7 +420,8 @@ impl Filters {
                 | Compiled::Networks(_)
                 | Compiled::Cors(_)
                 | Compiled::ClientRate(_)
-                | Compiled::ClientConcurrency(_) => {}
+                | Compiled::ClientConcurrency(_)
+                | Compiled::Sticky(_) => {}
             }
         }
     }
@@ -462,6 +466,14 @@ impl Filters {
             }
         }
         Ok(slot)
+    }
+
+    /// The route's affinity cookie, if it has one.
+    pub fn sticky(&self) -> Option<&StickyCookie> {
+        self.0.iter().find_map(|f| match f {
+            Compiled::Sticky(s) => Some(&**s),
+            _ => None,
+        })
     }
 
     /// The route's external auth check, if it has one.

@@ -25,5 +25,6 @@ pub mod route;
 pub mod runtime;
 pub mod serve;
 pub mod source;
+pub mod sticky;
 pub mod tls;
 pub mod upstream;

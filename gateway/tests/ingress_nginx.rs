@@ -731,3 +731,100 @@ async fn limit_rps_and_limit_connections_per_client_address() {
     assert_eq!((a.await.unwrap(), b.await.unwrap()), (200, 200));
     assert_eq!(client.get("conns.test", "/").await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_cookie_pins_a_client_and_repins_it_when_its_endpoint_goes() {
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    ];
+    let mut manifests = vec![
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: saas}\nspec: {ports: [{port: 80}]}\n".to_string(),
+        ingress(
+            "sticky",
+            "sticky",
+            r#"nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/session-cookie-name: route, nginx.ingress.kubernetes.io/session-cookie-max-age: "3600""#,
+            "2024-01-01T00:00:00Z",
+        ),
+    ];
+    for up in &ups {
+        manifests.push(format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: sticky-{}, namespace: saas, labels: {{kubernetes.io/service-name: sticky}}}}\naddressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+            up.name,
+            up.addr.port()
+        ));
+    }
+    let (gw, _dir) = serve("ingress-nginx-affinity", manifests).await;
+    let mut client = gw.client();
+
+    // No cookie: balanced, and pinned to whoever answered.
+    let r = client.get("shop.test", "/").await.unwrap();
+    let first = r.upstream().unwrap().to_string();
+    let set = r.headers["set-cookie"].clone();
+    assert!(set.starts_with("route="), "{set}");
+    assert!(set.contains("; Path=/; HttpOnly; Max-Age=3600"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(
+        !cookie.contains("127.0.0.1"),
+        "the cookie shows the address: {cookie}"
+    );
+    // With it: always the same endpoint, and no new cookie.
+    for _ in 0..20 {
+        let r = client
+            .request("GET", "shop.test", "/", &[("Cookie", &cookie)])
+            .await
+            .unwrap();
+        assert_eq!(r.upstream(), Some(first.as_str()));
+        assert!(!r.headers.contains_key("set-cookie"));
+    }
+    // Without it, requests spread.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        seen.insert(
+            client
+                .get("shop.test", "/")
+                .await
+                .unwrap()
+                .upstream()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // Its endpoint goes: served elsewhere at once, and pinned there.
+    ups.iter().find(|u| u.name == first).unwrap().kill();
+    let r = client
+        .request("GET", "shop.test", "/", &[("Cookie", &cookie)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let second = r.upstream().unwrap().to_string();
+    assert_ne!(second, first);
+    let repinned = r.headers["set-cookie"]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(repinned, cookie);
+    for _ in 0..10 {
+        let r = client
+            .request("GET", "shop.test", "/", &[("Cookie", &repinned)])
+            .await
+            .unwrap();
+        assert_eq!(r.upstream(), Some(second.as_str()));
+    }
+    // A cookie naming no endpoint: balanced and pinned.
+    let r = client
+        .request(
+            "GET",
+            "shop.test",
+            "/",
+            &[("Cookie", "route=0123456789abcdef")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.headers["set-cookie"].starts_with("route="));
+}

@@ -351,6 +351,22 @@ pub enum Filter {
     /// Requests each client address may have in flight at once
     /// (`limit-connections`); more get 503.
     ClientConcurrency(ClientConcurrency),
+    /// Session affinity by cookie (ingress-nginx's `affinity: cookie`).
+    Affinity(Affinity),
+}
+
+/// A cookie that keeps a client on one endpoint of the route's pool while
+/// that endpoint is ready; then the client is pinned to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Affinity {
+    /// The cookie's name (an RFC 6265 token).
+    pub cookie: String,
+    /// `Max-Age` of the cookie; `None`: a session cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_secs: Option<u32>,
+    /// `Path` of the cookie.
+    pub path: String,
 }
 
 /// A per-client-address request rate on a route.

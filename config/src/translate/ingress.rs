@@ -109,6 +109,7 @@ impl<'a> Translator<'a> {
                             .clone()
                             .map(Filter::ClientConcurrency),
                     )
+                    .chain(annotations.affinity.clone().map(Filter::Affinity))
                     .collect();
                 self.routes
                     .entry(host.clone())

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub auth_headers: Vec<(http::HeaderName, HeaderValue)>,
     /// The request's place under its route's `limit-connections`.
     pub client_slot: Option<ClientSlot>,
+    /// The endpoint the request's affinity cookie names.
+    pub sticky: Option<Box<str>>,
 }
 
 impl Ctx {
@@ -51,6 +53,7 @@ impl Ctx {
             cors_allow: None,
             auth_headers: Vec::new(),
             client_slot: None,
+            sticky: None,
         }
     }
 
@@ -110,9 +113,17 @@ impl Routed {
 
     /// Picks the endpoint of the next attempt (never the one that failed)
     /// and, the first time, takes a pool slot.
-    pub fn start_attempt(&mut self) -> Result<&Attempt, NoUpstream> {
+    pub fn start_attempt(&mut self, pinned: Option<&str>) -> Result<&Attempt, NoUpstream> {
         let pool = &self.pool;
-        let endpoint = pool.select(self.failed).ok_or(NoUpstream::NoEndpoint)?;
+        // The pinned endpoint first, unless it just failed (then the retry
+        // is balanced, and the response re-pins the client).
+        let sticky = pinned
+            .filter(|_| self.failed.is_none())
+            .and_then(|id| pool.pinned(id));
+        let endpoint = match sticky {
+            Some(ep) => ep,
+            None => pool.select(self.failed).ok_or(NoUpstream::NoEndpoint)?,
+        };
         if self.slot.is_none() {
             self.slot = Some(PoolSlot::take(pool).ok_or(NoUpstream::AtCapacity)?);
         }

@@ -326,7 +326,7 @@ impl ProxyHttp for Gateway {
             .as_mut()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
         let timeouts = routed.target.timeouts;
-        match routed.start_attempt() {
+        match routed.start_attempt(ctx.sticky.as_deref()) {
             Ok(attempt) => {
                 let mut peer = attempt.endpoint.peer();
                 let o = &mut peer.options;
@@ -387,6 +387,15 @@ impl ProxyHttp for Gateway {
             if let (Some(cors), Some(allow)) = (routed.target.filters.cors(), ctx.cors_allow.take())
             {
                 cors.mark(resp, allow);
+            }
+            // Pin the client to the endpoint that answered, unless its
+            // cookie already names it.
+            if let (Some(sticky), Some(attempt)) = (routed.target.filters.sticky(), &routed.attempt)
+            {
+                let id = &*attempt.endpoint.affinity_id;
+                if ctx.sticky.as_deref() != Some(id) {
+                    sticky.pin(resp, id, self.settings.tls);
+                }
             }
         }
         if let Some(Routed {
@@ -612,6 +621,9 @@ impl Gateway {
                 Ok(slot) => ctx.client_slot = slot,
                 Err(wait) => return Decision::ClientLimited(wait),
             }
+        }
+        if let Some(sticky) = target.filters.sticky() {
+            ctx.sticky = sticky.wanted(req);
         }
         if let Some(cors) = target.filters.cors() {
             match cors.decide(req) {

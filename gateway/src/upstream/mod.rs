@@ -68,6 +68,9 @@ impl Default for UpstreamSettings {
 pub struct Endpoint {
     pub backend: Backend,
     pub addr: SocketAddr,
+    /// The endpoint's name in affinity cookies: a hash of the pool and the
+    /// address, so it is the same on every replica and shows no address.
+    pub affinity_id: Box<str>,
     /// Cloned per request instead of rebuilt: options are set once here.
     peer: HttpPeer,
     failures: AtomicU32,
@@ -104,6 +107,16 @@ impl ServiceDiscovery for SharedDiscovery {
 }
 
 type EndpointMap = HashMap<SocketAddr, Arc<Endpoint>, ahash::RandomState>;
+
+/// The first 16 hex digits of SHA-256 over the pool id and the address.
+fn affinity_id(pool: &PoolId, addr: SocketAddr) -> Box<str> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(pool.as_str().as_bytes());
+    h.update([0]);
+    h.update(addr.to_string().as_bytes());
+    hex::encode(&h.finalize()[..8]).into()
+}
 
 // === impl UpstreamPool ===
 
@@ -189,6 +202,7 @@ impl UpstreamPool {
                 _ => Arc::new(Endpoint {
                     peer: self.make_peer(addr),
                     backend: backend.clone(),
+                    affinity_id: affinity_id(&self.id, addr),
                     addr,
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
@@ -234,6 +248,13 @@ impl UpstreamPool {
         // Loaded after the selection: `set_backends` publishes the map after
         // the selector, so the address picked is in the map loaded now.
         self.endpoints.load().get(&addr).cloned()
+    }
+
+    /// The endpoint an affinity cookie names, if it is ready.
+    pub fn pinned(&self, id: &str) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.load();
+        let ep = endpoints.values().find(|e| &*e.affinity_id == id)?;
+        self.lb.backends().ready(&ep.backend).then(|| ep.clone())
     }
 
     /// Takes one of the pool's connection slots; `false` at the cap.

@@ -14,6 +14,7 @@ use values::{body_size, is_token, parse_url};
 
 pub(crate) use upstream::{UpstreamAsk, Wire};
 
+mod affinity;
 mod auth;
 mod cors;
 mod limits;
@@ -70,6 +71,8 @@ pub(crate) struct Annotations {
     pub client_rate: Option<crate::model::ClientRate>,
     /// `limit-connections`.
     pub client_concurrency: Option<crate::model::ClientConcurrency>,
+    /// `affinity: cookie` and its `session-cookie-*` settings.
+    pub affinity: Option<crate::model::Affinity>,
 }
 
 /// A canary's share of its primary's traffic.
@@ -275,6 +278,7 @@ pub(crate) fn read(
     let cors = cors::read(&known, &mut invalid);
     let auth = auth::read(&known, &mut invalid);
     let (client_rate, client_concurrency) = limits::read(&known, &mut invalid);
+    let affinity = affinity::read(&known, &mut invalid);
     let rewrite_target = known.get("rewrite-target").and_then(|t| {
         let ok = t.starts_with('/')
             && t.len() <= 1024
@@ -298,6 +302,7 @@ pub(crate) fn read(
         }
     } || rewrite_target.is_some();
     Annotations {
+        affinity,
         client_rate,
         client_concurrency,
         auth,

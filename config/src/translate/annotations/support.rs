@@ -89,6 +89,10 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "requests in flight per client address, per route and gateway replica; 503 beyond it",
         ),
+        "affinity" | "session-cookie-name" | "session-cookie-max-age" | "session-cookie-path" => (
+            Support::Approximated,
+            "the cookie names an endpoint by an opaque id (the same on every replica); the client stays on it while it is ready, and is pinned to another (a new cookie) when it is not; HttpOnly, Secure on HTTPS; affinity-mode is always persistent",
+        ),
         "use-regex" => (
             Support::Approximated,
             "the Ingress's own Prefix and ImplementationSpecific paths become case-insensitive regular expressions anchored at the start (the regex crate: no backreferences or lookaround); ingress-nginx turns every path of the host into one",
@@ -113,6 +117,7 @@ pub fn classify(name: &str) -> (Support, &'static str) {
 /// The annotations the README's table lists: every one Vestibule reads,
 /// and the unsupported ones charts use most.
 pub const DOCUMENTED: &[&str] = &[
+    "affinity",
     "app-root",
     "auth-method",
     "auth-response-headers",
@@ -150,13 +155,15 @@ pub const DOCUMENTED: &[&str] = &[
     "proxy-ssl-server-name",
     "proxy-ssl-verify",
     "rewrite-target",
+    "session-cookie-max-age",
+    "session-cookie-name",
+    "session-cookie-path",
     "ssl-redirect",
     "temporal-redirect",
     "upstream-vhost",
     "use-regex",
     "whitelist-source-range",
     // Unsupported, seen in the corpus of public charts.
-    "affinity",
     "auth-secret",
     "auth-type",
     "custom-http-errors",
@@ -166,7 +173,6 @@ pub const DOCUMENTED: &[&str] = &[
     "secure-backends",
     "server-alias",
     "service-upstream",
-    "session-cookie-name",
     "ssl-passthrough",
     "upstream-hash-by",
     // Refused, always.
