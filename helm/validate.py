@@ -488,7 +488,7 @@ def check_rbac(docs, case: str, v: dict[str, Any]) -> None:
     scopes: list[str | None] = v["operator"]["watchNamespaces"] or [None]
     for scope in scopes:
         where = scope or "cluster-wide"
-        for group, res in (("networking.k8s.io", "ingresses"), ("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "secrets")):
+        for group, res in (("networking.k8s.io", "ingresses"), ("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "secrets"), ("", "configmaps")):
             for verb in ("get", "list", "watch"):
                 F.check(grants(group, res, verb, scope), f"[{case}] operator lacks {verb} {group or 'core'}/{res} ({where})")
         for verb in ("patch", "update"):

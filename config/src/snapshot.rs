@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 
@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub secrets: Vec<Arc<Secret>>,
+    /// ConfigMaps of upstream roots (`proxy-ssl-ca-configmap`; the
+    /// operator watches those labelled `vestibule.dev/upstream-ca=true`).
+    pub config_maps: Vec<Arc<ConfigMap>>,
     pub tenants: Vec<Arc<Tenant>>,
     pub acme_issuers: Vec<Arc<AcmeIssuer>>,
     pub gateway_classes: Vec<Arc<GatewayClass>>,
@@ -46,6 +49,7 @@ impl Snapshot {
             && self.services.is_empty()
             && self.endpoint_slices.is_empty()
             && self.secrets.is_empty()
+            && self.config_maps.is_empty()
             && self.tenants.is_empty()
             && self.acme_issuers.is_empty()
             && self.gateway_classes.is_empty()
@@ -63,6 +67,7 @@ impl Snapshot {
             services,
             endpoint_slices,
             secrets,
+            config_maps,
             tenants,
             acme_issuers,
             gateway_classes,
@@ -77,6 +82,7 @@ impl Snapshot {
         self.services.extend(services);
         self.endpoint_slices.extend(endpoint_slices);
         self.secrets.extend(secrets);
+        self.config_maps.extend(config_maps);
         self.tenants.extend(tenants);
         self.acme_issuers.extend(acme_issuers);
         self.gateway_classes.extend(gateway_classes);

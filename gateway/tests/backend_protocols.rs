@@ -110,6 +110,11 @@ async fn https_upstreams_are_verified_unless_told_not_to() {
             "ca",
             with(r#"nginx.ingress.kubernetes.io/proxy-ssl-secret: "saas/backend-ca""#),
         ),
+        // The CA from a ConfigMap (trust-manager's shape).
+        (
+            "configmap",
+            with(r#"vestibule.dev/proxy-ssl-ca-configmap: "backend-ca""#),
+        ),
         // The system roots don't know the test CA: refused.
         ("system", HTTPS.to_string()),
         // The wrong CA: refused.
@@ -140,6 +145,10 @@ async fn https_upstreams_are_verified_unless_told_not_to() {
         service_at("secure", up),
         ca_secret("backend-ca", true, &pki.ca_pem),
         ca_secret("other-ca", true, &other.ca_pem),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: backend-ca, namespace: saas, labels: {{vestibule.dev/upstream-ca: \"true\"}}}}\ndata:\n  ca.crt: |\n{}",
+            pki.ca_pem.lines().map(|l| format!("    {l}\n")).collect::<String>()
+        ),
     ];
     for (name, annotations) in &ingresses {
         manifests.push(
@@ -151,6 +160,7 @@ async fn https_upstreams_are_verified_unless_told_not_to() {
     let mut client = gw.client();
     for (host, status, body) in [
         ("ca.test", 200, Some("secure sni=secure.saas.svc")),
+        ("configmap.test", 200, Some("secure sni=secure.saas.svc")),
         ("system.test", 502, None),
         ("wrong-ca.test", 502, None),
         ("unverified.test", 200, Some("secure sni=secure.saas.svc")),

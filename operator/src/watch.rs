@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::NamespaceResourceScope;
@@ -51,6 +51,8 @@ pub struct Stores {
     pub services: Vec<Store<Service>>,
     pub endpoint_slices: Vec<Store<EndpointSlice>>,
     pub secrets: Vec<Store<Secret>>,
+    /// ConfigMaps labelled as upstream roots (`proxy-ssl-ca-configmap`).
+    pub config_maps: Vec<Store<ConfigMap>>,
     pub tenants: Store<Tenant>,
     pub acme_issuers: Store<AcmeIssuer>,
     /// The Gateway API objects, when `--gateway-api` is on.
@@ -114,6 +116,15 @@ impl Stores {
                 vestibule_config::translate::tls::UPSTREAM_CA_LABEL
             )),
         ));
+        let upstream_ca = format!(
+            "{}=true",
+            vestibule_config::translate::tls::UPSTREAM_CA_LABEL
+        );
+        let config_maps = spawn.each(
+            "ConfigMap",
+            &namespaces,
+            &watcher::Config::default().labels(&upstream_ca),
+        );
         // Issued certificates live in the acme namespace, watched or not.
         let acme_ns = settings.translate.acme_namespace.as_str();
         if !namespaces.iter().any(|n| n.is_none_or(|n| n == acme_ns)) {
@@ -146,6 +157,7 @@ impl Stores {
             services,
             endpoint_slices,
             secrets,
+            config_maps,
             tenants,
             acme_issuers,
             gateway_api,
@@ -170,6 +182,9 @@ impl Stores {
             ok &= s.wait_until_ready().await.is_ok();
         }
         for s in &self.secrets {
+            ok &= s.wait_until_ready().await.is_ok();
+        }
+        for s in &self.config_maps {
             ok &= s.wait_until_ready().await.is_ok();
         }
         if let Some(s) = &self.publish_service {
@@ -199,6 +214,7 @@ impl Stores {
             services: owned_all(&self.services),
             endpoint_slices: owned_all(&self.endpoint_slices),
             secrets: owned_all(&self.secrets),
+            config_maps: owned_all(&self.config_maps),
             tenants: owned(&self.tenants),
             acme_issuers: owned(&self.acme_issuers),
             gateway_classes: self

@@ -452,7 +452,7 @@ async fn config_server_wire_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_tls_and_labelled_secrets_are_watched() {
+async fn only_tls_and_labelled_secrets_and_config_maps_are_watched() {
     let api = FakeApi::start().await;
     seed(&api);
     let op = start(&api, test_settings("op-a")).await;
@@ -463,9 +463,9 @@ async fn only_tls_and_labelled_secrets_are_watched() {
         .filter(|r| r.path.ends_with("/secrets"))
         .collect();
     assert!(!secret_watches.is_empty());
-    // TLS Secrets, and Opaque Secrets labelled as an AcmeIssuer's EAB key:
-    // never every Secret of the cluster.
-    let (mut tls, mut eab) = (0, 0);
+    // TLS Secrets, and Opaque Secrets labelled as an AcmeIssuer's EAB key
+    // or as upstream roots: never every Secret of the cluster.
+    let (mut tls, mut eab, mut roots) = (0, 0, 0);
     for r in secret_watches {
         if r.query.contains("fieldSelector=type%3Dkubernetes.io%2Ftls") {
             tls += 1;
@@ -474,11 +474,35 @@ async fn only_tls_and_labelled_secrets_are_watched() {
             .contains("labelSelector=vestibule.dev%2Facme-eab%3Dtrue")
         {
             eab += 1;
+        } else if r
+            .query
+            .contains("labelSelector=vestibule.dev%2Fupstream-ca%3Dtrue")
+        {
+            roots += 1;
         } else {
             panic!("an unselective Secret watch: {}", r.query);
         }
     }
-    assert!(tls > 0 && eab > 0, "{tls} {eab}");
+    assert!(tls > 0 && eab > 0 && roots > 0, "{tls} {eab} {roots}");
+    // ConfigMaps: only those labelled as upstream roots are listed (the
+    // ACME relay reads its own by name).
+    let config_map_watches: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/configmaps"))
+        .collect();
+    assert!(config_map_watches.iter().any(|r| r
+        .query
+        .contains("labelSelector=vestibule.dev%2Fupstream-ca%3Dtrue")));
+    for r in config_map_watches {
+        assert!(
+            r.query
+                .contains("labelSelector=vestibule.dev%2Fupstream-ca%3Dtrue")
+                || r.query.contains("fieldSelector=metadata.name"),
+            "an unselective ConfigMap watch: {}",
+            r.query
+        );
+    }
     op.shutdown().await.expect("clean shutdown");
 }
 

@@ -129,6 +129,9 @@ pub(super) fn add_object(
             }
             snapshot.secrets.push(Arc::new(secret))
         }
+        ("v1", "ConfigMap") => snapshot
+            .config_maps
+            .push(Arc::new(namespaced(value).map_err(what)?)),
         ("v1", "Namespace") => snapshot
             .namespaces
             .push(Arc::new(typed(value).map_err(what)?)),
@@ -199,8 +202,8 @@ apiVersion: v1
 kind: Service
 metadata: {name: [unbalanced
 ---
-apiVersion: v1
-kind: ConfigMap
+apiVersion: apps/v1
+kind: Deployment
 metadata: {name: c}
 ---
 apiVersion: v1
@@ -228,7 +231,7 @@ metadata: {name: d, namespace: prod}
         let msg = loaded.errors[0].to_string();
         assert!(msg.starts_with("x.yaml: document 2:"), "{msg}");
         assert_eq!(loaded.skipped.len(), 1);
-        assert!(loaded.skipped[0].contains("ConfigMap"));
+        assert!(loaded.skipped[0].contains("Deployment"));
     }
 
     #[test]

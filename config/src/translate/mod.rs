@@ -266,6 +266,8 @@ struct Translator<'a> {
     acme_failures: &'a BTreeMap<Hostname, String>,
     /// Namespaces with labels (Gateway listeners' namespace selectors).
     namespaces: &'a [Arc<k8s_openapi::api::core::v1::Namespace>],
+    /// ConfigMaps of upstream roots (`proxy-ssl-ca-configmap`).
+    config_maps: &'a [Arc<k8s_openapi::api::core::v1::ConfigMap>],
 }
 
 impl<'a> Translator<'a> {
@@ -294,6 +296,7 @@ impl<'a> Translator<'a> {
             default_issuer: None,
             acme_failures: &snapshot.acme_failures,
             namespaces: &snapshot.namespaces,
+            config_maps: &snapshot.config_maps,
         }
     }
 }

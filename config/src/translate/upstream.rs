@@ -95,10 +95,30 @@ impl<'a> Translator<'a> {
         namespace: &str,
         conditions: &mut Vec<Condition>,
     ) -> UpstreamVerify {
-        let (ns, name) = match (&ask.ca_secret, ask.verify_off) {
-            (_, true) => return UpstreamVerify::Off,
-            (None, false) => return UpstreamVerify::SystemRoots,
-            (Some((ns, name)), false) => (ns, name),
+        if ask.verify_off {
+            return UpstreamVerify::Off;
+        }
+        if let Some(name) = &ask.ca_config_map {
+            return match self.config_map_roots(namespace, name) {
+                Ok(pem) => UpstreamVerify::Roots(pem),
+                Err(message) => {
+                    let problem = Condition::new(
+                        ConditionType::ResolvedRefs,
+                        false,
+                        Reason::InvalidAnnotation,
+                        format!(
+                            "proxy-ssl-ca-configmap: {message}; verifying against the system roots"
+                        ),
+                    );
+                    if !conditions.contains(&problem) {
+                        conditions.push(problem);
+                    }
+                    UpstreamVerify::SystemRoots
+                }
+            };
+        }
+        let Some((ns, name)) = &ask.ca_secret else {
+            return UpstreamVerify::SystemRoots;
         };
         let problem = if ns != namespace {
             Condition::new(
@@ -125,6 +145,42 @@ impl<'a> Translator<'a> {
             conditions.push(problem);
         }
         UpstreamVerify::SystemRoots
+    }
+}
+
+impl Translator<'_> {
+    /// The PEM roots in ConfigMap `namespace/name`'s `ca.crt`.
+    fn config_map_roots(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let cm = self
+            .config_maps
+            .iter()
+            .find(|c| {
+                c.metadata.namespace.as_deref() == Some(namespace)
+                    && c.metadata.name.as_deref() == Some(name)
+            })
+            .ok_or_else(|| {
+                format!("ConfigMap {namespace}/{name} not found (labelled vestibule.dev/upstream-ca=true)")
+            })?;
+        let pem = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no ca.crt"))?;
+        if pem.len() > crate::model::MAX_ROOTS_PEM {
+            return Err(format!(
+                "ConfigMap {namespace}/{name}: ca.crt is larger than 256 KiB"
+            ));
+        }
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("ConfigMap {namespace}/{name}: ca.crt is not valid PEM"))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "ConfigMap {namespace}/{name}: ca.crt holds no CERTIFICATE block"
+            ));
+        }
+        Ok(pem.clone())
     }
 }
 

@@ -58,6 +58,10 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "its ca.crt verifies the upstream (no client certificate); the Secret must be in the Ingress's namespace, of type kubernetes.io/tls or labelled vestibule.dev/upstream-ca=true",
         ),
+        "proxy-ssl-ca-configmap" => (
+            Support::Supported,
+            "Vestibule's own (under vestibule.dev/ too): the ca.crt of a ConfigMap in the Ingress's namespace labelled vestibule.dev/upstream-ca=true (trust-manager bundles) verifies the upstream",
+        ),
         "proxy-ssl-server-name" => (
             Support::Approximated,
             "SNI is always sent to TLS upstreams",
@@ -150,6 +154,7 @@ pub const DOCUMENTED: &[&str] = &[
     "proxy-connect-timeout",
     "proxy-read-timeout",
     "proxy-send-timeout",
+    "proxy-ssl-ca-configmap",
     "proxy-ssl-name",
     "proxy-ssl-secret",
     "proxy-ssl-server-name",

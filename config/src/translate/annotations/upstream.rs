@@ -25,6 +25,9 @@ pub(crate) struct UpstreamAsk {
     pub verify_off: bool,
     /// `proxy-ssl-secret: ns/name`: its `ca.crt` verifies the upstream.
     pub ca_secret: Option<(String, String)>,
+    /// `proxy-ssl-ca-configmap: name` (the Ingress's namespace): its
+    /// `ca.crt` verifies the upstream (trust-manager's bundles are such).
+    pub ca_config_map: Option<String>,
     /// `proxy-ssl-name`: SNI and the name verified.
     pub server_name: Option<Hostname>,
 }
@@ -73,6 +76,20 @@ pub(super) fn read(
         }
         parsed.map(|(ns, name)| (ns.to_string(), name.to_string()))
     });
+    let ca_config_map = known.get("proxy-ssl-ca-configmap").and_then(|v| {
+        let ok = !v.is_empty()
+            && v.len() <= 253
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+        if !ok {
+            invalid(
+                "proxy-ssl-ca-configmap",
+                v,
+                "the name of a ConfigMap in the Ingress's namespace",
+            );
+        }
+        ok.then(|| v.to_string())
+    });
     let server_name = known.get("proxy-ssl-name").and_then(|v| {
         let parsed = Hostname::parse(v).ok();
         if parsed.is_none() {
@@ -84,6 +101,7 @@ pub(super) fn read(
         wire,
         verify_off,
         ca_secret,
+        ca_config_map,
         server_name,
     })
 }
