@@ -21,6 +21,8 @@ use hyper_util::rt::TokioExecutor;
 use pingora_http::RequestHeader;
 use vestibule_config::model::ExternalAuth;
 
+use crate::edge::headers::HOP_BY_HOP;
+
 /// The longest wait for the auth service's answer.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -116,17 +118,10 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// Request headers never sent to the auth service: hop-by-hop, framing, and
-/// the ones set below.
+/// Request headers never sent to the auth service besides the hop-by-hop
+/// ones: framing (no body goes), and the ones set below.
 const NOT_SENT: &[&str] = &[
     "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
     "content-length",
     "expect",
     "x-original-url",
@@ -226,7 +221,7 @@ impl AuthClient {
             .method(check.method.clone())
             .uri(uri);
         for (name, value) in req.headers.iter() {
-            if !NOT_SENT.contains(&name.as_str()) {
+            if !NOT_SENT.contains(&name.as_str()) && !HOP_BY_HOP.contains(&name.as_str()) {
                 out = out.header(name, value);
             }
         }

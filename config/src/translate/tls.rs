@@ -49,6 +49,21 @@ impl CertificateMemo {
 /// the operator watches beside `kubernetes.io/tls` Secrets.
 pub const UPSTREAM_CA_LABEL: &str = "vestibule.dev/upstream-ca";
 
+/// Checks a PEM bundle of upstream roots (`ca.crt` of a Secret or a
+/// ConfigMap): at most 256 KiB, valid PEM, at least one certificate.
+pub fn check_roots(pem: &[u8]) -> Result<(), &'static str> {
+    if pem.len() > crate::model::MAX_ROOTS_PEM {
+        return Err("ca.crt is larger than 256 KiB");
+    }
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "ca.crt is not valid PEM")?;
+    if certs.is_empty() {
+        return Err("ca.crt holds no CERTIFICATE block");
+    }
+    Ok(())
+}
+
 fn secret_field<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
     secret.data.as_ref()?.get(key).map(|b| b.0.as_slice())
 }
@@ -131,31 +146,29 @@ impl<'a> SecretIndex<'a> {
     /// The PEM roots in Secret `namespace/name`'s `ca.crt` (upstream
     /// verification), or why there are none.
     pub fn roots(&self, namespace: &str, name: &str) -> Result<String, Unresolved> {
+        let secret = self.lookup(
+            namespace,
+            name,
+            &format!(" (of type {TLS_TYPE:?} or labelled {UPSTREAM_CA_LABEL}=true)"),
+        )?;
         let invalid = |why: &str| Unresolved {
             reason: Reason::SecretInvalid,
             message: format!("Secret {namespace}/{name}: {why}"),
         };
-        let secret = self
-            .secrets
+        let pem = secret_field(secret, "ca.crt").ok_or_else(|| invalid("no ca.crt"))?;
+        check_roots(pem).map_err(invalid)?;
+        String::from_utf8(pem.to_vec()).map_err(|_| invalid("ca.crt is not UTF-8"))
+    }
+
+    /// Secret `namespace/name`, or `SecretNotFound` (with `hint`).
+    fn lookup(&self, namespace: &str, name: &str, hint: &str) -> Result<&'a Secret, Unresolved> {
+        self.secrets
             .get(&(namespace, name))
+            .map(|s| &***s)
             .ok_or_else(|| Unresolved {
                 reason: Reason::SecretNotFound,
-                message: format!(
-                    "Secret {namespace}/{name} not found (of type {TLS_TYPE:?} or labelled {UPSTREAM_CA_LABEL}=true)"
-                ),
-            })?;
-        let pem = secret_field(secret, "ca.crt").ok_or_else(|| invalid("no ca.crt"))?;
-        if pem.len() > crate::model::MAX_ROOTS_PEM {
-            return Err(invalid("ca.crt is larger than 256 KiB"));
-        }
-        let count = CertificateDer::pem_slice_iter(pem)
-            .map(|c| c.map_err(|_| invalid("ca.crt is not valid PEM")))
-            .collect::<Result<Vec<_>, _>>()?
-            .len();
-        if count == 0 {
-            return Err(invalid("ca.crt holds no CERTIFICATE block"));
-        }
-        String::from_utf8(pem.to_vec()).map_err(|_| invalid("ca.crt is not UTF-8"))
+                message: format!("Secret {namespace}/{name} not found{hint}"),
+            })
     }
 
     /// The certificate in Secret `namespace/name`, or why there is none. The
@@ -165,13 +178,7 @@ impl<'a> SecretIndex<'a> {
             reason: Reason::SecretInvalid,
             message: format!("Secret {namespace}/{name}: {why}"),
         };
-        let secret = self
-            .secrets
-            .get(&(namespace, name))
-            .ok_or_else(|| Unresolved {
-                reason: Reason::SecretNotFound,
-                message: format!("Secret {namespace}/{name} not found"),
-            })?;
+        let secret = self.lookup(namespace, name, "")?;
         if let Some(t) = secret.type_.as_deref() {
             if t != TLS_TYPE {
                 return Err(invalid(&format!("type is {t:?}, want {TLS_TYPE:?}")));

@@ -166,20 +166,8 @@ impl Translator<'_> {
             .as_ref()
             .and_then(|d| d.get("ca.crt"))
             .ok_or_else(|| format!("ConfigMap {namespace}/{name} has no ca.crt"))?;
-        if pem.len() > crate::model::MAX_ROOTS_PEM {
-            return Err(format!(
-                "ConfigMap {namespace}/{name}: ca.crt is larger than 256 KiB"
-            ));
-        }
-        use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| format!("ConfigMap {namespace}/{name}: ca.crt is not valid PEM"))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "ConfigMap {namespace}/{name}: ca.crt holds no CERTIFICATE block"
-            ));
-        }
+        super::tls::check_roots(pem.as_bytes())
+            .map_err(|why| format!("ConfigMap {namespace}/{name}: {why}"))?;
         Ok(pem.clone())
     }
 }

@@ -51,6 +51,19 @@ const PROTECTED: &[&str] = &[
     "client-ip",
 ];
 
+/// Hop-by-hop headers (and the proxy's credentials): never copied onto a
+/// request the gateway makes itself (mirrors, auth checks).
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
 /// What to do with request header names that contain `_`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Underscores {

@@ -303,6 +303,19 @@ impl Client {
     }
 }
 
+/// Writes raw request bytes to `stream`, reads one response (within 5 s).
+pub async fn exchange<S: tokio::io::AsyncRead + AsyncWriteExt + Unpin>(
+    stream: S,
+    bytes: &[u8],
+) -> Response {
+    let mut conn = BufReader::new(stream);
+    conn.get_mut().write_all(bytes).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), read_response(&mut conn))
+        .await
+        .expect("response in time")
+        .unwrap_or_else(|e| panic!("no response to {:?}: {e}", String::from_utf8_lossy(bytes)))
+}
+
 /// Reads one HTTP/1.1 response (content-length or chunked) from any stream.
 pub async fn read_response<R: AsyncBufReadExt + AsyncReadExt + Unpin>(
     conn: &mut R,
@@ -393,6 +406,15 @@ pub fn one_host_config(host: &str, addr: SocketAddr) -> GatewayConfig {
         ..Default::default()
     }
     .seal()
+}
+
+/// A gateway serving `config` from a file in a new temporary directory.
+pub async fn serve_config(tag: &str, config: &GatewayConfig, extra: &[&str]) -> (Gateway, TempDir) {
+    let dir = TempDir::new(tag);
+    let path = dir.0.join("config.json");
+    write_config(&path, config);
+    let gw = Gateway::start(&["--config", path.to_str().unwrap()], extra).await;
+    (gw, dir)
 }
 
 /// Writes a config atomically (write + rename), as a config manager would.

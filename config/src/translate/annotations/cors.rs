@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::values::flag;
 use crate::model::{Cors, CorsOrigins, HeaderText};
 
 const DEFAULT_METHODS: &str = "GET, PUT, POST, DELETE, PATCH, OPTIONS";
@@ -13,13 +14,8 @@ pub(super) fn read(
     known: &BTreeMap<&str, &str>,
     invalid: &mut dyn FnMut(&str, &str, &str),
 ) -> Option<Box<Cors>> {
-    match known.get("enable-cors").copied() {
-        Some("true") => {}
-        None | Some("false") => return None,
-        Some(v) => {
-            invalid("enable-cors", v, "must be \"true\" or \"false\"");
-            return None;
-        }
+    if flag(known, "enable-cors", invalid) != Some(true) {
+        return None;
     }
     // The value, or the default (always a valid header value).
     let mut text = |name: &str, default: &str| -> Option<HeaderText> {
@@ -68,14 +64,7 @@ pub(super) fn read(
             }
         }
     };
-    let allow_credentials = match known.get("cors-allow-credentials").copied() {
-        None | Some("true") => true,
-        Some("false") => false,
-        Some(v) => {
-            invalid("cors-allow-credentials", v, "must be \"true\" or \"false\"");
-            true
-        }
-    };
+    let allow_credentials = flag(known, "cors-allow-credentials", invalid).unwrap_or(true);
     let max_age = match known.get("cors-max-age") {
         None => DEFAULT_MAX_AGE,
         Some(v) => v.trim().parse().unwrap_or_else(|_| {

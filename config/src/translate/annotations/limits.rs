@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
+use super::values::cidrs;
 use crate::model::{ClientConcurrency, ClientRate, RatePeriod};
 
 /// ingress-nginx's `limit-burst-multiplier` default.
@@ -30,16 +31,7 @@ pub(super) fn read(
     let exempt: Vec<IpNet> = match known.get("limit-whitelist") {
         None => Vec::new(),
         Some(v) => {
-            let parsed: Result<Vec<IpNet>, _> = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<IpNet>()
-                        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                })
-                .collect();
-            parsed.unwrap_or_else(|_| {
+            cidrs(v).unwrap_or_else(|| {
                 // Unreadable: no one is exempt (the safe side of a limit).
                 invalid(
                     "limit-whitelist",

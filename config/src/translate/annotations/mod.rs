@@ -10,7 +10,7 @@ use super::{Condition, ConditionType, Reason};
 use crate::hostname::Hostname;
 use crate::model::{ClientNetworks, PathRewrite, PlainHttp, Redirect, RedirectStatus};
 use ipnet::IpNet;
-use values::{body_size, is_token, parse_url};
+use values::{body_size, cidrs, flag, is_token, parse_url};
 
 pub(crate) use upstream::{UpstreamAsk, Wire};
 
@@ -233,18 +233,9 @@ pub(crate) fn read(
         let Some(v) = known.get(name) else {
             return Vec::new();
         };
-        let parsed: Result<Vec<IpNet>, _> = v
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-            })
-            .collect();
-        match parsed {
-            Ok(nets) => nets,
-            Err(_) => {
+        match cidrs(v) {
+            Some(nets) => nets,
+            None => {
                 invalid(name, v, "a comma-separated list of CIDRs");
                 // The safe default of an allowlist that can't be read: no one.
                 if name == "whitelist-source-range" {
@@ -260,16 +251,10 @@ pub(crate) fn read(
         deny: ranges("denylist-source-range"),
     };
     let networks = (networks != ClientNetworks::default()).then_some(networks);
-    let mut flag = |name: &str| match known.get(name) {
-        None => None,
-        Some(&"true") => Some(true),
-        Some(&"false") => Some(false),
-        Some(v) => {
-            invalid(name, v, "must be \"true\" or \"false\"");
-            None
-        }
-    };
-    let plain_http = match (flag("force-ssl-redirect"), flag("ssl-redirect")) {
+    let plain_http = match (
+        flag(&known, "force-ssl-redirect", &mut invalid),
+        flag(&known, "ssl-redirect", &mut invalid),
+    ) {
         (Some(true), _) => Some(PlainHttp::Redirect),
         (_, Some(false)) => Some(PlainHttp::Serve),
         _ => None,
@@ -293,14 +278,8 @@ pub(crate) fn read(
         }
         ok.then(|| t.to_string())
     });
-    let use_regex = match known.get("use-regex").copied() {
-        Some("true") => true,
-        None | Some("false") => false,
-        Some(v) => {
-            invalid("use-regex", v, "must be \"true\" or \"false\"");
-            false
-        }
-    } || rewrite_target.is_some();
+    let use_regex =
+        flag(&known, "use-regex", &mut invalid).unwrap_or(false) || rewrite_target.is_some();
     Annotations {
         affinity,
         client_rate,

@@ -50,3 +50,32 @@ pub(super) fn is_token(h: &str) -> bool {
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
+
+/// `"true"` or `"false"`; anything else is reported and read as absent.
+pub(super) fn flag(
+    known: &std::collections::BTreeMap<&str, &str>,
+    name: &str,
+    invalid: &mut dyn FnMut(&str, &str, &str),
+) -> Option<bool> {
+    match known.get(name).copied()? {
+        "true" => Some(true),
+        "false" => Some(false),
+        v => {
+            invalid(name, v, "must be \"true\" or \"false\"");
+            None
+        }
+    }
+}
+
+/// A comma-separated list of CIDRs or addresses.
+pub(super) fn cidrs(v: &str) -> Option<Vec<ipnet::IpNet>> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .ok()
+        })
+        .collect()
+}
