@@ -10,6 +10,8 @@ use std::time::Instant;
 use http::HeaderValue;
 use prometheus::IntGauge;
 
+use std::net::IpAddr;
+
 use crate::edge::client_ip::Client;
 use crate::ratelimit::per_client::ClientSlot;
 use crate::runtime::RouteTarget;
@@ -28,7 +30,18 @@ pub struct Ctx {
     /// Request body bytes the route still takes (`proxy-body-size`).
     pub body_left: Option<u64>,
     /// The real client (see `edge::client_ip`), once the head is in.
-    pub client: Option<Client>,
+    pub client_ip: Option<IpAddr>,
+    /// What only some requests need, allocated by the first that does: the
+    /// per-request state lives in every connection's proxy future (several
+    /// copies of it), so it is kept small.
+    pub extras: Option<Box<Extras>>,
+}
+
+/// The per-request state of the less common features.
+#[derive(Default)]
+pub struct Extras {
+    /// A trusted proxy's address and the X-Forwarded-For chain it sent.
+    pub forwarded: Option<(IpAddr, HeaderValue)>,
     /// The `Access-Control-Allow-Origin` an admitted cross-origin request's
     /// response gets.
     pub cors_allow: Option<HeaderValue>,
@@ -49,12 +62,45 @@ impl Ctx {
             tenant_header: None,
             routed: None,
             body_left: None,
-            client: None,
-            cors_allow: None,
-            auth_headers: Vec::new(),
-            client_slot: None,
-            sticky: None,
+            client_ip: None,
+            extras: None,
         }
+    }
+
+    /// The extras, allocated on first use.
+    pub fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Records the request's client.
+    pub fn set_client(&mut self, client: Client) {
+        self.client_ip = Some(client.ip);
+        if let Some(chain) = client.forwarded_for {
+            self.extras().forwarded = Some((client.peer, chain));
+        }
+    }
+
+    /// The request's client, for the forwarding headers.
+    pub fn client(&self) -> Option<Client> {
+        let ip = self.client_ip?;
+        let forwarded = self.extras.as_ref().and_then(|e| e.forwarded.clone());
+        Some(match forwarded {
+            Some((peer, chain)) => Client {
+                ip,
+                peer,
+                forwarded_for: Some(chain),
+            },
+            None => Client {
+                ip,
+                peer: ip,
+                forwarded_for: None,
+            },
+        })
+    }
+
+    /// The endpoint the request's affinity cookie names.
+    pub fn sticky(&self) -> Option<&str> {
+        self.extras.as_ref()?.sticky.as_deref()
     }
 
     /// The endpoint of the current attempt, if one was picked.

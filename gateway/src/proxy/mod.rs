@@ -98,10 +98,10 @@ impl Gateway {
             request_uri,
         };
         let client = self.auth.get_or_init(AuthClient::new);
-        let ip = ctx.client.as_ref().map(|c| c.ip);
+        let ip = ctx.client_ip;
         match client.check(check, req, &vars, ip).await {
             AuthVerdict::Pass(headers) => {
-                ctx.auth_headers = headers;
+                ctx.extras().auth_headers = headers;
                 None
             }
             AuthVerdict::Deny(status, challenge) => Some(Decision::AuthDenied(status, challenge)),
@@ -216,17 +216,23 @@ impl ProxyHttp for Gateway {
         let mut decision = match checked {
             Ok(()) => {
                 let peer = session.client_addr().and_then(|a| a.as_inet());
-                ctx.client = peer.map(|p| {
+                if let Some(p) = peer {
                     let trusted = &self.settings.trusted_proxies;
-                    trusted.client(p.ip().to_canonical(), session.req_header())
-                });
-                let client = ctx.client.as_ref().map(|c| c.ip);
+                    ctx.set_client(trusted.client(p.ip().to_canonical(), session.req_header()));
+                }
+                let client = ctx.client_ip;
                 self.route(session.req_header(), tls, client, ctx)
             }
             Err(why) => Decision::Reject(why),
         };
-        if matches!(decision, Decision::Proxy) {
-            if let Some(denied) = self.authenticate(session, ctx).await {
+        let auth = ctx
+            .routed
+            .as_ref()
+            .is_some_and(|r| r.target.filters.auth().is_some());
+        if auth && matches!(decision, Decision::Proxy) {
+            // Boxed: the check's future (an HTTP client exchange) would
+            // otherwise size every connection's proxy future, auth or not.
+            if let Some(denied) = Box::pin(self.authenticate(session, ctx)).await {
                 decision = denied;
             }
         }
@@ -326,7 +332,8 @@ impl ProxyHttp for Gateway {
             .as_mut()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in ctx"))?;
         let timeouts = routed.target.timeouts;
-        match routed.start_attempt(ctx.sticky.as_deref()) {
+        let sticky = ctx.extras.as_ref().and_then(|e| e.sticky.as_deref());
+        match routed.start_attempt(sticky) {
             Ok(attempt) => {
                 let mut peer = attempt.endpoint.peer();
                 let o = &mut peer.options;
@@ -356,11 +363,14 @@ impl ProxyHttp for Gateway {
         if let Some(routed) = &ctx.routed {
             routed.target.filters.on_request(upstream);
         }
-        for (name, value) in ctx.auth_headers.drain(..) {
-            upstream.insert_header(name, value)?;
+        if let Some(extras) = ctx.extras.as_mut() {
+            for (name, value) in extras.auth_headers.drain(..) {
+                upstream.insert_header(name, value)?;
+            }
         }
+        let client = ctx.client();
         let origin = Origin {
-            client: ctx.client.as_ref(),
+            client: client.as_ref(),
             tls: self.settings.tls,
             authority: ctx.authority.as_ref(),
             tenant: ctx.tenant_header.as_ref(),
@@ -384,8 +394,8 @@ impl ProxyHttp for Gateway {
         }
         if let Some(routed) = &ctx.routed {
             routed.target.filters.on_response(resp);
-            if let (Some(cors), Some(allow)) = (routed.target.filters.cors(), ctx.cors_allow.take())
-            {
+            let allow = ctx.extras.as_mut().and_then(|e| e.cors_allow.take());
+            if let (Some(cors), Some(allow)) = (routed.target.filters.cors(), allow) {
                 cors.mark(resp, allow);
             }
             // Pin the client to the endpoint that answered, unless its
@@ -393,7 +403,7 @@ impl ProxyHttp for Gateway {
             if let (Some(sticky), Some(attempt)) = (routed.target.filters.sticky(), &routed.attempt)
             {
                 let id = &*attempt.endpoint.affinity_id;
-                if ctx.sticky.as_deref() != Some(id) {
+                if ctx.sticky() != Some(id) {
                     sticky.pin(resp, id, self.settings.tls);
                 }
             }
@@ -529,7 +539,7 @@ impl ProxyHttp for Gateway {
             target: "vestibule::access",
             tenant,
             route,
-            client = ctx.client.as_ref().map(|c| tracing::field::display(c.ip)),
+            client = ctx.client_ip.map(tracing::field::display),
             host = %String::from_utf8_lossy(ctx.authority.as_ref().map_or(&[][..], |a| a.as_bytes())),
             method = %req.method,
             path = req.uri.path(),
@@ -618,17 +628,20 @@ impl Gateway {
         }
         if let Some(ip) = client {
             match target.filters.per_client(ip) {
-                Ok(slot) => ctx.client_slot = slot,
+                Ok(Some(slot)) => ctx.extras().client_slot = Some(slot),
+                Ok(None) => {}
                 Err(wait) => return Decision::ClientLimited(wait),
             }
         }
         if let Some(sticky) = target.filters.sticky() {
-            ctx.sticky = sticky.wanted(req);
+            if let Some(wanted) = sticky.wanted(req) {
+                ctx.extras().sticky = Some(wanted);
+            }
         }
         if let Some(cors) = target.filters.cors() {
             match cors.decide(req) {
                 CorsDecision::Preflight(headers) => return Decision::Preflight(headers),
-                CorsDecision::Mark(allow) => ctx.cors_allow = Some(allow),
+                CorsDecision::Mark(allow) => ctx.extras().cors_allow = Some(allow),
                 CorsDecision::None => {}
             }
         }
