@@ -104,6 +104,57 @@ async fn endpoint_slice_change_updates_the_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_annotations_are_never_ignored_in_silence() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.apply(service("shop", "web", 80));
+    api.apply(endpoint_slice("shop", "web", &["10.0.0.1"], 8080));
+    let mut ing = ingress("shop", "migrated", "shop.example.com", "web", 80);
+    ing["metadata"]["annotations"] = json!({
+        "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: 1\";",
+        "nginx.ingress.kubernetes.io/server-alias": "www.shop.example.com",
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": "forever",
+        "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
+    });
+    api.apply(ing);
+    let op = start(&api, test_settings("op-a")).await;
+    let config = first_config(op.config_addr).await.json();
+    // Served, with what is supported applied.
+    let shop = config["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["host"] == "shop.example.com"))
+        .expect("shop vhost");
+    assert_eq!(shop["routes"][0]["filters"][0]["maxBody"], 8 << 20);
+    // Each problem is a Warning Event on the Ingress, naming the annotation.
+    let events = eventually(
+        Duration::from_secs(5),
+        "three annotation Events",
+        || async {
+            let evs: Vec<_> = api
+                .list("Event")
+                .into_iter()
+                .filter(|e| e["regarding"]["name"] == "migrated")
+                .collect();
+            (evs.len() >= 3).then_some(evs)
+        },
+    )
+    .await;
+    for (reason, names) in [
+        ("SnippetRefused", "configuration-snippet"),
+        ("UnsupportedAnnotation", "server-alias"),
+        ("InvalidAnnotation", "proxy-read-timeout"),
+    ] {
+        let e = events
+            .iter()
+            .find(|e| e["reason"] == reason)
+            .unwrap_or_else(|| panic!("no {reason} Event in {events:?}"));
+        assert_eq!(e["type"], "Warning");
+        assert!(e["note"].as_str().unwrap_or("").contains(names), "{e}");
+    }
+    op.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hijack_attempt_yields_one_event_and_no_route() {
     let api = FakeApi::start().await;
     seed(&api);
