@@ -21,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use pingora_http::RequestHeader;
 use vestibule_config::model::ExternalAuth;
 
-use crate::edge::headers::HOP_BY_HOP;
+use crate::edge::headers::{folded_eq, protected, HOP_BY_HOP};
 
 /// The longest wait for the auth service's answer.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,17 +119,16 @@ fn escape(s: &str) -> String {
 }
 
 /// Request headers never sent to the auth service besides the hop-by-hop
-/// ones: framing (no body goes), and the ones set below.
+/// ones and those only the gateway may send (`edge::headers::protected`,
+/// in every spelling): framing (no body goes), and the ones set below. An
+/// auth service (oauth2-proxy) decides by `X-Forwarded-Uri` and
+/// `-Method`: a client must never choose them.
 const NOT_SENT: &[&str] = &[
     "host",
     "content-length",
     "expect",
-    "x-original-url",
     "x-original-method",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
+    "x-forwarded-method",
     "x-auth-request-redirect",
     "x-sent-from",
 ];
@@ -158,10 +157,15 @@ impl tower::Service<Name> for NoLinkLocal {
     }
 }
 
+/// Link-local addresses, and the cloud metadata endpoints outside them
+/// (AWS's IPv6 `fd00:ec2::254`, Alibaba's `100.100.100.200`).
 fn link_local(ip: IpAddr) -> bool {
     match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local() || v4.octets() == [100, 100, 100, 200],
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
     }
 }
 
@@ -221,7 +225,11 @@ impl AuthClient {
             .method(check.method.clone())
             .uri(uri);
         for (name, value) in req.headers.iter() {
-            if !NOT_SENT.contains(&name.as_str()) && !HOP_BY_HOP.contains(&name.as_str()) {
+            let n = name.as_str();
+            if !NOT_SENT.iter().any(|s| folded_eq(s, n))
+                && !HOP_BY_HOP.contains(&n)
+                && !protected(n)
+            {
                 out = out.header(name, value);
             }
         }
@@ -232,6 +240,8 @@ impl AuthClient {
             .header("x-auth-request-redirect", vars.request_uri)
             .header("x-forwarded-proto", vars.scheme)
             .header("x-forwarded-host", vars.host)
+            .header("x-forwarded-uri", vars.request_uri)
+            .header("x-forwarded-method", req.method.as_str())
             .header("x-sent-from", "vestibule");
         if let Some(ip) = client_ip {
             let ip = ip.to_string();
@@ -294,6 +304,8 @@ mod tests {
         );
         assert!(link_local("169.254.169.254".parse().unwrap()));
         assert!(link_local("fe80::1".parse().unwrap()));
+        assert!(link_local("fd00:ec2::254".parse().unwrap()));
+        assert!(link_local("100.100.100.200".parse().unwrap()));
         assert!(!link_local("10.0.0.1".parse().unwrap()));
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::auth::AuthCheck;
 use crate::cors::CorsPolicy;
+use crate::edge::headers::folded_eq;
 use crate::ratelimit::per_client::{ClientConcurrencyLimiter, ClientRateLimiter, ClientSlot};
 use crate::sticky::StickyCookie;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -363,7 +364,7 @@ impl Filters {
                     Filter::MaxBody(n) => Compiled::MaxBody(*n),
                     Filter::ClientNetworks(n) => Compiled::Networks(n.clone()),
                     // A policy whose values can't be headers (the IR's
-                    // checks make that unlikely) admits no one.
+                    // checks make that unlikely) marks no response.
                     Filter::Cors(c) => match CorsPolicy::new(c) {
                         Some(policy) => Compiled::Cors(Box::new(policy)),
                         None => Compiled::Networks(model::ClientNetworks::default()),
@@ -409,9 +410,16 @@ impl Filters {
                 // What the client sent under the names the auth service
                 // answers with is never passed on (the service's values
                 // are set after the filters).
-                Compiled::Auth(a) => {
-                    for name in a.copied() {
-                        req.remove_header(name);
+                Compiled::Auth(a) if !a.copied().is_empty() => {
+                    // In every spelling a backend could fold into them.
+                    let doomed: Vec<http::HeaderName> = req
+                        .headers
+                        .keys()
+                        .filter(|n| a.copied().iter().any(|c| folded_eq(c.as_str(), n.as_str())))
+                        .cloned()
+                        .collect();
+                    for name in doomed {
+                        req.remove_header(&name);
                     }
                 }
                 Compiled::Response(_)
@@ -419,6 +427,7 @@ impl Filters {
                 | Compiled::MaxBody(_)
                 | Compiled::Networks(_)
                 | Compiled::Cors(_)
+                | Compiled::Auth(_)
                 | Compiled::ClientRate(_)
                 | Compiled::ClientConcurrency(_)
                 | Compiled::Sticky(_) => {}

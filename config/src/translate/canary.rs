@@ -18,6 +18,7 @@ impl<'a> Translator<'a> {
         &mut self,
         ingress: &'a Ingress,
         canary: &Canary,
+        use_regex: bool,
         mut conditions: Vec<Condition>,
     ) {
         let (namespace, object, route_name) = identity(ingress);
@@ -34,7 +35,9 @@ impl<'a> Translator<'a> {
                 continue;
             }
             for path in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let Some(matcher) = rule_path(&host, path, false, &mut conditions) else {
+                // The canary's paths are read as its primary's are (a
+                // use-regex primary's canary carries use-regex too).
+                let Some(matcher) = rule_path(&host, path, use_regex, &mut conditions) else {
                     continue;
                 };
                 let key = RouteKey::path(matcher.clone());
@@ -43,8 +46,9 @@ impl<'a> Translator<'a> {
                     .get(&host)
                     .and_then(|r| r.get(&key))
                     .filter(|e| e.owner.kind == ObjectKind::Ingress)
-                    .map(|e| e.backend.clone());
-                let Some(Backend::Pool(primary)) = primary else {
+                    .map(|e| (e.backend.clone(), e.filters.clone(), e.timeouts()));
+                let Some((Backend::Pool(primary), primary_filters, primary_timeouts)) = primary
+                else {
                     conditions.push(Condition::new(
                         ConditionType::Accepted,
                         false,
@@ -128,12 +132,19 @@ impl<'a> Translator<'a> {
                         path: matcher.clone(),
                         conditions,
                     };
+                    // The primary's protections (source ranges, auth,
+                    // limits, body size, rewrites, CORS, affinity) and
+                    // timeouts hold on these routes too: a header or cookie
+                    // must never be a way around them.
                     routes.insert_new(key, || {
-                        RouteEntry::new(
+                        let mut entry = RouteEntry::new(
                             route_name.clone(),
                             Backend::Pool(pool.clone()),
                             object.clone(),
-                        )
+                        );
+                        entry.filters = primary_filters.clone();
+                        entry.set_timeouts(primary_timeouts);
+                        entry
                     });
                 }
             }

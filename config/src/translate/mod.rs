@@ -127,13 +127,13 @@ fn run(
             let mut read =
                 annotations::read(ingress.metadata.annotations.as_ref(), &mut conditions);
             match read.canary.take() {
-                Some(canary) => canaries.push((ingress, canary, conditions)),
+                Some(canary) => canaries.push((ingress, canary, read.use_regex, conditions)),
                 None => t.add_ingress(ingress, &read, conditions),
             }
         }
     }
-    for (ingress, canary, conditions) in canaries {
-        t.add_canary(ingress, &canary, conditions);
+    for (ingress, canary, use_regex, conditions) in canaries {
+        t.add_canary(ingress, &canary, use_regex, conditions);
     }
     t.add_gateway_api(snapshot);
     t.add_tenant_backends_and_tls();
@@ -152,6 +152,21 @@ struct RouteEntry {
 }
 
 impl RouteEntry {
+    /// The read, connect and send timeouts.
+    fn timeouts(&self) -> [Option<u32>; 3] {
+        [
+            self.timeout_ms,
+            self.connect_timeout_ms,
+            self.send_timeout_ms,
+        ]
+    }
+
+    fn set_timeouts(&mut self, [read, connect, send]: [Option<u32>; 3]) {
+        self.timeout_ms = read;
+        self.connect_timeout_ms = connect;
+        self.send_timeout_ms = send;
+    }
+
     /// A route with no filters.
     fn new(name: RouteName, backend: Backend, owner: ObjectRef) -> Self {
         RouteEntry {

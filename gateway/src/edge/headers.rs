@@ -77,13 +77,18 @@ pub enum Underscores {
 
 /// Whether `name` (lower case, as `http` stores it) equals a protected
 /// name with `_` read as `-`.
-fn protected(name: &str) -> bool {
-    PROTECTED.iter().any(|p| {
-        p.len() == name.len()
-            && p.bytes()
-                .zip(name.bytes())
-                .all(|(p, n)| p == n || (p == b'-' && n == b'_'))
-    })
+pub fn protected(name: &str) -> bool {
+    PROTECTED.iter().any(|p| folded_eq(p, name))
+}
+
+/// Whether `name` reads as `canonical` (lower case) once `_` is read as
+/// `-`, as CGI, WSGI, Rack and PHP read header names.
+pub fn folded_eq(canonical: &str, name: &str) -> bool {
+    canonical.len() == name.len()
+        && canonical
+            .bytes()
+            .zip(name.bytes())
+            .all(|(p, n)| p == n || (p == b'-' && n == b'_'))
 }
 
 /// Removes the client's protected headers, and headers with `_` in their

@@ -120,8 +120,11 @@ async fn respond(
 ) -> Result<bool> {
     let body: Bytes = body.into();
     let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    // A 204 carries neither (RFC 9110 §8.6).
+    if status != 204 {
+        resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    }
     for (name, value) in extra {
         resp.insert_header(name, value)?;
     }
@@ -363,9 +366,10 @@ impl ProxyHttp for Gateway {
         if let Some(routed) = &ctx.routed {
             routed.target.filters.on_request(upstream);
         }
-        if let Some(extras) = ctx.extras.as_mut() {
-            for (name, value) in extras.auth_headers.drain(..) {
-                upstream.insert_header(name, value)?;
+        // Cloned, not taken: a retried attempt runs this filter again.
+        if let Some(extras) = &ctx.extras {
+            for (name, value) in &extras.auth_headers {
+                upstream.insert_header(name.clone(), value.clone())?;
             }
         }
         let client = ctx.client();

@@ -1,9 +1,11 @@
 //! Per client address limits of one route, on this replica (ingress-nginx's
 //! `limit-rps` / `limit-rpm` and `limit-connections`): a GCRA arrival time
 //! per address, and requests in flight per address. Both maps are bounded:
-//! a rate table full of addresses still inside their burst refuses new
-//! ones (as nginx does when its zone is full), and the in-flight table only
-//! holds addresses with a request under way.
+//! a full rate table forgets addresses whose bucket is full again (at most
+//! once a second), then, if still full, one address to make room (nginx
+//! evicts its least recently used), so a flood of addresses never locks
+//! new clients out; the in-flight table only holds addresses with a request
+//! under way.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,8 +28,9 @@ pub struct ClientRateLimiter {
     tolerance: u64,
     exempt: Vec<IpNet>,
     epoch: Instant,
-    /// Arrival time of each address's next request, in ns since `epoch`.
-    tat: Table<u64>,
+    /// Arrival time of each address's next request, in ns since `epoch`,
+    /// and when the table was last swept.
+    tat: Mutex<(HashMap<IpAddr, u64, ahash::RandomState>, u64)>,
 }
 
 impl ClientRateLimiter {
@@ -39,7 +42,8 @@ impl ClientRateLimiter {
         let interval = (period / u64::from(rate.requests.max(1))).max(1);
         ClientRateLimiter {
             interval,
-            tolerance: interval.saturating_mul(u64::from(rate.burst.max(1))),
+            // nginx's `burst=B nodelay` lets B + 1 requests through at once.
+            tolerance: interval.saturating_mul(u64::from(rate.burst.max(1)) + 1),
             exempt: rate.exempt.clone(),
             epoch: Instant::now(),
             tat: Mutex::default(),
@@ -55,12 +59,19 @@ impl ClientRateLimiter {
     }
 
     fn check_at(&self, ip: IpAddr, now: u64) -> Result<(), Duration> {
-        let mut table = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let (table, swept) = &mut *guard;
         if table.len() >= MAX_CLIENTS && !table.contains_key(&ip) {
-            // Addresses whose bucket is full again hold nothing: forget them.
-            table.retain(|_, tat| *tat > now);
+            // Addresses whose bucket is full again hold nothing: forget
+            // them, at most once a second (a sweep reads the whole table).
+            if now.saturating_sub(*swept) >= 1_000_000_000 {
+                table.retain(|_, tat| *tat > now);
+                *swept = now;
+            }
             if table.len() >= MAX_CLIENTS {
-                return Err(Duration::from_secs(1));
+                if let Some(any) = table.keys().next().copied() {
+                    table.remove(&any);
+                }
             }
         }
         let tat = table.entry(ip).or_insert(0);
@@ -141,17 +152,33 @@ mod tests {
             exempt: vec!["10.0.0.0/8".parse().unwrap()],
         });
         let t0 = 1_000_000_000_000;
-        // A burst of 5 at once.
+        // A burst of 5 on top of the one the rate allows (nginx's `burst=5 nodelay`).
         let passed = (0..20)
             .filter(|_| l.check_at(ip("192.0.2.1"), t0).is_ok())
             .count();
-        assert_eq!(passed, 5);
+        assert_eq!(passed, 6);
         // Another address is not affected; an exempt one is never limited.
         assert!(l.check_at(ip("192.0.2.2"), t0).is_ok());
         assert!((0..100).all(|_| l.check(ip("10.1.2.3")).is_ok()));
         // 100 ms later the first has one more.
         assert!(l.check_at(ip("192.0.2.1"), t0 + 100_000_000).is_ok());
         assert!(l.check_at(ip("192.0.2.1"), t0 + 100_000_000).is_err());
+    }
+
+    #[test]
+    fn a_full_table_still_takes_new_addresses() {
+        let l = ClientRateLimiter::new(&ClientRate {
+            requests: 1,
+            per: RatePeriod::Minute,
+            burst: 1,
+            exempt: vec![],
+        });
+        let t0 = 1_000_000_000_000;
+        for i in 0..MAX_CLIENTS as u32 {
+            assert!(l.check_at(IpAddr::from(i.to_be_bytes()), t0).is_ok());
+        }
+        assert!(l.check_at(ip("192.0.2.1"), t0).is_ok());
+        assert!(l.tat.lock().unwrap().0.len() <= MAX_CLIENTS);
     }
 
     #[test]

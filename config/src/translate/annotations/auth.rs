@@ -62,3 +62,13 @@ pub(super) fn read(
         signin,
     }))
 }
+
+/// A check that refuses every request (an empty URL fails closed).
+pub(super) fn fail_closed() -> Box<ExternalAuth> {
+    Box::new(ExternalAuth {
+        url: String::new(),
+        method: Method::Get,
+        response_headers: Vec::new(),
+        signin: None,
+    })
+}

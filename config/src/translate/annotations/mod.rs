@@ -96,10 +96,16 @@ pub(crate) fn read(
     conditions: &mut Vec<Condition>,
 ) -> Annotations {
     let mut known: BTreeMap<&str, &str> = BTreeMap::new();
+    // An authentication Vestibule can't do (basic or digest auth, client
+    // certificates): the routes fail closed rather than serve unprotected.
+    let mut unsupported_auth = None;
     for (key, value) in annotations.into_iter().flatten() {
         let Some(name) = strip_prefix(key) else {
             continue;
         };
+        if matches!(name, "auth-type" | "auth-secret" | "auth-tls-secret") {
+            unsupported_auth = Some(key.as_str());
+        }
         match classify(name).0 {
             Support::Refused => conditions.push(Condition::new(
                 ConditionType::Accepted,
@@ -261,7 +267,15 @@ pub(crate) fn read(
     };
     let upstream = upstream::read(&known, &mut invalid);
     let cors = cors::read(&known, &mut invalid);
-    let auth = auth::read(&known, &mut invalid);
+    let auth = auth::read(&known, &mut invalid).or_else(|| {
+        let key = unsupported_auth?;
+        invalid(
+            key,
+            "",
+            "this authentication is not supported: every request of these routes is refused (500) rather than served unprotected",
+        );
+        Some(auth::fail_closed())
+    });
     let (client_rate, client_concurrency) = limits::read(&known, &mut invalid);
     let affinity = affinity::read(&known, &mut invalid);
     let rewrite_target = known.get("rewrite-target").and_then(|t| {

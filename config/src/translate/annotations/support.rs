@@ -97,6 +97,11 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             Support::Approximated,
             "the cookie names an endpoint by an opaque id (the same on every replica); the client stays on it while it is ready, and is pinned to another (a new cookie) when it is not; HttpOnly, Secure on HTTPS; affinity-mode is always persistent",
         ),
+        "auth-type" | "auth-secret" | "auth-secret-type" | "auth-realm" | "auth-tls-secret"
+        | "auth-tls-verify-client" | "auth-tls-verify-depth" | "auth-tls-pass-certificate-to-upstream" => (
+            Support::Unsupported,
+            "basic/digest auth and client certificates are not supported: an Ingress asking for them (auth-type, auth-secret, auth-tls-secret) has its routes refused (500) rather than served unprotected",
+        ),
         "use-regex" => (
             Support::Approximated,
             "the Ingress's own Prefix and ImplementationSpecific paths become case-insensitive regular expressions anchored at the start (the regex crate: no backreferences or lookaround); ingress-nginx turns every path of the host into one",
@@ -114,7 +119,7 @@ pub fn classify(name: &str) -> (Support, &'static str) {
             "per connect attempt (one retry on another endpoint); at most 3600 s where nginx caps it at 75 s",
         ),
         "proxy-send-timeout" => (Support::Supported, ""),
-        _ => (Support::Unsupported, "no effect yet"),
+        _ => (Support::Unsupported, "no effect"),
     }
 }
 
@@ -199,7 +204,7 @@ pub fn markdown_table() -> String {
             Support::Refused => "refused",
         };
         let note = match (support, note) {
-            ("unsupported", _) => {
+            ("unsupported", "no effect") => {
                 "no effect; an `UnsupportedAnnotation` condition and Event name it"
             }
             (_, "") => "as ingress-nginx documents it",
