@@ -9,7 +9,9 @@
 use crate::auth::AuthCheck;
 use crate::cors::CorsPolicy;
 use crate::edge::headers::folded_eq;
-use crate::ratelimit::per_client::{ClientConcurrencyLimiter, ClientRateLimiter, ClientSlot};
+use crate::ratelimit::per_client::{
+    ClientConcurrencyLimiter, ClientRateLimiter, ClientSlot, PerClientLimiters,
+};
 use crate::sticky::StickyCookie;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -345,7 +347,11 @@ impl Edits {
 }
 
 impl Filters {
-    pub fn new(route: &Route, pool: impl Fn(&model::PoolId) -> Arc<UpstreamPool>) -> Self {
+    pub fn new(
+        route: &Route,
+        pool: impl Fn(&model::PoolId) -> Arc<UpstreamPool>,
+        limiters: &PerClientLimiters,
+    ) -> Self {
         Filters(
             route
                 .filters
@@ -370,11 +376,9 @@ impl Filters {
                         None => Compiled::Networks(model::ClientNetworks::default()),
                     },
                     Filter::ExternalAuth(a) => Compiled::Auth(Box::new(AuthCheck::new(a))),
-                    Filter::ClientRate(r) => {
-                        Compiled::ClientRate(Arc::new(ClientRateLimiter::new(r)))
-                    }
+                    Filter::ClientRate(r) => Compiled::ClientRate(limiters.rate(&route.name, r)),
                     Filter::ClientConcurrency(c) => {
-                        Compiled::ClientConcurrency(Arc::new(ClientConcurrencyLimiter::new(c)))
+                        Compiled::ClientConcurrency(limiters.concurrency(&route.name, c))
                     }
                     Filter::Affinity(a) => Compiled::Sticky(Box::new(StickyCookie::new(a))),
                 })

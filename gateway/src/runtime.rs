@@ -207,7 +207,7 @@ impl Runtime {
             config,
             |vhost, route| {
                 let action = Action::new(route, &route.backend, pool);
-                let filters = Filters::new(route, pool);
+                let filters = Filters::new(route, pool, &shared.per_client);
                 let timeouts = Timeouts::of(route);
                 target(
                     vhost.tenant.as_ref(),
@@ -316,6 +316,8 @@ pub struct Shared {
     pub mirrors: Mirrors,
     /// The cluster-wide rate limits (`--rate-limit-store`).
     pub global_limits: std::sync::OnceLock<Arc<GlobalLimiter>>,
+    /// Routes' per-client limiters, kept across config changes.
+    pub per_client: crate::ratelimit::per_client::PerClientLimiters,
 }
 
 impl Shared {
@@ -331,6 +333,7 @@ impl Shared {
             }),
             mirrors: Mirrors::new(metrics.registry())?,
             global_limits: std::sync::OnceLock::new(),
+            per_client: Default::default(),
             metrics,
             upstream: Arc::new(upstream),
             cert_cache: CertCache::default(),

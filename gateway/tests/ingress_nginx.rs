@@ -724,6 +724,24 @@ async fn limit_rps_and_limit_connections_per_client_address() {
     let passed = statuses.iter().filter(|s| **s == 200).count();
     assert!((7..=9).contains(&passed), "{statuses:?}");
     assert_eq!(passed + statuses.iter().filter(|s| **s == 503).count(), 20);
+    // A config change keeps the counts: after another Ingress goes live,
+    // the address has only what its rate refilled meanwhile.
+    std::fs::write(
+        _dir.0.join("other.yaml"),
+        ingress("other", "app", "", "2024-01-01T00:00:00Z").replace("shop.test", "other.test"),
+    )
+    .unwrap();
+    eventually(std::time::Duration::from_secs(5), || async {
+        let r = gw.client().get("other.test", "/").await;
+        r.is_ok_and(|r| r.status == 200)
+    })
+    .await
+    .expect("the change went live");
+    let mut after = 0;
+    for _ in 0..6 {
+        after += usize::from(client.get("rate.test", "/").await.unwrap().status == 200);
+    }
+    assert!(after <= 3, "{after} of 6 passed: the counts started again");
     // Exempt addresses are never limited.
     for _ in 0..20 {
         assert_eq!(client.get("exempt.test", "/").await.unwrap().status, 200);

@@ -370,7 +370,7 @@ pub struct Affinity {
 }
 
 /// A per-client-address request rate on a route.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientRate {
     /// Requests per `per`.
@@ -383,7 +383,7 @@ pub struct ClientRate {
     pub exempt: Vec<ipnet::IpNet>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RatePeriod {
     Second,
@@ -391,7 +391,7 @@ pub enum RatePeriod {
 }
 
 /// A per-client-address cap on requests in flight on a route.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientConcurrency {
     pub max: u32,

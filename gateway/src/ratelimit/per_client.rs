@@ -5,15 +5,15 @@
 //! once a second), then, if still full, one address to make room (nginx
 //! evicts its least recently used), so a flood of addresses never locks
 //! new clients out; the in-flight table only holds addresses with a request
-//! under way.
+//! under way. Limiters outlive config changes ([`PerClientLimiters`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use vestibule_config::model::{ClientConcurrency, ClientRate, RatePeriod};
+use vestibule_config::model::{ClientConcurrency, ClientRate, RatePeriod, RouteName};
 
 /// Addresses a route's rate table holds at most.
 pub const MAX_CLIENTS: usize = 65_536;
@@ -132,6 +132,49 @@ impl Drop for ClientSlot {
             }
         }
     }
+}
+
+/// Every route's per-client limiters, by route and limit: a config change
+/// that keeps a route's limit keeps its counts (and the requests in flight
+/// keep counting against the same cap). Entries go with their last route.
+#[derive(Default)]
+pub struct PerClientLimiters {
+    rates: Mutex<HashMap<(RouteName, ClientRate), Weak<ClientRateLimiter>>>,
+    concurrency: Mutex<HashMap<(RouteName, ClientConcurrency), Weak<ClientConcurrencyLimiter>>>,
+}
+
+impl PerClientLimiters {
+    pub fn rate(&self, route: &RouteName, rate: &ClientRate) -> Arc<ClientRateLimiter> {
+        shared(&self.rates, (route.clone(), rate.clone()), || {
+            ClientRateLimiter::new(rate)
+        })
+    }
+
+    pub fn concurrency(
+        &self,
+        route: &RouteName,
+        c: &ClientConcurrency,
+    ) -> Arc<ClientConcurrencyLimiter> {
+        shared(&self.concurrency, (route.clone(), c.clone()), || {
+            ClientConcurrencyLimiter::new(c)
+        })
+    }
+}
+
+/// The live value under `key`, or a new one (forgetting dead entries).
+fn shared<K: std::hash::Hash + Eq, V>(
+    map: &Mutex<HashMap<K, Weak<V>>>,
+    key: K,
+    new: impl FnOnce() -> V,
+) -> Arc<V> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
+        return live;
+    }
+    map.retain(|_, w| w.strong_count() > 0);
+    let value = Arc::new(new());
+    map.insert(key, Arc::downgrade(&value));
+    value
 }
 
 #[cfg(test)]

@@ -87,7 +87,7 @@ pub fn classify(name: &str) -> (Support, &'static str) {
         ),
         "limit-rps" | "limit-rpm" | "limit-burst-multiplier" | "limit-whitelist" => (
             Support::Approximated,
-            "per client address, per route and gateway replica (not shared between replicas); 503 beyond the rate and its burst (the rate times limit-burst-multiplier, 5); counts start again when the config changes",
+            "per client address, per Ingress and gateway replica (not shared between replicas; kept across config changes); 503 beyond the rate and its burst (the rate times limit-burst-multiplier, 5, as nginx's burst=B nodelay)",
         ),
         "limit-connections" => (
             Support::Approximated,
