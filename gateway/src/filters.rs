@@ -8,7 +8,7 @@
 
 use crate::auth::AuthCheck;
 use crate::cors::CorsPolicy;
-use crate::edge::headers::folded_eq;
+use crate::edge::headers::{folded_eq, remove_where};
 use crate::ratelimit::per_client::{
     ClientConcurrencyLimiter, ClientRateLimiter, ClientSlot, PerClientLimiters,
 };
@@ -416,15 +416,7 @@ impl Filters {
                 // are set after the filters).
                 Compiled::Auth(a) if !a.copied().is_empty() => {
                     // In every spelling a backend could fold into them.
-                    let doomed: Vec<http::HeaderName> = req
-                        .headers
-                        .keys()
-                        .filter(|n| a.copied().iter().any(|c| folded_eq(c.as_str(), n.as_str())))
-                        .cloned()
-                        .collect();
-                    for name in doomed {
-                        req.remove_header(&name);
-                    }
+                    remove_where(req, |n| a.copied().iter().any(|c| folded_eq(c.as_str(), n)));
                 }
                 Compiled::Response(_)
                 | Compiled::Mirror(_)

@@ -7,6 +7,8 @@ use http::header::{self, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use vestibule_config::model::Affinity;
 
+use crate::route::cookie;
+
 /// A compiled [`Affinity`].
 pub struct StickyCookie {
     name: Box<str>,
@@ -28,15 +30,7 @@ impl StickyCookie {
 
     /// The endpoint id the request's cookie names, if any.
     pub fn wanted(&self, req: &RequestHeader) -> Option<Box<str>> {
-        req.headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (n, v) = pair.trim().split_once('=')?;
-                (n == &*self.name).then(|| v.trim_matches('"').into())
-            })
+        cookie(&req.headers, &self.name).map(Into::into)
     }
 
     /// Pins the client to `endpoint` (on HTTPS the cookie is `Secure`).

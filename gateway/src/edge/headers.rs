@@ -95,16 +95,21 @@ pub fn folded_eq(canonical: &str, name: &str) -> bool {
 /// name unless `underscores` allows them. Allocates only when there is
 /// something to remove.
 pub fn scrub(req: &mut RequestHeader, underscores: Underscores) {
-    let doomed: Vec<http::HeaderName> = req
+    remove_where(req, |name| {
+        (underscores == Underscores::Drop && name.contains('_')) || protected(name)
+    });
+}
+
+/// Removes every header whose (lower case) name `doomed` says so;
+/// allocates only when there is something to remove.
+pub fn remove_where(req: &mut RequestHeader, doomed: impl Fn(&str) -> bool) {
+    let names: Vec<http::HeaderName> = req
         .headers
         .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            (underscores == Underscores::Drop && name.contains('_')) || protected(name)
-        })
+        .filter(|name| doomed(name.as_str()))
         .cloned()
         .collect();
-    for name in doomed {
+    for name in names {
         req.remove_header(&name);
     }
 }

@@ -14,7 +14,7 @@ mod request;
 pub use host::{normalize_host, wildcard_label, BadHost, HostBuf};
 pub use hostmap::HostMap;
 pub use path::PathTable;
-pub use request::RequestView;
+pub use request::{cookie, RequestView};
 
 use vestibule_config::model::{GatewayConfig, Route, TenantId, VirtualHost};
 use vestibule_config::HostPattern;

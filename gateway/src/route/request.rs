@@ -134,8 +134,9 @@ impl Compiled {
     }
 }
 
-/// The value of the first cookie called `name` in the `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The value of the first cookie called `name` in the `Cookie` headers
+/// (quotes around it dropped).
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()

@@ -132,9 +132,9 @@ pub(crate) fn read(
             format!("annotation {name}={value:?}: {why}"),
         ));
     };
-    let canary = match known.get("canary").copied() {
-        None | Some("false") => None,
-        Some("true") => {
+    let canary = match flag(&known, "canary", &mut invalid) {
+        None | Some(false) => None,
+        Some(true) => {
             let number =
                 |name: &str, default: u32, invalid: &mut dyn FnMut(&str, &str, &str)| match known
                     .get(name)
@@ -150,20 +150,16 @@ pub(crate) fn read(
                 };
             let total = number("canary-weight-total", 100, &mut invalid).filter(|t| *t > 0);
             let weight = number("canary-weight", 0, &mut invalid);
-            let header = known
-                .get("canary-by-header")
-                .filter(|h| is_token(h))
-                .map(|h| h.to_ascii_lowercase());
-            if let Some(h) = known.get("canary-by-header").filter(|h| !is_token(h)) {
-                invalid("canary-by-header", h, "not a header name");
-            }
-            let cookie = known
-                .get("canary-by-cookie")
-                .filter(|c| is_token(c))
-                .map(|c| c.to_string());
-            if let Some(c) = known.get("canary-by-cookie").filter(|c| !is_token(c)) {
-                invalid("canary-by-cookie", c, "not a cookie name");
-            }
+            let mut token = |name: &str, what: &str| {
+                let v = known.get(name)?;
+                if !is_token(v) {
+                    invalid(name, v, what);
+                }
+                is_token(v).then(|| v.to_string())
+            };
+            let header =
+                token("canary-by-header", "not a header name").map(|h| h.to_ascii_lowercase());
+            let cookie = token("canary-by-cookie", "not a cookie name");
             match (weight, total) {
                 (Some(weight), Some(total)) => Some(Canary {
                     weight: weight.min(total),
@@ -185,10 +181,6 @@ pub(crate) fn read(
                     cookie,
                 }),
             }
-        }
-        Some(other) => {
-            invalid("canary", other, "must be \"true\" or \"false\"");
-            None
         }
     };
     let redirect = redirect(&known, &mut invalid);
