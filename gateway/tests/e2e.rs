@@ -594,7 +594,7 @@ async fn admin_endpoints_and_metrics() {
     let cfg: serde_json::Value = serde_json::from_str(&gw.admin_get("/config").await.body).unwrap();
     assert_eq!(cfg["ready"], true);
     assert_eq!(cfg["hosts"], 1);
-    assert_eq!(cfg["version"].as_str().unwrap().len(), 16);
+    assert_eq!(cfg["version"].as_str().unwrap().len(), 32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

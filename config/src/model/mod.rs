@@ -16,11 +16,14 @@ use crate::hostname::{HostPattern, Hostname};
 
 mod auth;
 mod cors;
+mod delta;
+mod digest;
 mod route;
 mod upstream;
 
 pub use auth::*;
 pub use cors::*;
+pub use delta::*;
 pub use route::*;
 pub use upstream::*;
 
@@ -79,48 +82,11 @@ fn acme_value(v: &str) -> bool {
 }
 
 impl GatewayConfig {
-    /// The content hash of the config, ignoring the current `version` field.
+    /// The content hash of the config, ignoring the current `version` field:
+    /// a sum of one digest per entry (see [`digest`]), so a [`ConfigDelta`]
+    /// updates it in time proportional to the change.
     pub fn content_version(&self) -> ConfigVersion {
-        // The same bytes as the config serialized with an empty version,
-        // without cloning it (certificates and keys included) first.
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Unsealed<'a> {
-            version: &'a str,
-            hosts: &'a Vec<VirtualHost>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            default_backend: &'a Option<Backend>,
-            pools: &'a BTreeMap<PoolId, Pool>,
-            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-            upstream_protocols: &'a BTreeMap<PoolId, UpstreamProtocol>,
-            certificates: &'a BTreeMap<CertId, Certificate>,
-            tenants: &'a BTreeMap<TenantId, Tenant>,
-            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-            acme_http01: &'a BTreeMap<String, String>,
-            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-            acme_tls_alpn01: &'a BTreeMap<Hostname, Certificate>,
-        }
-        let unsealed = Unsealed {
-            version: "",
-            hosts: &self.hosts,
-            default_backend: &self.default_backend,
-            pools: &self.pools,
-            upstream_protocols: &self.upstream_protocols,
-            certificates: &self.certificates,
-            tenants: &self.tenants,
-            acme_http01: &self.acme_http01,
-            acme_tls_alpn01: &self.acme_tls_alpn01,
-        };
-        // Streamed into the hash: no buffer the size of every PEM. Plain
-        // data with string keys cannot fail to serialize.
-        let mut hasher = Sha256::new();
-        {
-            let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
-            let _ = serde_json::to_writer(&mut out, &unsealed);
-            let _ = std::io::Write::flush(&mut out);
-        }
-        let digest = hasher.finalize();
-        ConfigVersion(hex::encode(&digest[..8]))
+        digest::of_config(self).version()
     }
 
     /// The stated version, or the content hash when none is stated (a
@@ -157,27 +123,7 @@ impl GatewayConfig {
             _ => Ok(()),
         };
         for vhost in &self.hosts {
-            for route in &vhost.routes {
-                if let Some(id) = route.pools().find(|id| !self.pools.contains_key(*id)) {
-                    return Err(ConfigError::Reference(format!("unknown pool {id}")));
-                }
-            }
-            if let Some(HostTls::Certificate(id)) = &vhost.tls {
-                if !self.certificates.contains_key(id) {
-                    return Err(ConfigError::Reference(format!(
-                        "host {} uses unknown certificate {id}",
-                        vhost.host
-                    )));
-                }
-            }
-            if let Some(t) = &vhost.tenant {
-                if !self.tenants.contains_key(t) {
-                    return Err(ConfigError::Reference(format!(
-                        "host {} names unknown tenant {t}",
-                        vhost.host
-                    )));
-                }
-            }
+            self.check_host(vhost)?;
         }
         if let Some(b) = &self.default_backend {
             pool(b)?;
@@ -215,6 +161,34 @@ impl GatewayConfig {
                 stated: self.version.clone(),
                 actual: self.content_version(),
             });
+        }
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// The references of one vhost: its pools, certificate and tenant exist.
+    fn check_host(&self, vhost: &VirtualHost) -> Result<(), ConfigError> {
+        for route in &vhost.routes {
+            if let Some(id) = route.pools().find(|id| !self.pools.contains_key(*id)) {
+                return Err(ConfigError::Reference(format!("unknown pool {id}")));
+            }
+        }
+        if let Some(HostTls::Certificate(id)) = &vhost.tls {
+            if !self.certificates.contains_key(id) {
+                return Err(ConfigError::Reference(format!(
+                    "host {} uses unknown certificate {id}",
+                    vhost.host
+                )));
+            }
+        }
+        if let Some(t) = &vhost.tenant {
+            if !self.tenants.contains_key(t) {
+                return Err(ConfigError::Reference(format!(
+                    "host {} names unknown tenant {t}",
+                    vhost.host
+                )));
+            }
         }
         Ok(())
     }
@@ -503,7 +477,7 @@ macro_rules! string_id {
 }
 
 string_id!(
-    /// Content hash of a config (16 hex digits).
+    /// Content hash of a config (32 hex digits; see [`GatewayConfig::content_version`]).
     ConfigVersion
 );
 string_id!(
