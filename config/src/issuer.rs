@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
     group = "vestibule.dev",
     version = "v1alpha1",
     kind = "AcmeIssuer",
+    derive = "PartialEq",
     plural = "acmeissuers",
     status = "AcmeIssuerStatus",
     printcolumn = r#"{"name":"Directory","type":"string","jsonPath":".spec.directoryUrl"}"#,

@@ -15,6 +15,7 @@ use crate::model::RateLimit;
     group = "vestibule.dev",
     version = "v1alpha1",
     kind = "Tenant",
+    derive = "PartialEq",
     plural = "tenants",
     shortname = "tn",
     status = "TenantStatus",

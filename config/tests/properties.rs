@@ -582,3 +582,176 @@ proptest! {
         }
     }
 }
+
+// === incremental translation ===
+
+/// Most objects made local (exact hosts, no default backend), so changes
+/// take the partial path; one in four left as generated (wildcards,
+/// host-less rules), which takes the full one.
+fn localized(mut snapshot: Snapshot, keep_global: bool) -> Snapshot {
+    if keep_global {
+        return snapshot;
+    }
+    let exact = |h: &mut String| {
+        if let Some(rest) = h.strip_prefix("*.") {
+            *h = format!("w.{rest}");
+        } else if h.is_empty() || h == "*" {
+            *h = "a.example.com".to_string();
+        }
+    };
+    for i in &mut snapshot.ingresses {
+        let i = Arc::make_mut(i);
+        i.metadata.namespace.get_or_insert_with(|| "a".to_string());
+        if let Some(spec) = i.spec.as_mut() {
+            spec.default_backend = None;
+            for rule in spec.rules.iter_mut().flatten() {
+                exact(rule.host.get_or_insert_with(String::new));
+            }
+            for tls in spec.tls.iter_mut().flatten() {
+                tls.hosts.iter_mut().flatten().for_each(exact);
+            }
+        }
+    }
+    for t in &mut snapshot.tenants {
+        Arc::make_mut(t).spec.domains.iter_mut().for_each(exact);
+    }
+    snapshot
+}
+
+/// One change to a snapshot: an object added or replaced (by namespace
+/// and name), or removed.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // test data, built a few thousand times
+enum Edit {
+    Ingress(Ingress),
+    Service(Service),
+    Slice(EndpointSlice),
+    Secret(Secret),
+    Tenant(Tenant),
+    Remove(u8, usize),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        3 => ingress().prop_map(Edit::Ingress),
+        1 => any_service().prop_map(Edit::Service),
+        1 => endpoint_slice().prop_map(Edit::Slice),
+        1 => (pick(NAMESPACES, ODD_NAMESPACES), pick(SECRETS, ODD_SECRETS), 0u8..5)
+            .prop_map(|(ns, name, kind)| Edit::Secret(secret(ns, name, kind))),
+        2 => tenant().prop_map(Edit::Tenant),
+        2 => (0u8..5, any::<usize>()).prop_map(|(kind, i)| Edit::Remove(kind, i)),
+    ]
+}
+
+fn upsert<T: kube::Resource + Clone>(objects: &mut Vec<Arc<T>>, object: T) {
+    let same = |o: &Arc<T>| {
+        o.meta().namespace == object.meta().namespace && o.meta().name == object.meta().name
+    };
+    match objects.iter_mut().find(|o| same(o)) {
+        Some(o) => *o = Arc::new(object),
+        None => objects.push(Arc::new(object)),
+    }
+}
+
+fn remove<T>(objects: &mut Vec<Arc<T>>, i: usize) {
+    if !objects.is_empty() {
+        let n = objects.len();
+        objects.remove(i % n);
+    }
+}
+
+fn apply_edit(snapshot: &mut Snapshot, edit: Edit, keep_global: bool) {
+    match edit {
+        Edit::Ingress(i) => upsert(&mut snapshot.ingresses, i),
+        Edit::Service(s) => upsert(&mut snapshot.services, s),
+        Edit::Slice(s) => upsert(&mut snapshot.endpoint_slices, s),
+        Edit::Secret(s) => upsert(&mut snapshot.secrets, s),
+        Edit::Tenant(t) => upsert(&mut snapshot.tenants, t),
+        Edit::Remove(0, i) => remove(&mut snapshot.ingresses, i),
+        Edit::Remove(1, i) => remove(&mut snapshot.services, i),
+        Edit::Remove(2, i) => remove(&mut snapshot.endpoint_slices, i),
+        Edit::Remove(3, i) => remove(&mut snapshot.secrets, i),
+        Edit::Remove(_, i) => remove(&mut snapshot.tenants, i),
+    }
+    *snapshot = localized(std::mem::take(snapshot), keep_global);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// The incremental translator's config, statuses and ACME plan after
+    /// every change are the full translation's, byte for byte, and each
+    /// delta turns the previous config into the new one.
+    #[test]
+    fn incremental_translation_is_the_full_translation(
+        base in snapshot(),
+        edits in prop::collection::vec(edit(), 1..24),
+        options in options(),
+        keep_global in prop::bool::weighted(0.25),
+    ) {
+        let mut snapshot = localized(base, keep_global);
+        let mut inc = vestibule_config::translate::Incremental::new(options.clone());
+        inc.update(&snapshot);
+        for edit in edits {
+            let before = inc.config().clone();
+            apply_edit(&mut snapshot, edit, keep_global);
+            let update = inc.update(&snapshot);
+            let reference = translate(&snapshot, &options);
+            prop_assert_eq!(
+                serde_json::to_string(inc.config()).unwrap(),
+                serde_json::to_string(&reference.config).unwrap()
+            );
+            let statuses: Vec<_> = inc.statuses().cloned().collect();
+            prop_assert_eq!(&statuses, &reference.statuses);
+            prop_assert_eq!(inc.acme(), &reference.acme);
+            let mut patched = before;
+            patched.apply(&update.delta).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&patched, &reference.config);
+        }
+    }
+}
+
+/// The local snapshots above do take the partial path: an Ingress added
+/// for a new host re-translates that host only.
+#[test]
+fn partial_translations_happen() {
+    let options = Options::default();
+    let mut snapshot = Snapshot {
+        ingress_classes: vec![Arc::new(ingress_class("v", Some(CONTROLLER_NAME), true))],
+        ..Snapshot::default()
+    };
+    let mut inc = vestibule_config::translate::Incremental::new(options.clone());
+    assert!(inc.update(&snapshot).full);
+    for i in 0..20 {
+        let host = format!("h{i}.example.com");
+        let ingress = Ingress {
+            metadata: meta(Some("a"), &format!("i{i}"), None),
+            spec: Some(IngressSpec {
+                rules: Some(vec![IngressRule {
+                    host: Some(host),
+                    http: Some(HTTPIngressRuleValue {
+                        paths: vec![HTTPIngressPath {
+                            path: Some("/".into()),
+                            path_type: "Prefix".into(),
+                            backend: backend("web", Some(Ok(80))),
+                        }],
+                    }),
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        snapshot.ingresses.push(Arc::new(ingress));
+        let update = inc.update(&snapshot);
+        let full = translate(&snapshot, &options);
+        assert_eq!(inc.config(), &full.config);
+        if i >= 1 {
+            assert!(!update.full, "change {i} was translated in full");
+            assert_eq!(update.delta.hosts.len(), 1, "{:?}", update.delta);
+        }
+    }
+}

@@ -248,7 +248,31 @@ impl GatewayConfig {
         result
     }
 
+    /// Applies `delta` whatever its versions, and states them: its base is
+    /// this config's version, its version the result's. For the producer
+    /// of a delta (the incremental translator), which knows it applies.
+    pub fn patch(&mut self, delta: &mut ConfigDelta) {
+        delta.base = self.effective_version();
+        self.version = self.apply_entries(delta).version();
+        delta.version = self.version.clone();
+    }
+
     fn apply_unchecked(&mut self, delta: &ConfigDelta) -> Result<(), DeltaError> {
+        self.version = self.apply_entries(delta).version();
+        if self.version != delta.version {
+            return Err(DeltaError::Mismatch {
+                expected: delta.version.clone(),
+                got: self.version.clone(),
+            });
+        }
+        for h in &delta.hosts {
+            self.check_host(h)?;
+        }
+        Ok(())
+    }
+
+    /// The entries of `delta` applied; the sum of the result.
+    fn apply_entries(&mut self, delta: &ConfigDelta) -> Sum {
         let mut sum = Sum::of_version(&self.version).unwrap_or_else(|| digest::of_config(self));
         for p in &delta.removed_hosts {
             if let Ok(i) = self.hosts.binary_search_by(|h| h.host.cmp(p)) {
@@ -296,17 +320,7 @@ impl GatewayConfig {
         delta
             .acme_tls_alpn01
             .apply(Kind::AcmeTlsAlpn01, &mut self.acme_tls_alpn01, &mut sum);
-        self.version = sum.version();
-        if self.version != delta.version {
-            return Err(DeltaError::Mismatch {
-                expected: delta.version.clone(),
-                got: self.version.clone(),
-            });
-        }
-        for h in &delta.hosts {
-            self.check_host(h)?;
-        }
-        Ok(())
+        sum
     }
 }
 

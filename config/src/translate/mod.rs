@@ -20,6 +20,7 @@ pub mod backend;
 mod canary;
 mod classes;
 mod gateway_api;
+mod incremental;
 mod ingress;
 mod output;
 pub mod status;
@@ -45,6 +46,7 @@ use crate::tenant::Tenant;
 
 use backend::{merge_weighted, PortRef, ServiceIndex, Unresolved};
 pub use gateway_api::GATEWAY_CONTROLLER;
+pub use incremental::{Incremental, Update};
 pub use status::{Condition, ConditionType, ObjectKind, ObjectRef, ObjectStatus, Reason};
 use tenants::{AcceptedTenant, Ownership};
 pub use tls::CertificateMemo;
