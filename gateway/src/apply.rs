@@ -10,6 +10,7 @@ use vestibule_config::GatewayConfig;
 
 use crate::purge;
 use crate::runtime::{Runtime, Shared};
+use crate::source::Delta;
 use crate::upstream::health::PROBE_CONCURRENCY;
 
 /// Compiles `config` against the live runtime and swaps it in; on failure
@@ -32,6 +33,31 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
             return false;
         }
     };
+    go_live(shared, next, started).await;
+    true
+}
+
+/// Patches the live runtime with a delta; when the live config is not the
+/// delta's base (a config that failed to apply), compiles the source's
+/// whole config instead.
+pub async fn apply_delta(shared: &Shared, d: &Delta) -> bool {
+    let started = Instant::now();
+    let current = shared.runtime.load_full();
+    if d.delta.version == current.version && shared.is_ready() {
+        shared.clear_error();
+        return true;
+    }
+    if d.delta.base != current.version || !shared.is_ready() {
+        tracing::info!(live = %current.version, base = %d.delta.base, "the live config is not the delta's base: compiling the whole config");
+        return apply(shared, &(d.full)()).await;
+    }
+    let next = Runtime::patch(&current, &d.delta, d.totals, shared);
+    go_live(shared, next, started).await;
+    true
+}
+
+/// Resolves the new runtime's new ExternalName pools, swaps it in and settles.
+async fn go_live(shared: &Shared, next: Runtime, started: Instant) {
     // New ExternalName pools resolve before the swap, so they never serve
     // their first requests from an empty pool.
     let fresh = next
@@ -57,7 +83,6 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
         took_ms = took.as_secs_f64() * 1000.0,
         "config live"
     );
-    true
 }
 
 /// After a swap, off the request path: build the new runtime's certificate

@@ -61,16 +61,20 @@ impl BackgroundService for Controller {
             tokio::select! {
                 event = rx.recv() => {
                     let Some(mut event) = event else { break };
-                    // Coalesce a backlog: only the newest config matters.
+                    // Coalesce a backlog: the newest config, or the deltas
+                    // composed into one.
                     while let Ok(newer) = rx.try_recv() {
                         if let SourceEvent::Error(e) = &event {
                             self.shared.report_error(e.to_string());
                         }
-                        event = newer;
+                        event = event.then(newer);
                     }
                     match event {
                         SourceEvent::Config(config) => {
                             apply::apply(&self.shared, &config).await;
+                        }
+                        SourceEvent::Delta(delta) => {
+                            apply::apply_delta(&self.shared, &delta).await;
                         }
                         SourceEvent::Error(e) => self.shared.report_error(e.to_string()),
                     }

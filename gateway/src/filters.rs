@@ -51,6 +51,14 @@ pub enum Choice<'a> {
 }
 
 impl Action {
+    /// The pool it proxies to, if any.
+    pub fn pool(&self) -> Option<&Arc<UpstreamPool>> {
+        match self {
+            Action::Proxy(p) | Action::Split { pool: p, .. } => Some(p),
+            Action::Unresolved | Action::Redirect(_) => None,
+        }
+    }
+
     /// `pool` resolves a pool id of the config.
     pub fn new(
         route: &Route,

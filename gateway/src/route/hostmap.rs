@@ -5,16 +5,19 @@
 //! routes and another's certificate.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use vestibule_config::model::WildcardDepth;
 use vestibule_config::HostPattern;
 
 use super::host::wildcard_label;
 
-type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
+/// Keys are shared, so a copy of a map to patch costs refcounts, not
+/// allocations.
+type Map<V> = HashMap<Arc<str>, V, ahash::RandomState>;
 
 /// Values by host pattern; lookups never allocate.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HostMap<T> {
     exact: Map<T>,
     /// Keyed by the suffix after the wildcard label (`*.a.com` -> `a.com`).
@@ -68,6 +71,54 @@ impl<T> HostMap<T> {
         }
         map.insert(key.into(), value);
         true
+    }
+
+    /// The value stored for `pattern` itself (not a lookup).
+    pub fn get_pattern(&self, pattern: &HostPattern) -> Option<&T> {
+        match pattern {
+            HostPattern::Exact(h) => self.exact.get(h.as_str()),
+            HostPattern::Wildcard(s) => self
+                .wildcard
+                .get(s.as_str())
+                .or_else(|| self.deep.get(s.as_str())),
+            HostPattern::Any => self.any.as_ref(),
+        }
+    }
+
+    /// Sets the value of `pattern`, replacing the one it had (whatever its
+    /// depth).
+    pub fn set(&mut self, pattern: &HostPattern, depth: WildcardDepth, value: T) {
+        self.remove(pattern);
+        self.insert(pattern, depth, value);
+    }
+
+    /// Removes `pattern`'s value, if any.
+    pub fn remove(&mut self, pattern: &HostPattern) -> Option<T> {
+        match pattern {
+            HostPattern::Exact(h) => self.exact.remove(h.as_str()),
+            HostPattern::Wildcard(s) => self
+                .wildcard
+                .remove(s.as_str())
+                .or_else(|| self.deep.remove(s.as_str())),
+            HostPattern::Any => self.any.take(),
+        }
+    }
+
+    /// Every value, in no order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain(self.deep.values())
+            .chain(self.any.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len() + self.deep.len() + usize::from(self.any.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The value of the most specific pattern matching a normalized host
@@ -149,6 +200,22 @@ mod tests {
         assert!(!m.insert(&HostPattern::Any, one, 4));
         assert_eq!(m.get("a.test"), Some(&1));
         assert_eq!(m.get("b.test"), Some(&3));
+    }
+
+    #[test]
+    fn set_replaces_and_remove_forgets_whatever_the_depth() {
+        let mut m = HostMap::default();
+        let p = |s: &str| HostPattern::parse(s).unwrap();
+        m.insert(&p("*.a.test"), WildcardDepth::OneLabel, 1);
+        m.set(&p("*.a.test"), WildcardDepth::AnyDepth, 2);
+        assert_eq!(m.get("x.y.a.test"), Some(&2));
+        assert_eq!(m.len(), 1);
+        m.set(&p("b.test"), WildcardDepth::OneLabel, 3);
+        m.set(&p("b.test"), WildcardDepth::OneLabel, 4);
+        assert_eq!(m.get("b.test"), Some(&4));
+        assert_eq!(m.remove(&p("*.a.test")), Some(2));
+        assert_eq!(m.get("x.a.test"), None);
+        assert_eq!(m.values().copied().collect::<Vec<_>>(), [4]);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub use hostmap::HostMap;
 pub use path::PathTable;
 pub use request::{cookie, RequestView};
 
+use std::sync::Arc;
+
 use vestibule_config::model::{GatewayConfig, Route, TenantId, VirtualHost};
 use vestibule_config::HostPattern;
 
@@ -23,6 +25,9 @@ use vestibule_config::HostPattern;
 #[derive(Debug)]
 pub struct VhostEntry<R> {
     pub pattern: HostPattern,
+    /// What it was compiled from: a patch recompiles it when a pool or a
+    /// tenant limit it uses changes.
+    pub model: Arc<VirtualHost>,
     pub tenant: Option<TenantId>,
     /// `X-Tenant-Id` value, built once so requests only clone a refcount.
     pub tenant_header: Option<http::HeaderValue>,
@@ -83,9 +88,8 @@ impl<'a, R> Lookup<'a, R> {
 /// goes to the default backend or gets 404.
 #[derive(Debug)]
 pub struct RouteTable<R> {
-    /// Index of each pattern's vhost.
-    hosts: HostMap<u32>,
-    vhosts: Vec<VhostEntry<R>>,
+    /// Each pattern's vhost, shared with the tables patched from this one.
+    hosts: HostMap<Arc<VhostEntry<R>>>,
     default: Option<R>,
 }
 
@@ -93,8 +97,34 @@ impl<R> Default for RouteTable<R> {
     fn default() -> Self {
         Self {
             hosts: HostMap::default(),
-            vhosts: Vec::new(),
             default: None,
+        }
+    }
+}
+
+impl<R> VhostEntry<R> {
+    /// Compiles one vhost; `route` builds the payload of each route.
+    pub fn compile<F>(model: Arc<VirtualHost>, mut route: F) -> Self
+    where
+        F: FnMut(&VirtualHost, &Route) -> R,
+    {
+        let vhost = &*model;
+        let paths = PathTable::build(
+            vhost
+                .routes
+                .iter()
+                .map(|r| (&r.path, &r.conditions, route(vhost, r))),
+        );
+        VhostEntry {
+            pattern: vhost.host.clone(),
+            tenant: vhost.tenant.clone(),
+            tenant_header: vhost
+                .tenant
+                .as_ref()
+                .and_then(|t| http::HeaderValue::from_str(t.as_str()).ok()),
+            redirect_http: vhost.plain_http.redirects(vhost.tls.is_some()),
+            paths,
+            model,
         }
     }
 }
@@ -110,32 +140,35 @@ impl<R> RouteTable<R> {
     {
         let mut table = RouteTable {
             hosts: HostMap::with_capacity(config.hosts.len()),
-            vhosts: Vec::new(),
             default,
         };
         for vhost in &config.hosts {
-            let idx = table.vhosts.len() as u32;
-            if !table.hosts.insert(&vhost.host, vhost.wildcard, idx) {
+            if table.hosts.get_pattern(&vhost.host).is_some() {
                 continue;
             }
-            let paths = PathTable::build(
-                vhost
-                    .routes
-                    .iter()
-                    .map(|r| (&r.path, &r.conditions, route(vhost, r))),
-            );
-            table.vhosts.push(VhostEntry {
-                pattern: vhost.host.clone(),
-                tenant: vhost.tenant.clone(),
-                tenant_header: vhost
-                    .tenant
-                    .as_ref()
-                    .and_then(|t| http::HeaderValue::from_str(t.as_str()).ok()),
-                redirect_http: vhost.plain_http.redirects(vhost.tls.is_some()),
-                paths,
-            });
+            let entry = Arc::new(VhostEntry::compile(Arc::new(vhost.clone()), &mut route));
+            table.hosts.insert(&vhost.host, vhost.wildcard, entry);
         }
         table
+    }
+
+    /// A copy sharing every vhost but those `removed` and `set`, and with
+    /// `default` as its default route.
+    pub fn patched(
+        &self,
+        removed: &[HostPattern],
+        set: Vec<VhostEntry<R>>,
+        default: Option<R>,
+    ) -> Self {
+        let mut hosts = self.hosts.clone();
+        for p in removed {
+            hosts.remove(p);
+        }
+        for entry in set {
+            let (pattern, depth) = (entry.pattern.clone(), entry.model.wildcard);
+            hosts.set(&pattern, depth, Arc::new(entry));
+        }
+        RouteTable { hosts, default }
     }
 
     /// Finds the route for a normalized host (see [`normalize_host`]) and a
@@ -167,12 +200,25 @@ impl<R> RouteTable<R> {
     /// The most specific virtual host for a normalized host.
     #[inline]
     pub fn vhost(&self, host: &str) -> Option<&VhostEntry<R>> {
-        let idx = *self.hosts.get(host)?;
-        self.vhosts.get(idx as usize)
+        self.hosts.get(host).map(|v| &**v)
     }
 
-    pub fn vhosts(&self) -> &[VhostEntry<R>] {
-        &self.vhosts
+    /// The vhost of `pattern` itself (not a lookup).
+    pub fn vhost_of(&self, pattern: &HostPattern) -> Option<&Arc<VhostEntry<R>>> {
+        self.hosts.get_pattern(pattern)
+    }
+
+    /// Every vhost, in no order.
+    pub fn vhosts(&self) -> impl Iterator<Item = &Arc<VhostEntry<R>>> {
+        self.hosts.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
     }
 
     pub fn default_route(&self) -> Option<&R> {
@@ -181,8 +227,8 @@ impl<R> RouteTable<R> {
 
     /// Every route payload, for wiring (metrics, pools) after the build.
     pub fn routes(&self) -> impl Iterator<Item = &R> {
-        self.vhosts
-            .iter()
+        self.hosts
+            .values()
             .flat_map(|v| v.paths.routes())
             .chain(self.default.iter())
     }
@@ -307,7 +353,7 @@ mod tests {
             false,
         );
         assert_eq!(hit(&t, "a.io", "/").unwrap(), "a.io first");
-        assert_eq!(t.vhosts().len(), 1);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -89,6 +89,10 @@ impl ConfigSource for FileSource {
             return;
         };
         let relevant = move |p: &Path| p.file_name() == Some(name.as_os_str());
-        reload_on_change(&dir, false, relevant, |edge| self.load(edge), events, None).await;
+        let load = |edge| {
+            self.load(edge)
+                .map(|c| SourceEvent::Config(std::sync::Arc::new(c)))
+        };
+        reload_on_change(&dir, false, relevant, load, events, None).await;
     }
 }

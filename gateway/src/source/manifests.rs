@@ -1,6 +1,8 @@
 //! `--manifests DIR`: Kubernetes YAML translated in process, watched; with
 //! `--state-dir`, the ACME issuer of this process gets the translator's
 //! plan and its certificates and failures go into the next translation.
+//! Translation is incremental: a changed file re-translates what its
+//! objects reach, and goes live as a delta.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -11,19 +13,20 @@ use async_trait::async_trait;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use vestibule_acme::DirStore;
 use vestibule_config::manifests::ManifestCache;
-use vestibule_config::{translate_with, CertificateMemo, GatewayConfig, Options};
+use vestibule_config::translate::Incremental;
+use vestibule_config::{GatewayConfig, Options};
 
 use super::watch::{reload_on_change, Edge};
-use super::{ConfigSource, SourceError, SourceEvent};
+use super::{ConfigSource, Delta, SourceError, SourceEvent};
+use crate::runtime::Totals;
 
 pub struct ManifestsSource {
     dir: PathBuf,
     options: Options,
     /// Parsed files from the last load: a change re-parses only what changed.
     cache: Mutex<ManifestCache>,
-    /// TLS Secret checks from the last translation, for the Secrets the
-    /// cache hands back unchanged.
-    certificates: Mutex<CertificateMemo>,
+    /// The translator and its output so far.
+    translator: Arc<Mutex<Incremental>>,
     acme: Option<Acme>,
 }
 
@@ -43,9 +46,9 @@ impl ManifestsSource {
     pub fn new(dir: impl Into<PathBuf>, max_file_bytes: u64, options: Options) -> Self {
         ManifestsSource {
             dir: dir.into(),
+            translator: Arc::new(Mutex::new(Incremental::new(options.clone()))),
             options,
             cache: Mutex::new(ManifestCache::with_max_file_bytes(max_file_bytes)),
-            certificates: Mutex::new(CertificateMemo::default()),
             acme: None,
         }
     }
@@ -62,7 +65,7 @@ impl ManifestsSource {
     /// On the leading edge of a burst, a file rewritten in place (rather
     /// than renamed into place) may be half-written even if it parses, so
     /// the load waits for the burst to end.
-    fn load(&self, edge: Edge) -> Result<GatewayConfig, SourceError> {
+    fn load(&self, edge: Edge) -> Result<SourceEvent, SourceError> {
         if !self.dir.is_dir() {
             return Err(SourceError::NotADirectory {
                 path: self.dir.clone(),
@@ -90,26 +93,43 @@ impl ManifestsSource {
             loaded.snapshot.acme_failures = acme.handle.failures();
         }
         // The translator is pure; a panic in it is a bug, but it must not
-        // take the watcher (and with it every later change) down.
-        let options = &self.options;
+        // take the watcher (and with it every later change) down. Its
+        // state may be half-updated then: start over with a full pass.
         let snapshot = &loaded.snapshot;
-        let mut memo = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
-        let translation = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            translate_with(snapshot, options, &mut memo)
+        let mut translator = self.translator.lock().unwrap_or_else(|p| p.into_inner());
+        let update = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            translator.update(snapshot)
         }))
-        .map_err(|_| SourceError::TranslatorPanicked)?;
-        for status in &translation.statuses {
-            tracing::debug!(?status, "object status");
+        .map_err(|_| {
+            *translator = Incremental::new(self.options.clone());
+            SourceError::TranslatorPanicked
+        })?;
+        for object in &update.statuses {
+            if let Some(status) = translator.status(object) {
+                tracing::debug!(?status, "object status");
+            }
         }
+        let acme_domains = translator.acme().domains.len();
         match &self.acme {
-            Some(acme) => acme.handle.set_plan(translation.acme),
-            None if !translation.acme.domains.is_empty() => tracing::warn!(
-                domains = translation.acme.domains.len(),
+            Some(acme) => acme.handle.set_plan(translator.acme().clone()),
+            None if acme_domains > 0 => tracing::warn!(
+                domains = acme_domains,
                 "Tenants ask for ACME certificates, which --manifests mode issues only with --state-dir"
             ),
             None => {}
         }
-        Ok(translation.config)
+        let shared = self.translator.clone();
+        Ok(SourceEvent::Delta(Box::new(Delta {
+            delta: update.delta,
+            totals: Totals::of(translator.config()),
+            full: Arc::new(move || {
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .config()
+                    .clone()
+            }),
+        })))
     }
 }
 
@@ -120,7 +140,9 @@ impl ConfigSource for ManifestsSource {
     }
 
     fn initial(&self) -> Result<Option<GatewayConfig>, SourceError> {
-        self.load(Edge::Trailing).map(Some)
+        self.load(Edge::Trailing)?;
+        let translator = self.translator.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(translator.config().clone()))
     }
 
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {

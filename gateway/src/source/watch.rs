@@ -12,12 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::sync::Arc;
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
-use vestibule_config::GatewayConfig;
 
 use super::{SourceError, SourceEvent};
 
@@ -117,7 +115,7 @@ pub async fn reload_on_change(
     dir: &Path,
     recursive: bool,
     relevant: impl Fn(&Path) -> bool + Send + 'static,
-    load: impl Fn(Edge) -> Result<GatewayConfig, SourceError>,
+    load: impl Fn(Edge) -> Result<SourceEvent, SourceError>,
     events: mpsc::UnboundedSender<SourceEvent>,
     mut nudges: Option<mpsc::UnboundedReceiver<()>>,
 ) {
@@ -150,8 +148,8 @@ pub async fn reload_on_change(
             let leading = load(Edge::Leading);
             last_load = Some(Instant::now());
             match leading {
-                Ok(config) => {
-                    if events.send(SourceEvent::Config(Arc::new(config))).is_err() {
+                Ok(event) => {
+                    if events.send(event).is_err() {
                         return;
                     }
                     // Done unless the burst goes on.
@@ -169,10 +167,7 @@ pub async fn reload_on_change(
         if !quiet_until(&mut rx, first + MAX_DELAY).await {
             return;
         }
-        let event = match load(Edge::Trailing) {
-            Ok(config) => SourceEvent::Config(Arc::new(config)),
-            Err(e) => SourceEvent::Error(e),
-        };
+        let event = load(Edge::Trailing).unwrap_or_else(SourceEvent::Error);
         last_load = Some(Instant::now());
         if events.send(event).is_err() {
             return;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use vestibule_config::model::{CertId, Certificate, GatewayConfig};
+use vestibule_config::model::{CertId, Certificate, ConfigDelta, GatewayConfig};
 
 /// Why a certificate is not served. The `str` form is the bounded `reason`
 /// label of `vestibule_tls_cert_errors`.
@@ -197,6 +197,41 @@ impl CertCache {
             .iter()
             .map(|(id, c)| (id, c, fingerprint(c)))
             .collect();
+        self.parse_missing(&prints);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|id, _| config.certificates.contains_key(id));
+        prints
+            .iter()
+            .filter_map(|(id, _, _)| Some(((*id).clone(), entries.get(*id)?.parsed.clone())))
+            .collect()
+    }
+
+    /// For a patch: parses the certificates `delta` adds, forgets those it
+    /// removes, and returns the results for `wanted` (ids the config holds).
+    pub fn prepare_delta<'a>(
+        &self,
+        delta: &ConfigDelta,
+        wanted: impl IntoIterator<Item = &'a CertId>,
+    ) -> HashMap<CertId, Result<Arc<ParsedCert>, CertProblem>> {
+        let added: Vec<(&CertId, &Certificate, u64)> = delta
+            .certificates
+            .set
+            .iter()
+            .map(|(id, c)| (id, c, fingerprint(c)))
+            .collect();
+        self.parse_missing(&added);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &delta.certificates.removed {
+            entries.remove(id);
+        }
+        wanted
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), entries.get(id)?.parsed.clone())))
+            .collect()
+    }
+
+    /// Parses and caches those of `prints` not cached with that content.
+    fn parse_missing(&self, prints: &[(&CertId, &Certificate, u64)]) {
         let missing: Vec<(&CertId, &Certificate, u64)> = {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             prints
@@ -219,11 +254,6 @@ impl CertCache {
                 },
             );
         }
-        entries.retain(|id, _| config.certificates.contains_key(id));
-        prints
-            .iter()
-            .filter_map(|(id, _, _)| Some(((*id).clone(), entries.get(*id)?.parsed.clone())))
-            .collect()
     }
 
     /// Entries held (for tests and `/config`).

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
-use vestibule_config::model::{CertId, GatewayConfig, HostTls, TlsUnavailable, Unavailable};
+use vestibule_config::model::{
+    CertId, GatewayConfig, HostTls, TlsUnavailable, Unavailable, VirtualHost,
+};
 use vestibule_config::HostPattern;
 
 use super::cert::{CertProblem, ParsedCert};
@@ -25,22 +27,62 @@ pub struct CertReport {
 }
 
 /// The SNI table of one runtime: host -> certificate to present.
-#[derive(Debug, Default)]
+///
+/// Each host keeps its own state (tenant and certificate or problem), so a
+/// patch replaces a host's entry alone; the reports are summed over the
+/// table when asked (a scrape), not kept up to date per change.
+#[derive(Clone, Debug, Default)]
 pub struct CertStore {
     /// Each host pattern's certificate, with the route table's precedence.
-    /// `None`: the host is configured but has no usable certificate (plain
-    /// host, `Unavailable`, or rejected certificate) -> default certificate.
-    hosts: HostMap<Option<Arc<ParsedCert>>>,
-    /// Distinct certificates served.
-    served: usize,
-    /// Problems known at compile time (dates, PEM, missing Secrets).
-    pub report: CertReport,
-    /// (tenant, certificate) of every host served a certificate; a key found
-    /// broken when built adds to the report at scrape time.
-    used: Vec<(Box<str>, Arc<ParsedCert>)>,
-    /// Exact hosts whose ACME certificate is not issued yet: a handshake
-    /// naming one may start its order.
-    acme_pending: HashSet<Box<str>>,
+    hosts: HostMap<HostCert>,
+}
+
+/// One host's certificate state.
+#[derive(Clone, Debug)]
+struct HostCert {
+    tenant: Arc<str>,
+    state: CertState,
+}
+
+#[derive(Clone, Debug)]
+enum CertState {
+    /// A plain host: the default certificate, if any.
+    Plain,
+    Serving(Arc<ParsedCert>),
+    /// Not served (the default is): why, and the certificate when it parsed
+    /// (an expired one still reports its expiry).
+    Refused(CertProblem, Option<Arc<ParsedCert>>),
+    /// An exact host whose ACME certificate is not issued yet: a handshake
+    /// naming it may start its order.
+    AcmePending,
+}
+
+impl HostCert {
+    fn of(
+        vhost: &VirtualHost,
+        parsed: &HashMap<CertId, Result<Arc<ParsedCert>, CertProblem>>,
+        now: i64,
+    ) -> Self {
+        let tenant: Arc<str> = vhost.tenant.as_ref().map_or("", |t| t.as_str()).into();
+        let state = match &vhost.tls {
+            None => CertState::Plain,
+            Some(HostTls::Unavailable(Unavailable {
+                reason: TlsUnavailable::AcmePending,
+                ..
+            })) if matches!(vhost.host, HostPattern::Exact(_)) => CertState::AcmePending,
+            Some(HostTls::Unavailable(_)) => CertState::Refused(CertProblem::Unavailable, None),
+            // validate() guarantees the reference; be safe anyway.
+            Some(HostTls::Certificate(id)) => match parsed.get(id) {
+                None => CertState::Refused(CertProblem::Unavailable, None),
+                Some(Err(p)) => CertState::Refused(*p, None),
+                Some(Ok(c)) => match c.check_dates(now) {
+                    Ok(()) => CertState::Serving(c.clone()),
+                    Err(p) => CertState::Refused(p, Some(c.clone())),
+                },
+            },
+        };
+        HostCert { tenant, state }
+    }
 }
 
 impl CertStore {
@@ -52,70 +94,35 @@ impl CertStore {
         now: i64,
     ) -> Self {
         let mut store = CertStore::default();
-        let mut served = HashSet::new();
         for vhost in &config.hosts {
-            let tenant = vhost.tenant.as_ref().map_or("", |t| t.as_str());
-            let cert = match &vhost.tls {
-                None => None,
-                Some(HostTls::Unavailable(Unavailable {
-                    reason: TlsUnavailable::AcmePending,
-                    ..
-                })) => {
-                    if let HostPattern::Exact(h) = &vhost.host {
-                        store.acme_pending.insert(h.as_str().into());
-                    }
-                    store.report_error(tenant, CertProblem::Unavailable);
-                    None
-                }
-                Some(HostTls::Unavailable(_)) => {
-                    store.report_error(tenant, CertProblem::Unavailable);
-                    None
-                }
-                Some(HostTls::Certificate(id)) => {
-                    let checked = parsed
-                        .get(id)
-                        // validate() guarantees the reference; be safe anyway.
-                        .unwrap_or(&Err(CertProblem::Unavailable))
-                        .as_ref()
-                        .map_err(|p| *p)
-                        .and_then(|c| {
-                            let e = store
-                                .report
-                                .expiry
-                                .entry(tenant.to_string())
-                                .or_insert(i64::MAX);
-                            *e = (*e).min(c.not_after);
-                            c.check_dates(now).map(|()| c)
-                        });
-                    match checked {
-                        Ok(c) => {
-                            served.insert(id);
-                            store.used.push((tenant.into(), c.clone()));
-                            Some(c.clone())
-                        }
-                        Err(problem) => {
-                            store.report_error(tenant, problem);
-                            None
-                        }
-                    }
-                }
-            };
             // First vhost of a pattern wins, as in the route table; `*`
             // never has a certificate of its own (the default serves it).
             if vhost.host != HostPattern::Any {
+                let cert = HostCert::of(vhost, parsed, now);
                 store.hosts.insert(&vhost.host, vhost.wildcard, cert);
             }
         }
-        store.served = served.len();
         store
     }
 
-    fn report_error(&mut self, tenant: &str, problem: CertProblem) {
-        *self
-            .report
-            .errors
-            .entry((tenant.to_string(), problem))
-            .or_insert(0) += 1;
+    /// A copy with the hosts `removed` gone and `set` (re)built.
+    pub fn patched<'a>(
+        &self,
+        removed: &[HostPattern],
+        set: impl IntoIterator<Item = &'a VirtualHost>,
+        parsed: &HashMap<CertId, Result<Arc<ParsedCert>, CertProblem>>,
+        now: i64,
+    ) -> Self {
+        let mut hosts = self.hosts.clone();
+        for p in removed {
+            hosts.remove(p);
+        }
+        for vhost in set {
+            if vhost.host != HostPattern::Any {
+                hosts.set(&vhost.host, vhost.wildcard, HostCert::of(vhost, parsed, now));
+            }
+        }
+        CertStore { hosts }
     }
 
     /// The certificate for a normalized SNI host name (`None`: no SNI):
@@ -128,9 +135,9 @@ impl CertStore {
         default: Option<&'a Arc<CertifiedKey>>,
     ) -> Option<&'a Arc<CertifiedKey>> {
         let Some(name) = name else { return default };
-        match self.hosts.get(name) {
+        match self.hosts.get(name).map(|h| &h.state) {
             // A key that fails to build is served like no certificate.
-            Some(Some(cert)) => cert.key().ok().or(default),
+            Some(CertState::Serving(cert)) => cert.key().ok().or(default),
             _ => default,
         }
     }
@@ -138,19 +145,43 @@ impl CertStore {
     /// Whether `name` (normalized) is a host whose ACME certificate is
     /// wanted and not issued yet.
     pub fn is_acme_pending(&self, name: &str) -> bool {
-        !self.acme_pending.is_empty() && self.acme_pending.contains(name)
+        // Only exact hosts are pending, so a match is the name's own entry.
+        self.hosts
+            .get(name)
+            .is_some_and(|h| matches!(h.state, CertState::AcmePending))
     }
 
-    /// Hosts not served their certificate, by (tenant, reason): the
-    /// compile-time report plus keys that failed when built.
-    pub fn errors(&self) -> BTreeMap<(String, CertProblem), i64> {
-        let mut errors = self.report.errors.clone();
-        for (tenant, cert) in &self.used {
-            if let Some(problem) = cert.key_problem() {
-                *errors.entry((tenant.to_string(), problem)).or_insert(0) += 1;
+    /// Hosts not served their certificate, by (tenant, reason), and each
+    /// tenant's earliest `notAfter`; keys that failed when built count too.
+    pub fn report(&self) -> CertReport {
+        let mut report = CertReport::default();
+        for h in self.hosts.values() {
+            let mut error = |p: CertProblem| {
+                *report.errors.entry((h.tenant.to_string(), p)).or_insert(0) += 1;
+            };
+            let cert = match &h.state {
+                CertState::Plain => None,
+                CertState::AcmePending => {
+                    error(CertProblem::Unavailable);
+                    None
+                }
+                CertState::Refused(p, cert) => {
+                    error(*p);
+                    cert.as_ref()
+                }
+                CertState::Serving(c) => {
+                    if let Some(p) = c.key_problem() {
+                        error(p);
+                    }
+                    Some(c)
+                }
+            };
+            if let Some(c) = cert {
+                let e = report.expiry.entry(h.tenant.to_string()).or_insert(i64::MAX);
+                *e = (*e).min(c.not_after);
             }
         }
-        errors
+        report
     }
 
     /// Builds every signing key this store may serve that no handshake
@@ -158,9 +189,16 @@ impl CertStore {
     /// the request path, after a swap. Stops early as soon as `go_on` (asked
     /// between batches) says so: a newer runtime makes these keys moot.
     pub fn warm_up(&self, mut go_on: impl FnMut() -> bool) {
-        for (i, (_, cert)) in self.used.iter().enumerate() {
-            let _ = cert.key();
-            if i % 64 == 63 {
+        let mut built = 0usize;
+        for h in self.hosts.values() {
+            let CertState::Serving(cert) = &h.state else {
+                continue;
+            };
+            if cert.key_problem().is_some() || cert.key().is_err() {
+                continue;
+            }
+            built += 1;
+            if built % 64 == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
                 if !go_on() {
                     return;
@@ -172,15 +210,16 @@ impl CertStore {
     /// Publishes this (live) store's certificate state; days left are
     /// computed at scrape time so the gauge falls without config changes.
     pub fn publish(&self, metrics: &TlsMetrics, now: i64) {
+        let report = self.report();
         metrics.cert_errors.reset();
-        for ((tenant, problem), n) in &self.errors() {
+        for ((tenant, problem), n) in &report.errors {
             metrics
                 .cert_errors
                 .with_label_values(&[tenant.as_str(), problem.as_str()])
                 .set(*n);
         }
         metrics.cert_expiry_days.reset();
-        for (tenant, not_after) in &self.report.expiry {
+        for (tenant, not_after) in &report.expiry {
             let days = (*not_after - now) as f64 / 86_400.0;
             metrics
                 .cert_expiry_days
@@ -191,11 +230,19 @@ impl CertStore {
 
     /// Distinct certificates this runtime serves.
     pub fn len(&self) -> usize {
-        self.served
+        let served: HashSet<*const ParsedCert> = self
+            .hosts
+            .values()
+            .filter_map(|h| match &h.state {
+                CertState::Serving(c) => Some(Arc::as_ptr(c)),
+                _ => None,
+            })
+            .collect();
+        served.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.served == 0
+        self.len() == 0
     }
 }
 
@@ -222,7 +269,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
     }
-    use vestibule_config::model::{TenantId, VirtualHost};
+    use vestibule_config::model::TenantId;
 
     fn cert(names: &[&str]) -> Certificate {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -316,7 +363,7 @@ mod tests {
         assert!(store.select(None, Some(ka)).is_some());
         assert_eq!(store.len(), 2);
         assert_eq!(
-            store.report.errors[&("t".to_string(), CertProblem::BadCertificate)],
+            store.report().errors[&("t".to_string(), CertProblem::BadCertificate)],
             1
         );
 
@@ -363,10 +410,10 @@ mod tests {
         assert!(store.select(Some("old.test"), None).is_none());
         assert!(store.select(Some("good.test"), None).is_some());
         assert_eq!(
-            store.report.errors[&("old".to_string(), CertProblem::Expired)],
+            store.report().errors[&("old".to_string(), CertProblem::Expired)],
             1
         );
-        assert!(store.report.expiry["old"] < now);
-        assert!(store.report.expiry["good"] > now);
+        assert!(store.report().expiry["old"] < now);
+        assert!(store.report().expiry["good"] > now);
     }
 }

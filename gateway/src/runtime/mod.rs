@@ -5,20 +5,25 @@
 //! in with one `ArcSwap` store; requests load it once. In-flight requests keep
 //! the `Arc`s they hold, so they finish on the config they started with.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod compile;
+mod patch;
+
+pub use patch::Totals;
+
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use vestibule_config::model::{ConfigVersion, GatewayConfig, PoolId, RouteName, TenantId};
+use vestibule_config::model::{ConfigVersion, PoolId, RouteName, TenantId};
 
 use crate::filters::{Action, Filters};
 use crate::metrics::{Metrics, RouteStats};
 use crate::mirror::Mirrors;
-use crate::ratelimit::{GlobalLimiter, TenantLimit, TenantLimiter};
+use crate::ratelimit::{GlobalLimiter, TenantLimit};
 use crate::route::RouteTable;
-use crate::tls::{CertCache, CertStore, ParsedCert};
+use crate::tls::{CertCache, CertStore};
 use crate::upstream::{UpstreamPool, UpstreamSettings};
 
 /// The bounded route label of the default backend.
@@ -84,13 +89,33 @@ pub struct Runtime {
     /// challenge certificate (an unusable one is left out and logged).
     pub acme_tls_alpn01: HashMap<Box<str>, Arc<rustls::sign::CertifiedKey>, ahash::RandomState>,
     pub summary: Summary,
-    /// (tenant, route) metric label sets in use, to forget stale ones.
-    labels: Labels,
+    /// The metric series this runtime adds and drops, for the swap.
+    pub(crate) stale: Stale,
 }
 
-/// (tenant, route) pairs; a fast hash, since every swap compares the sets
-/// of the old and new runtime (10k routes: 30k lookups).
-type Labels = HashSet<(String, String), ahash::RandomState>;
+/// (tenant, route) metric label sets and how many routes use each.
+#[derive(Debug, Default)]
+pub struct LabelCounts {
+    routes: HashMap<(String, String), u32, ahash::RandomState>,
+    tenants: HashMap<String, u32, ahash::RandomState>,
+}
+
+/// What a swap makes stale.
+#[derive(Debug, Default)]
+pub(crate) enum Stale {
+    /// Nothing (the empty runtime).
+    #[default]
+    Nothing,
+    /// A whole new runtime: every series it does not use.
+    Full(LabelCounts),
+    /// A patch: the (tenant, route) uses it drops and adds, and the pools
+    /// it removes.
+    Patch {
+        gone: Vec<(String, String)>,
+        new: Vec<(String, String)>,
+        pools: Vec<PoolId>,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -110,176 +135,35 @@ impl Runtime {
             acme_http01: HashMap::default(),
             acme_tls_alpn01: HashMap::default(),
             summary: Summary::default(),
-            labels: Labels::default(),
+            stale: Stale::Nothing,
         }
     }
+}
 
-    /// Compiles `config`, reusing the pools of `previous` whose spec did not
-    /// change (they keep health state, counters and round-robin position) and
-    /// the certificates `shared` already parsed. An unusable certificate is
-    /// not an error: only its hosts lose it (see [`crate::tls`]).
-    pub fn compile(
-        config: &GatewayConfig,
-        previous: &Runtime,
-        shared: &Shared,
-    ) -> Result<Runtime, CompileError> {
-        let (metrics, settings) = (&shared.metrics, &shared.upstream);
-        config.validate()?;
-        let pools: BTreeMap<PoolId, Arc<UpstreamPool>> = config
-            .pools
-            .iter()
-            .map(|(id, spec)| {
-                let protocol = config.upstream_protocols.get(id);
-                let pool = match previous.pools.get(id) {
-                    Some(old) if old.spec == *spec && old.protocol() == protocol => old.clone(),
-                    _ => UpstreamPool::speaking(
-                        id.clone(),
-                        spec.clone(),
-                        protocol.cloned(),
-                        settings.clone(),
-                    ),
-                };
-                (id.clone(), pool)
-            })
-            .collect();
-
-        let global = shared.global_limits.get();
-        let limiters: BTreeMap<TenantId, Arc<TenantLimit>> = config
-            .tenants
-            .iter()
-            .filter_map(|(id, t)| {
-                let limit = t.rate_limit?;
-                let local = match previous.limiters.get(id) {
-                    Some(old) if old.local.limit == limit => old.local.clone(),
-                    _ => Arc::new(TenantLimiter::new(limit)),
-                };
-                // The budget is the registry's: the same one while the
-                // whole limit holds.
-                let global = global.map(|g| g.budget(id, t.cluster_rate_limit.unwrap_or(limit)));
-                Some((id.clone(), Arc::new(TenantLimit { local, global })))
-            })
-            .collect();
-        let mut stats: HashMap<(String, String), RouteStats, ahash::RandomState> =
-            HashMap::default();
-        // validate() checked every reference, so the pool exists; a fresh
-        // empty pool (503) is the safe answer if it ever doesn't.
-        let pool = |id: &PoolId| {
-            pools.get(id).cloned().unwrap_or_else(|| {
-                UpstreamPool::new(
-                    id.clone(),
-                    vestibule_config::model::Pool::Endpoints(vec![]),
-                    settings.clone(),
-                )
-            })
-        };
-        let mut target =
-            |tenant: Option<&TenantId>, name: &RouteName, action, filters, timeouts| {
-                let t = tenant.map_or("", |t| t.as_str());
-                let key = (t.to_string(), name.as_str().to_string());
-                let stats = stats
-                    .entry(key)
-                    .or_insert_with(|| metrics.route_stats(t, name.as_str()))
-                    .clone();
-                Arc::new(RouteTarget {
-                    name: name.clone(),
-                    tenant: tenant.cloned(),
-                    action,
-                    filters,
-                    timeouts,
-                    stats,
-                    limiter: tenant.and_then(|t| limiters.get(t).cloned()),
-                })
-            };
-        let default = config.default_backend.as_ref().map(|b| {
-            let action = match b.pool() {
-                Some(id) => Action::Proxy(pool(id)),
-                None => Action::Unresolved,
-            };
-            target(
-                None,
-                &RouteName::new(DEFAULT_ROUTE),
-                action,
-                Filters::default(),
-                Timeouts::default(),
-            )
-        });
-        let routes = RouteTable::build(
-            config,
-            |vhost, route| {
-                let action = Action::new(route, &route.backend, pool);
-                let filters = Filters::new(route, pool, &shared.per_client);
-                let timeouts = Timeouts::of(route);
-                target(
-                    vhost.tenant.as_ref(),
-                    &route.name,
-                    action,
-                    filters,
-                    timeouts,
-                )
-            },
-            default,
-        );
-        let labels = stats.into_keys().collect();
-
-        let summary = Summary {
-            hosts: config.hosts.len(),
-            routes: config.hosts.iter().map(|h| h.routes.len()).sum(),
-            pools: pools.len(),
-            endpoints: pools.values().map(|p| p.endpoint_count()).sum(),
-            tenants: config.tenants.len(),
-            certificates: config.certificates.len(),
-            default_backend: config.default_backend.is_some(),
-        };
-        Ok(Runtime {
-            version: config.effective_version(),
-            routes,
-            pools,
-            certs: CertStore::build(
-                config,
-                &shared.cert_cache.prepare(config),
-                unix_now() as i64,
-            ),
-            limiters,
-            acme_http01: config
-                .acme_http01
-                .iter()
-                .map(|(t, k)| (t.as_str().into(), bytes::Bytes::from(k.clone())))
-                .collect(),
-            acme_tls_alpn01: config
-                .acme_tls_alpn01
-                .iter()
-                .filter_map(|(domain, c)| {
-                    let parsed = ParsedCert::parse(c.cert_pem.as_bytes(), c.key_pem.as_bytes());
-                    match parsed.as_ref().map(ParsedCert::key) {
-                        Ok(Ok(key)) => Some((domain.as_str().into(), key.clone())),
-                        _ => {
-                            tracing::warn!(%domain, "unusable TLS-ALPN-01 challenge certificate in the config");
-                            None
-                        }
-                    }
-                })
-                .collect(),
-            summary,
-            labels,
-        })
+impl LabelCounts {
+    fn add(&mut self, (tenant, route): (String, String)) {
+        *self.tenants.entry(tenant.clone()).or_default() += 1;
+        *self.routes.entry((tenant, route)).or_default() += 1;
     }
 
-    /// Forgets the metric series `self` used that `next` does not.
-    pub fn forget_stale_metrics(&self, next: &Runtime, metrics: &Metrics) {
-        for (tenant, route) in self.labels.difference(&next.labels) {
-            metrics.forget_route(tenant, route);
-        }
-        let tenants: HashSet<&str, ahash::RandomState> =
-            next.labels.iter().map(|(t, _)| t.as_str()).collect();
-        for (tenant, _) in &self.labels {
-            if !tenants.contains(tenant.as_str()) {
-                metrics.forget_tenant(tenant);
+    /// One use fewer; true when it was the last of its (tenant, route).
+    fn remove(&mut self, label: &(String, String)) -> bool {
+        if let Some(n) = self.tenants.get_mut(&label.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.tenants.remove(&label.0);
             }
         }
-        for id in self.pools.keys() {
-            if !next.pools.contains_key(id) {
-                metrics.forget_pool(id.as_str());
+        match self.routes.get_mut(label) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
             }
+            Some(_) => {
+                self.routes.remove(label);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -318,6 +202,9 @@ pub struct Shared {
     pub global_limits: std::sync::OnceLock<Arc<GlobalLimiter>>,
     /// Routes' per-client limiters, kept across config changes.
     pub per_client: crate::ratelimit::per_client::PerClientLimiters,
+    /// The (tenant, route) series the live runtime uses; the swap forgets
+    /// those no route uses any more.
+    labels: Mutex<LabelCounts>,
 }
 
 impl Shared {
@@ -339,6 +226,7 @@ impl Shared {
             cert_cache: CertCache::default(),
             acme: std::sync::OnceLock::new(),
             acme_demand: std::sync::OnceLock::new(),
+            labels: Mutex::default(),
         }))
     }
 
@@ -347,11 +235,12 @@ impl Shared {
     }
 
     /// Publishes a compiled runtime.
-    pub fn swap(&self, next: Runtime) {
+    pub fn swap(&self, mut next: Runtime) {
+        let stale = std::mem::take(&mut next.stale);
         let next = Arc::new(next);
         let old = self.runtime.swap(next.clone());
         self.ready.store(true, Ordering::Release);
-        old.forget_stale_metrics(&next, &self.metrics);
+        self.forget_stale_metrics(&old, &next, stale);
         let old_version = (!old.version.is_empty()).then(|| old.version.as_str());
         self.metrics
             .set_config_version(old_version, next.version.as_str());
@@ -361,6 +250,60 @@ impl Shared {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_swap_at = Some(now);
         status.swaps += 1;
+    }
+
+    /// Forgets the metric series `old` used that `next` does not.
+    fn forget_stale_metrics(&self, old: &Runtime, next: &Runtime, stale: Stale) {
+        let metrics = &self.metrics;
+        let mut labels = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        let pools = match stale {
+            Stale::Nothing => {
+                // The empty runtime: nothing is used any more.
+                let previous = std::mem::take(&mut *labels);
+                for (tenant, route) in previous.routes.keys() {
+                    metrics.forget_route(tenant, route);
+                }
+                for tenant in previous.tenants.keys() {
+                    metrics.forget_tenant(tenant);
+                }
+                old.pools.keys().cloned().collect()
+            }
+            Stale::Full(counts) => {
+                let previous = std::mem::replace(&mut *labels, counts);
+                for (tenant, route) in previous.routes.keys() {
+                    if !labels.routes.contains_key(&(tenant.clone(), route.clone())) {
+                        metrics.forget_route(tenant, route);
+                    }
+                }
+                for tenant in previous.tenants.keys() {
+                    if !labels.tenants.contains_key(tenant) {
+                        metrics.forget_tenant(tenant);
+                    }
+                }
+                old.pools
+                    .keys()
+                    .filter(|id| !next.pools.contains_key(*id))
+                    .cloned()
+                    .collect()
+            }
+            Stale::Patch { gone, new, pools } => {
+                for label in new {
+                    labels.add(label);
+                }
+                for label in &gone {
+                    if labels.remove(label) {
+                        metrics.forget_route(&label.0, &label.1);
+                    }
+                    if !labels.tenants.contains_key(&label.0) {
+                        metrics.forget_tenant(&label.0);
+                    }
+                }
+                pools
+            }
+        };
+        for id in pools {
+            metrics.forget_pool(id.as_str());
+        }
     }
 
     /// A config loaded and applied: the last error is history.
