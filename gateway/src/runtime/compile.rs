@@ -131,7 +131,12 @@ pub(crate) fn pool_for(
 ) -> Arc<UpstreamPool> {
     match previous.get(id) {
         Some(old) if old.spec == *spec && old.protocol() == protocol => old.clone(),
-        _ => UpstreamPool::speaking(id.clone(), spec.clone(), protocol.cloned(), settings.clone()),
+        _ => UpstreamPool::speaking(
+            id.clone(),
+            spec.clone(),
+            protocol.cloned(),
+            settings.clone(),
+        ),
     }
 }
 
@@ -193,7 +198,9 @@ impl Runtime {
         let limiters: BTreeMap<TenantId, Arc<TenantLimit>> = config
             .tenants
             .iter()
-            .filter_map(|(id, t)| Some((id.clone(), limiter_for(id, t, &previous.limiters, shared)?)))
+            .filter_map(|(id, t)| {
+                Some((id.clone(), limiter_for(id, t, &previous.limiters, shared)?))
+            })
             .collect();
         let mut targets = Targets::new(shared, &pools, &limiters);
         let default = config
@@ -245,4 +252,3 @@ impl Runtime {
         })
     }
 }
-

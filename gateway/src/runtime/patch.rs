@@ -39,7 +39,12 @@ impl Totals {
 impl Runtime {
     /// `previous` with `delta` applied. The delta's references were checked
     /// when it was applied to the source's config.
-    pub fn patch(previous: &Runtime, delta: &ConfigDelta, totals: Totals, shared: &Shared) -> Runtime {
+    pub fn patch(
+        previous: &Runtime,
+        delta: &ConfigDelta,
+        totals: Totals,
+        shared: &Shared,
+    ) -> Runtime {
         // Pools whose spec or protocol changed get new objects; their
         // routes are rebuilt to use them.
         let mut pools = previous.pools.clone();
@@ -69,7 +74,11 @@ impl Runtime {
                 None => previous.pools.get(id).and_then(|p| p.protocol()),
             };
             let pool = pool_for(id, spec, protocol, &previous.pools, &shared.upstream);
-            if previous.pools.get(id).is_none_or(|old| !Arc::ptr_eq(old, &pool)) {
+            if previous
+                .pools
+                .get(id)
+                .is_none_or(|old| !Arc::ptr_eq(old, &pool))
+            {
                 fresh.insert(id.clone());
             }
             pools.insert(id.clone(), pool);
@@ -113,7 +122,11 @@ impl Runtime {
         if !fresh.is_empty() || !retenanted.is_empty() {
             for entry in previous.routes.vhosts() {
                 let v = &entry.model;
-                let uses = v.routes.iter().flat_map(|r| r.pools()).any(|p| fresh.contains(p))
+                let uses = v
+                    .routes
+                    .iter()
+                    .flat_map(|r| r.pools())
+                    .any(|p| fresh.contains(p))
                     || v.tenant.as_ref().is_some_and(|t| retenanted.contains(t));
                 if uses && !replaced.contains(&v.host) {
                     rebuild.push(v.clone());
@@ -161,7 +174,9 @@ impl Runtime {
                 .routes
                 .default_route()
                 .and_then(|d| d.action.pool())
-                .map(|p| targets.default_route(&vestibule_config::model::Backend::Pool(p.id.clone()))),
+                .map(|p| {
+                    targets.default_route(&vestibule_config::model::Backend::Pool(p.id.clone()))
+                }),
             None => previous.routes.default_route().cloned(),
         };
         let routes = previous
@@ -223,5 +238,152 @@ impl Runtime {
                 pools: removed_pools,
             },
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use vestibule_config::model::{
+        Backend, Certificate, ConfigDelta, Endpoint, GatewayConfig, PathMatch, Pool, RateLimit,
+        Route, RouteName, Tenant, WildcardDepth,
+    };
+    use vestibule_config::HostPattern;
+
+    fn cert(name: &str) -> Certificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let c = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        Certificate {
+            cert_pem: c.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// `n` hosts over three pools, tenants t0..t2 with limits, a
+    /// certificate per host; `tweak` edits it before sealing.
+    fn config(
+        n: usize,
+        certs: &[Certificate],
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> GatewayConfig {
+        let mut c = GatewayConfig::default();
+        for p in 0..3 {
+            let ep = Endpoint {
+                address: format!("127.0.0.{}:80", p + 1).parse().unwrap(),
+                weight: 1,
+            };
+            c.pools
+                .insert(PoolId::new(format!("p{p}")), Pool::Endpoints(vec![ep]));
+        }
+        for t in 0..3 {
+            c.tenants.insert(
+                TenantId::new(format!("t{t}")),
+                Tenant {
+                    domains: vec![],
+                    rate_limit: Some(RateLimit {
+                        requests_per_second: 100,
+                        burst: 10,
+                    }),
+                    cluster_rate_limit: None,
+                },
+            );
+        }
+        for (i, cert) in certs.iter().enumerate().take(n) {
+            let name = format!("h{i}.test");
+            c.certificates.insert(cert.id(), cert.clone());
+            c.hosts.push(VirtualHost {
+                host: HostPattern::parse(&name).unwrap(),
+                tenant: Some(TenantId::new(format!("t{}", i % 3))),
+                tls: Some(HostTls::Certificate(cert.id())),
+                wildcard: WildcardDepth::OneLabel,
+                plain_http: Default::default(),
+                routes: vec![Route::to_pool(
+                    RouteName::new(format!("r{i}")),
+                    PathMatch::prefix("/"),
+                    PoolId::new(format!("p{}", (i / 2) % 3)),
+                )],
+            });
+        }
+        tweak(&mut c);
+        c.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        c.seal()
+    }
+
+    /// What a request to each host of `hosts` meets in `rt`.
+    fn view(rt: &Runtime, hosts: usize) -> Vec<String> {
+        (0..hosts + 2)
+            .map(|i| {
+                let host = format!("h{i}.test");
+                let route = rt.routes.lookup(&host, "/").route().map(|r| {
+                    let pool = r.action.pool().unwrap();
+                    format!(
+                        "{} {} {:?} limit={:?}",
+                        r.name,
+                        pool.id,
+                        pool.spec,
+                        r.limiter.as_ref().map(|l| l.local.limit),
+                    )
+                });
+                let cert = rt.certs.select(Some(&host), None).is_some();
+                format!("{host}: {route:?} cert={cert}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_patched_runtime_serves_what_a_compiled_one_does_and_shares_the_rest() {
+        let shared = Shared::new(Default::default(), "test".into()).unwrap();
+        let certs: Vec<Certificate> = (0..18).map(|i| cert(&format!("h{i}.test"))).collect();
+        let old = config(16, &certs, |_| {});
+        let new = config(18, &certs, |c| {
+            // A host removed, one's route changed, a pool's endpoints
+            // changed, a tenant's limit changed, one pool gone.
+            c.hosts.retain(|h| h.host.to_string() != "h4.test");
+            c.hosts[0].routes[0].backend = Backend::Pool(PoolId::new("p2"));
+            c.pools.insert(PoolId::new("p1"), Pool::Endpoints(vec![]));
+            c.tenants.get_mut(&TenantId::new("t1")).unwrap().rate_limit = Some(RateLimit {
+                requests_per_second: 5,
+                burst: 1,
+            });
+            c.hosts.retain(|h| {
+                !h.routes
+                    .iter()
+                    .any(|r| r.backend == Backend::Pool(PoolId::new("p0")))
+            });
+            c.pools.remove(&PoolId::new("p0"));
+        });
+        let base = Runtime::compile(&old, &Runtime::empty(), &shared).unwrap();
+        let compiled = Runtime::compile(&new, &base, &shared).unwrap();
+        let delta = ConfigDelta::between(&old, &new);
+        assert!(delta.hosts.len() < new.hosts.len(), "{delta:?}");
+        let patched = Runtime::patch(&base, &delta, Totals::of(&new), &shared);
+        assert_eq!(view(&patched, 18), view(&compiled, 18));
+        assert_eq!(patched.version, new.version);
+        assert_eq!(patched.summary.hosts, compiled.summary.hosts);
+        assert_eq!(patched.summary.pools, compiled.summary.pools);
+        assert_eq!(patched.summary.endpoints, compiled.summary.endpoints);
+        assert_eq!(patched.certs.len(), compiled.certs.len());
+        // An untouched host's vhost is the same object as before.
+        let untouched = HostPattern::parse("h5.test").unwrap();
+        assert!(Arc::ptr_eq(
+            base.routes.vhost_of(&untouched).unwrap(),
+            patched.routes.vhost_of(&untouched).unwrap()
+        ));
+        // A host of the tenant whose limit changed was rebuilt (same model).
+        let limited = HostPattern::parse("h10.test").unwrap();
+        assert!(!Arc::ptr_eq(
+            base.routes.vhost_of(&limited).unwrap(),
+            patched.routes.vhost_of(&limited).unwrap()
+        ));
+        // A host on the changed pool was rebuilt onto the new pool object.
+        let p1 = patched.routes.lookup("h3.test", "/").route().unwrap();
+        assert!(Arc::ptr_eq(
+            p1.action.pool().unwrap(),
+            &patched.pools[&PoolId::new("p1")]
+        ));
     }
 }

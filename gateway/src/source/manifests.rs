@@ -97,13 +97,12 @@ impl ManifestsSource {
         // state may be half-updated then: start over with a full pass.
         let snapshot = &loaded.snapshot;
         let mut translator = self.translator.lock().unwrap_or_else(|p| p.into_inner());
-        let update = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            translator.update(snapshot)
-        }))
-        .map_err(|_| {
-            *translator = Incremental::new(self.options.clone());
-            SourceError::TranslatorPanicked
-        })?;
+        let update =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| translator.update(snapshot)))
+                .map_err(|_| {
+                    *translator = Incremental::new(self.options.clone());
+                    SourceError::TranslatorPanicked
+                })?;
         for object in &update.statuses {
             if let Some(status) = translator.status(object) {
                 tracing::debug!(?status, "object status");

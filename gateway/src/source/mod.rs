@@ -48,7 +48,9 @@ impl SourceEvent {
     /// or an error replaces.
     pub fn then(self, newer: SourceEvent) -> SourceEvent {
         match (self, newer) {
-            (SourceEvent::Delta(mut a), SourceEvent::Delta(b)) if a.delta.version == b.delta.base => {
+            (SourceEvent::Delta(mut a), SourceEvent::Delta(b))
+                if a.delta.version == b.delta.base =>
+            {
                 a.delta.then(&b.delta);
                 a.totals = b.totals;
                 a.full = b.full;

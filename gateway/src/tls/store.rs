@@ -119,7 +119,11 @@ impl CertStore {
         }
         for vhost in set {
             if vhost.host != HostPattern::Any {
-                hosts.set(&vhost.host, vhost.wildcard, HostCert::of(vhost, parsed, now));
+                hosts.set(
+                    &vhost.host,
+                    vhost.wildcard,
+                    HostCert::of(vhost, parsed, now),
+                );
             }
         }
         CertStore { hosts }
@@ -177,7 +181,10 @@ impl CertStore {
                 }
             };
             if let Some(c) = cert {
-                let e = report.expiry.entry(h.tenant.to_string()).or_insert(i64::MAX);
+                let e = report
+                    .expiry
+                    .entry(h.tenant.to_string())
+                    .or_insert(i64::MAX);
                 *e = (*e).min(c.not_after);
             }
         }
@@ -198,7 +205,7 @@ impl CertStore {
                 continue;
             }
             built += 1;
-            if built % 64 == 0 {
+            if built.is_multiple_of(64) {
                 std::thread::sleep(std::time::Duration::from_millis(1));
                 if !go_on() {
                     return;
