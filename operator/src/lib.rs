@@ -252,6 +252,7 @@ pub async fn start(client: Client, settings: Settings) -> Result<Running, Error>
         demand_rx,
         shutdown_rx.clone(),
     ));
+    let whole = Arc::new(publish::WholeClients::default());
     tasks.spawn(publish::run(
         stores.clone(),
         settings.clone(),
@@ -260,8 +261,11 @@ pub async fn start(client: Client, settings: Settings) -> Result<Running, Error>
             handle: acme,
             leader: leader_rx.clone(),
         },
-        published_tx,
-        status_tx,
+        publish::Outputs {
+            published: published_tx,
+            statuses: status_tx,
+            whole: whole.clone(),
+        },
         shutdown_rx.clone(),
     ));
     tasks.spawn(server::serve_config(
@@ -275,6 +279,8 @@ pub async fn start(client: Client, settings: Settings) -> Result<Running, Error>
             waiting: Arc::new(tokio::sync::Semaphore::new(settings.server.max_waiting)),
             shutdown: shutdown_rx.clone(),
             demand: demand_tx,
+            whole,
+            dirty: stores.dirty.clone(),
         },
         settings.shutdown_grace,
     ));

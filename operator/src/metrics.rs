@@ -27,6 +27,8 @@ pub struct Metrics {
     pub gateways_waiting: IntGauge,
     /// 200 responses carrying a config.
     pub configs_served: IntCounter,
+    /// Deltas served to `/v2` clients (whole configs count in `configs_served`).
+    pub deltas_served: IntCounter,
     /// Versions published (a translation whose output changed).
     pub versions_published: IntCounter,
     pub translate_seconds: Histogram,
@@ -50,6 +52,10 @@ impl Metrics {
         let configs_served = IntCounter::new(
             "vestibule_operator_configs_served_total",
             "Config responses (200) sent to gateways",
+        )?;
+        let deltas_served = IntCounter::new(
+            "vestibule_operator_deltas_served_total",
+            "Config deltas served to gateways (GET /v2/config with a known version)",
         )?;
         let versions_published = IntCounter::new(
             "vestibule_operator_versions_published_total",
@@ -96,6 +102,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(gateways_waiting.clone()))?;
         registry.register(Box::new(configs_served.clone()))?;
+        registry.register(Box::new(deltas_served.clone()))?;
         registry.register(Box::new(versions_published.clone()))?;
         registry.register(Box::new(translate_seconds.clone()))?;
         registry.register(Box::new(objects_watched.clone()))?;
@@ -108,6 +115,7 @@ impl Metrics {
             registry,
             gateways_waiting,
             configs_served,
+            deltas_served,
             versions_published,
             translate_seconds,
             objects_watched,
@@ -194,7 +202,7 @@ fn respond(
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match published.borrow().as_ref() {
-            Some(p) => text(StatusCode::OK, format!("ready {}\n", p.config.version)),
+            Some(p) => text(StatusCode::OK, format!("ready {}\n", p.version)),
             None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "waiting for the first translation\n".into(),

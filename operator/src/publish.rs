@@ -3,8 +3,9 @@
 //! version only when the output changed. Statuses go to the status writer
 //! after every translation, so drift in the cluster is corrected too.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,8 +14,9 @@ use flate2::Compression;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{IngressLoadBalancerIngress, IngressPortStatus};
 use tokio::sync::{watch, Notify};
-use vestibule_config::translate::ObjectStatus;
-use vestibule_config::GatewayConfig;
+use vestibule_config::model::{Certificate, ConfigDelta, ConfigVersion, MapDelta};
+use vestibule_config::translate::{Incremental, ObjectStatus};
+use vestibule_config::{GatewayConfig, Hostname};
 
 use crate::metrics::Metrics;
 use crate::watch::Stores;
@@ -37,26 +39,172 @@ impl Default for Debounce {
     }
 }
 
-/// A published config with its wire bodies, encoded once per version
-/// rather than once per gateway.
+/// A served version: a base config and the deltas from it to this
+/// version. The base's bodies are encoded once, when a client first needs
+/// the whole config; every other client gets the deltas it lacks.
 #[derive(Debug)]
 pub struct Published {
-    pub config: Arc<GatewayConfig>,
+    pub version: ConfigVersion,
+    pub base: Arc<Base>,
+    /// Deltas from `base` to `version`, oldest first.
+    pub chain: Vec<Arc<ConfigDelta>>,
+    pub hosts: usize,
+}
+
+/// A whole config, encoded on first use.
+#[derive(Debug)]
+pub struct Base {
+    pub config: GatewayConfig,
+    encoded: OnceLock<Result<Encoded, String>>,
+}
+
+/// The wire bodies of a whole config.
+#[derive(Debug)]
+pub struct Encoded {
     pub json: Bytes,
     pub gzip: Bytes,
 }
 
+impl Base {
+    pub fn new(config: GatewayConfig) -> Self {
+        Base {
+            config,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The JSON and gzip bodies (encoded by the first caller; at 100k
+    /// tenants that takes a second: call it off the async threads).
+    pub fn encoded(&self) -> Result<&Encoded, &str> {
+        self.encoded
+            .get_or_init(|| {
+                let json = serde_json::to_vec(&self.config).map_err(|e| e.to_string())?;
+                let mut gz =
+                    GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
+                gz.write_all(&json).map_err(|e| e.to_string())?;
+                let gzip = gz.finish().map_err(|e| e.to_string())?;
+                Ok(Encoded {
+                    json: Bytes::from(json),
+                    gzip: Bytes::from(gzip),
+                })
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
 impl Published {
-    pub fn new(config: GatewayConfig) -> Result<Self, std::io::Error> {
-        let json = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
-        let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::default());
-        gz.write_all(&json)?;
-        let gzip = gz.finish()?;
-        Ok(Published {
-            config: Arc::new(config),
-            json: Bytes::from(json),
-            gzip: Bytes::from(gzip),
+    /// A version that is its own base.
+    pub fn whole(config: GatewayConfig) -> Self {
+        Published {
+            version: config.version.clone(),
+            hosts: config.hosts.len(),
+            base: Arc::new(Base::new(config)),
+            chain: Vec::new(),
+        }
+    }
+
+    /// The one delta from `after` to this version, when `after` is this
+    /// version's base or a version on its chain (not this version itself).
+    pub fn delta_from(&self, after: &ConfigVersion) -> Option<ConfigDelta> {
+        let start = if self.base.config.version == *after {
+            0
+        } else {
+            self.chain.iter().position(|d| d.version == *after)? + 1
+        };
+        let (first, rest) = self.chain.get(start..)?.split_first()?;
+        let mut delta = (**first).clone();
+        for d in rest {
+            delta.then(d);
+        }
+        Some(delta)
+    }
+}
+
+/// Deltas kept after a base before a new base is taken: a new replica then
+/// gets at most this many changes after the whole config.
+const MAX_CHAIN: usize = 64;
+
+/// The published config, kept by the translation loop: changed in place by
+/// each delta, copied into a new base when the chain is long (or when
+/// `/v1` clients, which take whole configs only, are about).
+pub struct Publisher {
+    current: GatewayConfig,
+    base: Option<Arc<Base>>,
+    chain: Vec<Arc<ConfigDelta>>,
+    chain_hosts: usize,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Publisher {
+            current: GatewayConfig::default().seal(),
+            base: None,
+            chain: Vec::new(),
+            chain_hosts: 0,
+        }
+    }
+}
+
+impl Publisher {
+    /// Applies a translated delta (its tenants' limits divided among
+    /// `replicas`, the issuer's pending challenges set) and returns the
+    /// version to publish, or `None` when nothing changed and the base is
+    /// fresh enough for `whole_wanted`.
+    pub fn publish(
+        &mut self,
+        mut delta: ConfigDelta,
+        replicas: u32,
+        challenges: (BTreeMap<String, String>, BTreeMap<Hostname, Certificate>),
+        whole_wanted: bool,
+    ) -> Option<Published> {
+        for tenant in delta.tenants.set.values_mut() {
+            share_limit(tenant, replicas);
+        }
+        delta.acme_http01 = MapDelta::between(&self.current.acme_http01, &challenges.0);
+        delta.acme_tls_alpn01 = MapDelta::between(&self.current.acme_tls_alpn01, &challenges.1);
+        let changed = !delta.is_empty();
+        if changed {
+            self.current.patch(&mut delta);
+            self.chain_hosts += delta.hosts.len() + delta.removed_hosts.len();
+            self.chain.push(Arc::new(delta));
+        }
+        let stale_base = self
+            .base
+            .as_ref()
+            .is_none_or(|b| b.config.version != self.current.version);
+        let rebase = self.base.is_none()
+            || self.chain.len() > MAX_CHAIN
+            || self.chain_hosts > self.current.hosts.len() / 2
+            || (whole_wanted && stale_base);
+        if !changed && !rebase {
+            return None;
+        }
+        if rebase && stale_base {
+            self.base = Some(Arc::new(Base::new(self.current.clone())));
+            self.chain.clear();
+            self.chain_hosts = 0;
+        }
+        let base = self.base.clone()?;
+        Some(Published {
+            version: self.current.version.clone(),
+            hosts: self.current.hosts.len(),
+            base,
+            chain: self.chain.clone(),
         })
+    }
+}
+
+/// This replica's share of a tenant's limit; see [`per_replica`].
+fn share_limit(tenant: &mut vestibule_config::model::Tenant, replicas: u32) {
+    if replicas <= 1 {
+        return;
+    }
+    let share = |v: u32| if v == 0 { 0 } else { (v / replicas).max(1) };
+    if let Some(limit) = tenant.rate_limit.as_mut() {
+        tenant.cluster_rate_limit = Some(*limit);
+        limit.requests_per_second = share(limit.requests_per_second);
+        limit.burst = share(limit.burst);
     }
 }
 
@@ -70,21 +218,50 @@ pub fn per_replica(mut config: GatewayConfig, replicas: u32) -> GatewayConfig {
     if replicas <= 1 {
         return config;
     }
-    let share = |v: u32| if v == 0 { 0 } else { (v / replicas).max(1) };
-    let mut changed = false;
     for tenant in config.tenants.values_mut() {
-        if let Some(limit) = tenant.rate_limit.as_mut() {
-            tenant.cluster_rate_limit = Some(*limit);
-            limit.requests_per_second = share(limit.requests_per_second);
-            limit.burst = share(limit.burst);
-            changed = true;
-        }
+        share_limit(tenant, replicas);
     }
-    if changed {
-        config.seal()
-    } else {
-        config
+    config.seal()
+}
+
+/// Where the translation loop sends its results.
+pub struct Outputs {
+    /// The served config.
+    pub published: watch::Sender<Option<Arc<Published>>>,
+    /// What the status writer writes.
+    pub statuses: watch::Sender<Option<Arc<StatusInput>>>,
+    /// Whether `/v1` clients want whole configs.
+    pub whole: Arc<WholeClients>,
+}
+
+/// Clients that take whole configs only (`/v1`, gateways of an older
+/// release during an upgrade): while one was seen lately, every version is
+/// published as a base of its own, as before deltas.
+#[derive(Debug, Default)]
+pub struct WholeClients {
+    /// Unix seconds of the last `/v1` request.
+    seen: std::sync::atomic::AtomicU64,
+}
+
+/// How long after the last `/v1` request whole configs stay the rule.
+const WHOLE_FOR: u64 = 600;
+
+impl WholeClients {
+    pub fn seen_now(&self) {
+        self.seen
+            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
     }
+
+    pub fn wanted(&self) -> bool {
+        let seen = self.seen.load(std::sync::atomic::Ordering::Relaxed);
+        seen != 0 && unix_now().saturating_sub(seen) < WHOLE_FOR
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What the status writer needs from one translation.
@@ -109,10 +286,14 @@ pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
     acme: Acme,
-    published: watch::Sender<Option<Arc<Published>>>,
-    statuses: watch::Sender<Option<Arc<StatusInput>>>,
+    out: Outputs,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    let Outputs {
+        published,
+        statuses,
+        whole,
+    } = out;
     tokio::select! {
         ready = stores.ready() => if !ready {
             return Ok(());
@@ -121,36 +302,40 @@ pub async fn run(
     }
     tracing::info!("watch caches synced");
     let mut translation = 0u64;
+    let mut translator = Incremental::new(settings.translate.clone());
+    let mut publisher = Publisher::default();
     loop {
         translation += 1;
         let started = Instant::now();
         let mut snapshot = stores.snapshot();
         snapshot.acme_failures = acme.handle.failures();
-        let mut result = vestibule_config::translate(&snapshot, &settings.translate);
+        let update = translator.update(&snapshot);
         // Pending challenges travel to every gateway replica.
         let board = acme.handle.board();
-        let (http01, tls_alpn01) = (board.http01_all(), board.tls_alpn01_all());
-        if !http01.is_empty() || !tls_alpn01.is_empty() {
-            result.config.acme_http01 = http01;
-            result.config.acme_tls_alpn01 = tls_alpn01
+        let challenges = (
+            board.http01_all(),
+            board
+                .tls_alpn01_all()
                 .into_iter()
                 .filter_map(|(domain, (cert_pem, key_pem))| {
                     let domain = vestibule_config::Hostname::parse(&domain).ok()?;
-                    Some((
-                        domain,
-                        vestibule_config::model::Certificate { cert_pem, key_pem },
-                    ))
+                    Some((domain, Certificate { cert_pem, key_pem }))
                 })
-                .collect();
-            result.config = result.config.seal();
-        }
-        result.config = per_replica(result.config, settings.gateway_replicas);
+                .collect(),
+        );
         let leading = *acme.leader.borrow();
         acme.handle.set_plan(if leading {
-            std::mem::take(&mut result.acme)
+            translator.acme().clone()
         } else {
             Default::default()
         });
+        let whole_wanted = whole.wanted();
+        let next = publisher.publish(
+            update.delta,
+            settings.gateway_replicas,
+            challenges,
+            whole_wanted,
+        );
         let elapsed = started.elapsed();
         metrics.translate_seconds.observe(elapsed.as_secs_f64());
         for (kind, n) in [
@@ -167,29 +352,28 @@ pub async fn run(
                 .with_label_values(&[kind])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-
-        let changed = published
-            .borrow()
-            .as_ref()
-            .is_none_or(|p| p.config.version != result.config.version);
-        if changed {
-            match Published::new(result.config) {
-                Ok(p) => {
-                    tracing::info!(
-                        version = %p.config.version,
-                        hosts = p.config.hosts.len(),
-                        pools = p.config.pools.len(),
-                        bytes = p.json.len(),
-                        gzip_bytes = p.gzip.len(),
-                        translate_ms = elapsed.as_secs_f64() * 1000.0,
-                        "publishing config"
-                    );
-                    metrics.versions_published.inc();
-                    published.send_replace(Some(Arc::new(p)));
-                }
-                // Keep serving the previous version.
-                Err(e) => tracing::error!(error = %e, "cannot encode the config"),
+        if let Some(p) = next {
+            let delta_hosts = p
+                .chain
+                .last()
+                .map_or(0, |d| d.hosts.len() + d.removed_hosts.len());
+            tracing::info!(
+                version = %p.version,
+                hosts = p.hosts,
+                full = update.full,
+                delta_hosts,
+                chain = p.chain.len(),
+                translate_ms = elapsed.as_secs_f64() * 1000.0,
+                "publishing config"
+            );
+            if published
+                .borrow()
+                .as_ref()
+                .is_none_or(|old| old.version != p.version)
+            {
+                metrics.versions_published.inc();
             }
+            published.send_replace(Some(Arc::new(p)));
         }
         let load_balancer = stores.publish_service.as_ref().map(|s| {
             s.state()
@@ -199,7 +383,7 @@ pub async fn run(
         });
         statuses.send_replace(Some(Arc::new(StatusInput {
             translation,
-            statuses: result.statuses,
+            statuses: translator.statuses().cloned().collect(),
             load_balancer,
         })));
 

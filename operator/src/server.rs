@@ -1,6 +1,10 @@
-//! The config server gateways long-poll: `GET /v1/config?after=VERSION`
-//! with a bearer token; also `/healthz` and `/readyz`. Plain HTTP, or HTTPS
-//! (rustls) when a certificate is configured.
+//! The config server gateways long-poll, with a bearer token:
+//! `GET /v2/config?after=VERSION` answers with the delta from VERSION when
+//! it is on the published chain, else with a whole config (a new replica,
+//! one too far behind, or `&full=1`); `GET /v1/config?after=VERSION`
+//! answers with whole configs only, for gateways of older releases. Also
+//! `/healthz` and `/readyz`. Plain HTTP, or HTTPS (rustls) when a
+//! certificate is configured.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -33,6 +37,20 @@ use crate::{Error, TlsFiles};
 /// The response header naming the version of the config in the body (or,
 /// on 304, the version the server currently has).
 pub const VERSION_HEADER: &str = "x-config-version";
+
+/// `/v2` media types: a whole config, or a delta (its `base` and `version`
+/// in the body).
+pub const WHOLE_TYPE: &str = "application/vnd.vestibule.config+json";
+pub const DELTA_TYPE: &str = "application/vnd.vestibule.config-delta+json";
+
+/// Which config protocol a request speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// Whole configs only.
+    V1,
+    /// Deltas where the client's version allows.
+    V2,
+}
 
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -150,6 +168,10 @@ pub struct ConfigState {
     /// Handshakes gateways saw for domains waiting for an ACME certificate
     /// (`POST /v1/acme/demand`), to the relay in [`crate::acme`].
     pub demand: tokio::sync::mpsc::Sender<Vec<vestibule_config::Hostname>>,
+    /// Whether `/v1` clients are about (whole configs are published then).
+    pub whole: Arc<crate::publish::WholeClients>,
+    /// Wakes the translation loop (a `/v1` client needs a whole config).
+    pub dirty: Arc<tokio::sync::Notify>,
 }
 
 /// Largest `POST /v1/acme/demand` body, and names in it.
@@ -239,7 +261,8 @@ where
 
 async fn handle(req: Request<Incoming>, state: &ConfigState) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1/config") => config(&req, state).await,
+        (&Method::GET, "/v1/config") => config(&req, state, Protocol::V1).await,
+        (&Method::GET, "/v2/config") => config(&req, state, Protocol::V2).await,
         (&Method::POST, "/v1/acme/demand") => demand(req, state).await,
         (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => match state.published.borrow().is_some() {
@@ -252,7 +275,7 @@ async fn handle(req: Request<Incoming>, state: &ConfigState) -> Response<Full<By
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             res
         }
-        (_, "/v1/config" | "/healthz" | "/readyz") => {
+        (_, "/v1/config" | "/v2/config" | "/healthz" | "/readyz") => {
             let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
             res.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET"));
@@ -302,66 +325,88 @@ fn unauthorized(headers: &HeaderMap, state: &ConfigState) -> Option<Response<Ful
     Some(res)
 }
 
-async fn config(req: &Request<Incoming>, state: &ConfigState) -> Response<Full<Bytes>> {
+async fn config(
+    req: &Request<Incoming>,
+    state: &ConfigState,
+    protocol: Protocol,
+) -> Response<Full<Bytes>> {
     if let Some(refused) = unauthorized(req.headers(), state) {
         return refused;
     }
-    let after = query_param(req.uri().query().unwrap_or(""), "after").filter(|a| !a.is_empty());
+    let query = req.uri().query().unwrap_or("");
+    let after = query_param(query, "after").filter(|a| !a.is_empty());
+    let whole_asked = query_param(query, "full").is_some_and(|v| v == "1");
     let gzip = accepts_gzip(req.headers());
-    let is_newer = |p: &Option<Arc<Published>>| {
-        p.as_ref()
-            .is_some_and(|p| Some(p.config.version.as_str()) != after)
-    };
-
-    let current = state.published.borrow().clone();
-    if is_newer(&current) {
-        if let Some(p) = current {
-            return send_config(&p, gzip, state);
-        }
+    if protocol == Protocol::V1 {
+        state.whole.seen_now();
     }
-
-    // The client is up to date (or nothing is published yet): wait.
-    let Ok(_permit) = state.waiting.clone().try_acquire_owned() else {
-        state.metrics.overloaded.inc();
-        return retry_later("too many gateways waiting\n");
+    // A version other than the client's, waiting for one (long-poll).
+    let wanted = |p: &Published| {
+        Some(p.version.as_str()) != after && (protocol == Protocol::V2 || p.chain.is_empty())
     };
-    state.metrics.gateways_waiting.inc();
-    let waited = wait_for_newer(state, after).await;
-    state.metrics.gateways_waiting.dec();
-    let shutting_down = *state.shutdown.borrow();
     let current = state.published.borrow().clone();
-    match waited {
-        Some(p) => send_config(&p, gzip, state),
-        None if shutting_down => retry_later("shutting down\n"),
-        None => match (after, current) {
-            (Some(_), current) => {
-                let mut res = Response::new(Full::new(Bytes::new()));
-                *res.status_mut() = StatusCode::NOT_MODIFIED;
-                if let Some(p) = current {
-                    if let Ok(v) = HeaderValue::from_str(p.config.version.as_str()) {
+    let p = match current {
+        Some(p) if wanted(&p) => p,
+        current => {
+            if protocol == Protocol::V1
+                && current
+                    .as_ref()
+                    .is_some_and(|p| Some(p.version.as_str()) != after)
+            {
+                // The newest version is a delta: have it published whole.
+                state.dirty.notify_one();
+            }
+            let Ok(_permit) = state.waiting.clone().try_acquire_owned() else {
+                state.metrics.overloaded.inc();
+                return retry_later("too many gateways waiting\n");
+            };
+            state.metrics.gateways_waiting.inc();
+            let waited = wait_for(state, wanted).await;
+            state.metrics.gateways_waiting.dec();
+            let shutting_down = *state.shutdown.borrow();
+            match waited {
+                Some(p) => p,
+                None if shutting_down => return retry_later("shutting down\n"),
+                None if after.is_none() => return retry_later("no config published yet\n"),
+                None => {
+                    let mut res = Response::new(Full::new(Bytes::new()));
+                    *res.status_mut() = StatusCode::NOT_MODIFIED;
+                    let current = state.published.borrow().clone();
+                    if let Some(v) =
+                        current.and_then(|p| HeaderValue::from_str(p.version.as_str()).ok())
+                    {
                         res.headers_mut().insert(VERSION_HEADER, v);
                     }
+                    res.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    return res;
                 }
-                res.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                res
             }
-            (None, _) => retry_later("no config published yet\n"),
-        },
+        }
+    };
+    let delta = match (protocol, after) {
+        (Protocol::V2, Some(after)) if !whole_asked => {
+            p.delta_from(&vestibule_config::model::ConfigVersion::new(after))
+        }
+        _ => None,
+    };
+    match delta {
+        Some(delta) => send_delta(&delta, gzip, state),
+        None => send_whole(&p, protocol, gzip, state).await,
     }
 }
 
-/// Waits (bounded) for a published version other than `after`; `None` on
+/// Waits (bounded) for a published version `wanted` accepts; `None` on
 /// timeout or shutdown.
-async fn wait_for_newer(state: &ConfigState, after: Option<&str>) -> Option<Arc<Published>> {
+async fn wait_for(
+    state: &ConfigState,
+    wanted: impl Fn(&Published) -> bool,
+) -> Option<Arc<Published>> {
     let mut published = state.published.clone();
     let mut shutdown = state.shutdown.clone();
     let newer = async move {
         let r = published
-            .wait_for(|p| {
-                p.as_ref()
-                    .is_some_and(|p| Some(p.config.version.as_str()) != after)
-            })
+            .wait_for(|p| p.as_deref().is_some_and(&wanted))
             .await;
         // Err: the publisher is gone (shutting down).
         r.ok().and_then(|p| p.clone())
@@ -372,21 +417,79 @@ async fn wait_for_newer(state: &ConfigState, after: Option<&str>) -> Option<Arc<
     }
 }
 
-fn send_config(p: &Published, gzip: bool, state: &ConfigState) -> Response<Full<Bytes>> {
+/// The base of `p` (its version in the header): `/v2` clients then ask for
+/// the deltas after it.
+async fn send_whole(
+    p: &Published,
+    protocol: Protocol,
+    gzip: bool,
+    state: &ConfigState,
+) -> Response<Full<Bytes>> {
+    let base = p.base.clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        base.encoded()
+            .map(|e| (e.json.clone(), e.gzip.clone()))
+            .map_err(str::to_string)
+    })
+    .await;
+    let (json, gz) = match encoded {
+        Ok(Ok(bodies)) => bodies,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot encode the config");
+            return retry_later("cannot encode the config\n");
+        }
+        Err(_) => return retry_later("cannot encode the config\n"),
+    };
     state.metrics.configs_served.inc();
-    let body = if gzip { &p.gzip } else { &p.json };
-    let mut res = Response::new(Full::new(body.clone()));
+    let kind = match protocol {
+        Protocol::V1 => "application/json",
+        Protocol::V2 => WHOLE_TYPE,
+    };
+    respond(
+        if gzip { gz } else { json },
+        kind,
+        gzip,
+        &p.base.config.version,
+    )
+}
+
+fn send_delta(
+    delta: &vestibule_config::model::ConfigDelta,
+    gzip: bool,
+    state: &ConfigState,
+) -> Response<Full<Bytes>> {
+    let Ok(json) = serde_json::to_vec(delta) else {
+        return retry_later("cannot encode the delta\n");
+    };
+    let body = if gzip {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        match gz.write_all(&json).and_then(|()| gz.finish()) {
+            Ok(b) => b,
+            Err(_) => return retry_later("cannot encode the delta\n"),
+        }
+    } else {
+        json
+    };
+    state.metrics.deltas_served.inc();
+    respond(Bytes::from(body), DELTA_TYPE, gzip, &delta.version)
+}
+
+fn respond(
+    body: Bytes,
+    kind: &'static str,
+    gzip: bool,
+    version: &vestibule_config::model::ConfigVersion,
+) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body));
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     if gzip {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    if let Ok(v) = HeaderValue::from_str(p.config.version.as_str()) {
+    if let Ok(v) = HeaderValue::from_str(version.as_str()) {
         h.insert(VERSION_HEADER, v);
     }
     res

@@ -813,3 +813,108 @@ async fn gateway_api_objects_are_served_and_their_statuses_written() {
     );
     assert_eq!(patches, 1);
 }
+
+/// `/v2/config`: a whole config first, then deltas, whose bytes stay those
+/// of the change at 1,000 hosts; an unknown base or `full=1` gets a whole
+/// config, and `/v1` keeps answering whole configs of the current version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_sends_a_one_host_change_as_a_small_delta_at_a_thousand_hosts() {
+    use vestibule_config::model::ConfigDelta;
+    use vestibule_config::GatewayConfig;
+    let api = FakeApi::start().await;
+    api.apply(ingress_class());
+    api.apply(service("shop", "web", 80));
+    api.apply(endpoint_slice("shop", "web", &["10.0.0.1"], 8080));
+    for i in 0..1000 {
+        api.apply(ingress(
+            "shop",
+            &format!("site-{i}"),
+            &format!("h{i}.example.com"),
+            "web",
+            80,
+        ));
+    }
+    let mut settings = test_settings("op-a");
+    settings.server.long_poll = Duration::from_secs(5);
+    let op = start(&api, settings).await;
+    let auth = format!("Bearer {TOKEN}");
+    let v2 = |after: Option<String>, extra: &'static str| {
+        let auth = auth.clone();
+        let addr = op.config_addr;
+        async move {
+            let path = match after {
+                Some(a) => format!("/v2/config?after={a}{extra}"),
+                None => "/v2/config".to_string(),
+            };
+            get(addr, &path, &[("authorization", &auth)]).await
+        }
+    };
+    let whole = eventually(Duration::from_secs(10), "all 1,000 hosts", || async {
+        let r = v2(None, "").await;
+        (r.status == StatusCode::OK && hosts(&r.json()).len() == 1000).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        whole.headers["content-type"],
+        "application/vnd.vestibule.config+json"
+    );
+    let mut config =
+        GatewayConfig::from_text(std::str::from_utf8(&whole.body).unwrap()).expect("config");
+    let base = whole.version().expect("version");
+    assert_eq!(config.version.as_str(), base);
+
+    // One new host: a delta of about one vhost.
+    let parked = tokio::spawn(v2(Some(base.clone()), ""));
+    eventually(Duration::from_secs(2), "the long-poll parked", || async {
+        (op.metrics.gateways_waiting.get() == 1).then_some(())
+    })
+    .await;
+    api.apply(ingress("shop", "new", "new.example.com", "web", 80));
+    let res = parked.await.expect("poll");
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(
+        res.headers["content-type"],
+        "application/vnd.vestibule.config-delta+json"
+    );
+    eprintln!(
+        "whole config {} bytes, one-host delta {} bytes",
+        whole.body.len(),
+        res.body.len()
+    );
+    assert!(res.body.len() < 1024, "{} bytes", res.body.len());
+    assert!(whole.body.len() > 100 * res.body.len());
+    let delta: ConfigDelta = serde_json::from_slice(&res.body).expect("delta");
+    assert_eq!(delta.base.as_str(), base);
+    assert_eq!(delta.hosts.len(), 1);
+    config.apply(&delta).expect("the delta applies");
+    assert_eq!(Some(config.version.to_string()), res.version());
+    assert_eq!(config.hosts.len(), 1001);
+    assert!(op.metrics.deltas_served.get() >= 1);
+
+    // A base the operator does not hold, or full=1: a whole config.
+    let stale = v2(Some("f".repeat(32)), "").await;
+    assert_eq!(
+        stale.headers["content-type"],
+        "application/vnd.vestibule.config+json"
+    );
+    let asked = v2(Some(base.clone()), "&full=1").await;
+    assert_eq!(
+        asked.headers["content-type"],
+        "application/vnd.vestibule.config+json"
+    );
+    // A whole config may be an older base; its deltas follow at once.
+    let base2 = asked.version().expect("version");
+    if base2 != config.version.as_str() {
+        let caught_up = v2(Some(base2), "").await;
+        let d: ConfigDelta = serde_json::from_slice(&caught_up.body).expect("delta");
+        assert_eq!(d.version, config.version);
+    }
+
+    // /v1 (an older gateway) gets the current version whole.
+    let old = get_config(op.config_addr, Some(&base)).await;
+    assert_eq!(old.status, StatusCode::OK);
+    assert_eq!(old.headers["content-type"], "application/json");
+    assert_eq!(old.version().as_deref(), Some(config.version.as_str()));
+    assert_eq!(hosts(&old.json()).len(), 1001);
+    op.shutdown().await.expect("clean shutdown");
+}

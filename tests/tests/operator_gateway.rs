@@ -153,3 +153,82 @@ async fn gateway_with_a_bad_token_stays_unready_and_says_why() {
     let _ = child.wait();
     operator.shutdown().await.expect("shutdown");
 }
+
+/// At 1,000 hosts a new host reaches the gateway as a delta (no whole
+/// config is sent again), and a gateway restarted while hosts were added
+/// starts from its persisted config and journal, then catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_more_host_of_a_thousand_travels_as_a_delta_and_a_restart_catches_up() {
+    let up = Upstream::start("up").await;
+    let api = FakeApi::start().await;
+    api.apply(op::ingress_class());
+    api.apply(op::service("shop", "web", 80));
+    api.apply(op::endpoint_slice(
+        "shop",
+        "web",
+        &["127.0.0.1"],
+        i32::from(up.addr.port()),
+    ));
+    for i in 0..1000 {
+        api.apply(op::ingress(
+            "shop",
+            &format!("site-{i}"),
+            &format!("h{i}.example.com"),
+            "web",
+            80,
+        ));
+    }
+    let settings = op::test_settings("op-1");
+    let token_file = settings.token_file.clone();
+    let operator = op::start(&api, settings).await;
+    let url = format!("http://{}", operator.config_addr);
+    let state = TempDir::new("state");
+    let source = [
+        "--operator",
+        url.as_str(),
+        "--token-file",
+        token_file.to_str().expect("utf8"),
+        "--state-dir",
+        state.0.to_str().expect("utf8"),
+    ];
+    let gateway = Gateway::start(&source, &[]).await;
+    let second = Duration::from_secs(10);
+    assert!(served_by(&gateway, "h999.example.com", "up", second)
+        .await
+        .is_some());
+
+    let (wholes, deltas) = (
+        operator.metrics.configs_served.get(),
+        operator.metrics.deltas_served.get(),
+    );
+    api.apply(op::ingress("shop", "new-1", "new1.example.com", "web", 80));
+    let took = served_by(&gateway, "new1.example.com", "up", Duration::from_secs(2)).await;
+    assert!(took.is_some(), "the new host never went live");
+    assert_eq!(
+        operator.metrics.configs_served.get(),
+        wholes,
+        "a whole config was sent"
+    );
+    assert!(operator.metrics.deltas_served.get() > deltas);
+    assert!(
+        state.0.join("last-config.deltas").exists(),
+        "the delta was not journaled"
+    );
+
+    // Restarted while a host was added: the persisted config and journal
+    // serve at once, the operator's delta brings the rest.
+    drop(gateway);
+    api.apply(op::ingress("shop", "new-2", "new2.example.com", "web", 80));
+    let restarted = Gateway::start(&source, &[]).await;
+    assert!(
+        served_by(&restarted, "new1.example.com", "up", Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    assert!(
+        served_by(&restarted, "new2.example.com", "up", Duration::from_secs(3))
+            .await
+            .is_some()
+    );
+    operator.shutdown().await.expect("operator shutdown");
+}

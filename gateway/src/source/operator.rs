@@ -1,8 +1,14 @@
 //! `--operator URL`: long-polls the operator's config server
-//! (`GET /v1/config?after=VERSION`, bearer token, gzip), applies every new
-//! version through the same swap path as the file sources, and persists the
-//! last applied config under `--state-dir` (write + rename) so a gateway that
-//! restarts while the operator is down still serves. Handshakes for tenant
+//! (`GET /v2/config?after=VERSION`, bearer token, gzip): a whole config
+//! first, then the delta from the version it holds to each new one, applied
+//! to its copy, checked against the operator's version and swapped in as a
+//! patch. A delta that does not apply (a stale base, a state that disagrees)
+//! makes it ask for a whole config (`&full=1`). An operator without `/v2`
+//! (an older release during an upgrade) is long-polled on `/v1`, whole
+//! configs only. The config is persisted under `--state-dir` (write +
+//! rename), each delta appended to a journal beside it and folded in once a
+//! minute, so a gateway that restarts while the operator is down still
+//! serves the last version it had. Handshakes for tenant
 //! domains waiting for an ACME certificate are reported back
 //! (`POST /v1/acme/demand`, batched, each name at most every 30 s).
 
@@ -18,10 +24,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_rustls::TlsConnector;
-use vestibule_config::model::ConfigVersion;
+use vestibule_config::model::{ConfigDelta, ConfigError, ConfigVersion};
 use vestibule_config::GatewayConfig;
 
-use super::{ConfigSource, SourceError, SourceEvent};
+use super::{ConfigSource, Delta, SourceError, SourceEvent};
+use crate::runtime::Totals;
+
+/// The operator's media type for a delta (`/v2`).
+const DELTA_TYPE: &str = "application/vnd.vestibule.config-delta+json";
 use crate::error::{CaProblem, OperatorError};
 
 /// Largest config body accepted, compressed or not (10k tenants with their
@@ -34,6 +44,13 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STATE_FILE: &str = "last-config.json";
+/// After a delta, the config is persisted at most this often (at 100k
+/// tenants a write is 100 MB; a restart catches up from the operator).
+const PERSIST_EVERY: Duration = Duration::from_secs(60);
+/// Deltas since the persisted config, one JSON line each.
+const JOURNAL_FILE: &str = "last-config.deltas";
+/// The journal is folded into the config after this many deltas.
+const JOURNAL_MAX: usize = 256;
 
 pub struct OperatorSource {
     url: Uri,
@@ -42,6 +59,10 @@ pub struct OperatorSource {
     tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
     /// Names handshakes asked for (see [`OperatorSource::with_demand`]).
     demand: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Box<str>>>>,
+    /// The config held: deltas apply to it.
+    held: Arc<std::sync::Mutex<Option<Arc<GatewayConfig>>>>,
+    /// The operator answered 404 on `/v2`: an older release.
+    v1_only: std::sync::atomic::AtomicBool,
 }
 
 /// A name is reported at most this often.
@@ -52,6 +73,7 @@ const DEMAND_BATCH: usize = 16;
 /// What one poll returned.
 enum Poll {
     New(Box<GatewayConfig>),
+    Delta(Box<ConfigDelta>),
     Unchanged,
 }
 
@@ -101,6 +123,8 @@ impl OperatorSource {
             state_dir: state_dir.map(Path::to_path_buf),
             tls,
             demand: std::sync::Mutex::new(None),
+            held: Arc::default(),
+            v1_only: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -200,12 +224,22 @@ impl OperatorSource {
         self.state_dir.as_ref().map(|d| d.join(STATE_FILE))
     }
 
-    /// One `GET /v1/config?after=...` on a fresh connection.
-    async fn poll(&self, after: Option<&ConfigVersion>) -> Result<Poll, OperatorError> {
-        let path = match after {
-            Some(v) if !v.is_empty() => format!("/v1/config?after={v}"),
-            _ => "/v1/config".to_string(),
-        };
+    /// One `GET /v2/config?after=...` (or `/v1`) on a fresh connection;
+    /// `whole` asks for a whole config whatever `after` is.
+    async fn poll(
+        &self,
+        after: Option<&ConfigVersion>,
+        whole: bool,
+    ) -> Result<Poll, OperatorError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let v1 = self.v1_only.load(Relaxed);
+        let mut path = format!("/{}/config", if v1 { "v1" } else { "v2" });
+        if let Some(v) = after.filter(|v| !v.is_empty()) {
+            path.push_str(&format!("?after={v}"));
+            if whole && !v1 {
+                path.push_str("&full=1");
+            }
+        }
         let response = self
             .request(http::Method::GET, &path, bytes::Bytes::new())
             .await?;
@@ -215,6 +249,11 @@ impl OperatorSource {
             StatusCode::OK => {}
             StatusCode::NOT_MODIFIED => return Ok(Poll::Unchanged),
             StatusCode::UNAUTHORIZED => return Err(OperatorError::Unauthorized),
+            StatusCode::NOT_FOUND if !v1 => {
+                tracing::warn!("the operator has no /v2/config (an older release): polling /v1, whole configs only");
+                self.v1_only.store(true, Relaxed);
+                return Ok(Poll::Unchanged);
+            }
             other => return Err(OperatorError::Status(other)),
         }
         let body = Limited::new(body, MAX_BODY)
@@ -242,11 +281,25 @@ impl OperatorSource {
         if text.trim().is_empty() {
             return Err(OperatorError::EmptyBody);
         }
+        let delta = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == DELTA_TYPE.as_bytes());
+        if delta {
+            let delta: ConfigDelta =
+                serde_json::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            return Ok(Poll::Delta(Box::new(delta)));
+        }
         let config = GatewayConfig::from_text(&text)?;
         Ok(Poll::New(Box::new(config)))
     }
 
-    /// Writes the config atomically: a crash leaves the old file or the new one.
+    fn journal_file(&self) -> Option<PathBuf> {
+        self.state_dir.as_ref().map(|d| d.join(JOURNAL_FILE))
+    }
+
+    /// Writes the config atomically (a crash leaves the old file or the new
+    /// one), then drops the journal of deltas it includes.
     fn persist(&self, config: &GatewayConfig) {
         let Some(file) = self.state_file() else {
             return;
@@ -264,18 +317,60 @@ impl OperatorSource {
         if let Err(e) = result {
             tracing::warn!(file = %file.display(), error = %e, "cannot persist the config");
         }
+        if let Some(journal) = self.journal_file() {
+            let _ = std::fs::remove_file(journal);
+        }
     }
 
+    /// Appends a delta to the journal: one line, in time proportional to it.
+    fn journal(&self, delta: &ConfigDelta) {
+        let Some(file) = self.journal_file() else {
+            return;
+        };
+        let result = serde_json::to_vec(delta)
+            .map_err(std::io::Error::other)
+            .and_then(|mut line| {
+                use std::io::Write;
+                line.push(b'\n');
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&file)?;
+                f.write_all(&line)
+            });
+        if let Err(e) = result {
+            tracing::warn!(file = %file.display(), error = %e, "cannot journal the config delta");
+        }
+    }
+
+    /// The persisted config with the journal's deltas applied (up to the
+    /// first that does not apply: a crash between a rewrite and the
+    /// journal's removal leaves deltas the config already has).
     fn load_persisted(&self) -> Option<GatewayConfig> {
         let file = self.state_file()?;
         let text = std::fs::read_to_string(&file).ok()?;
-        match GatewayConfig::from_text(&text) {
-            Ok(config) => Some(config),
+        let mut config = match GatewayConfig::from_text(&text) {
+            Ok(config) => config,
             Err(e) => {
                 tracing::warn!(file = %file.display(), error = %e, "ignoring the persisted config");
-                None
+                return None;
             }
+        };
+        let journal = self
+            .journal_file()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .unwrap_or_default();
+        for line in journal.lines() {
+            let Ok(delta) = serde_json::from_str::<ConfigDelta>(line) else {
+                break;
+            };
+            let mut next = config.clone();
+            if next.apply(&delta).is_err() {
+                break;
+            }
+            config = next;
         }
+        Some(config)
     }
 }
 
@@ -375,25 +470,27 @@ impl ConfigSource for OperatorSource {
             .enable_all()
             .build()
             .map_err(OperatorError::Runtime)?;
-        let fetched =
-            runtime.block_on(async { tokio::time::timeout(BOOT_TIMEOUT, self.poll(None)).await });
-        match fetched {
+        let fetched = runtime
+            .block_on(async { tokio::time::timeout(BOOT_TIMEOUT, self.poll(None, true)).await });
+        let config = match fetched {
             Ok(Ok(Poll::New(config))) => {
                 self.persist(&config);
-                Ok(Some(*config))
+                Some(*config)
             }
-            Ok(Ok(Poll::Unchanged)) => Ok(self.load_persisted()),
+            Ok(Ok(_)) => self.load_persisted(),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "operator unreachable at boot; using the persisted config");
-                Ok(self.load_persisted())
+                self.load_persisted()
             }
             Err(_) => {
                 tracing::warn!(
                     "operator did not answer in time at boot; using the persisted config"
                 );
-                Ok(self.load_persisted())
+                self.load_persisted()
             }
-        }
+        };
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = config.clone().map(Arc::new);
+        Ok(config)
     }
 
     async fn run(self: Box<Self>, events: UnboundedSender<SourceEvent>) {
@@ -409,23 +506,68 @@ impl ConfigSource for OperatorSource {
 
 impl OperatorSource {
     async fn poll_forever(&self, events: UnboundedSender<SourceEvent>) {
-        let mut current: Option<ConfigVersion> = self.load_persisted().map(|c| c.version);
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut current: Option<ConfigVersion> = match held {
+            Some(c) => Some(c.version.clone()),
+            None => self.load_persisted().map(|c| c.version),
+        };
         let mut failures = 0u32;
+        let mut whole = false;
+        let mut persisted = tokio::time::Instant::now();
+        let mut journaled = 0usize;
         loop {
-            let result = match tokio::time::timeout(POLL_TIMEOUT, self.poll(current.as_ref())).await
-            {
+            let poll = self.poll(current.as_ref(), whole);
+            let result = match tokio::time::timeout(POLL_TIMEOUT, poll).await {
                 Ok(r) => r,
                 Err(_) => Err(OperatorError::TimedOut),
             };
             match result {
                 Ok(Poll::New(config)) => {
                     failures = 0;
+                    whole = false;
                     if current.as_ref() == Some(&config.version) {
                         continue;
                     }
                     self.persist(&config);
+                    persisted = tokio::time::Instant::now();
+                    journaled = 0;
                     current = Some(config.version.clone());
-                    if events.send(SourceEvent::Config(Arc::new(*config))).is_err() {
+                    let config = Arc::new(*config);
+                    *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(config.clone());
+                    if events.send(SourceEvent::Config(config)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Poll::Delta(delta)) => {
+                    failures = 0;
+                    let applied = self.apply(&delta);
+                    let Some(totals) = applied else {
+                        // Ask for a whole config next; the live one stays.
+                        whole = true;
+                        continue;
+                    };
+                    current = Some(delta.version.clone());
+                    if persisted.elapsed() >= PERSIST_EVERY || journaled >= JOURNAL_MAX {
+                        persisted = tokio::time::Instant::now();
+                        journaled = 0;
+                        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        if let Some(config) = held {
+                            self.persist(&config);
+                        }
+                    } else {
+                        self.journal(&delta);
+                        journaled += 1;
+                    }
+                    let source = self.held.clone();
+                    let event = SourceEvent::Delta(Box::new(Delta {
+                        delta: *delta,
+                        totals,
+                        full: Arc::new(move || {
+                            let held = source.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            held.map(|c| (*c).clone()).unwrap_or_default()
+                        }),
+                    }));
+                    if events.send(event).is_err() {
                         return;
                     }
                 }
@@ -437,6 +579,26 @@ impl OperatorSource {
                     tokio::time::sleep(backoff(failures)).await;
                     failures = failures.saturating_add(1);
                 }
+            }
+        }
+    }
+
+    /// Applies `delta` to the held config; `None` when it does not apply
+    /// (then nothing is held: the next poll asks for a whole config).
+    fn apply(&self, delta: &ConfigDelta) -> Option<Totals> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(config) = held.as_mut() else {
+            tracing::warn!(base = %delta.base, "a delta with no config held; asking for a whole config");
+            return None;
+        };
+        // Copies only if the controller still holds the previous config.
+        let config = Arc::make_mut(config);
+        match config.apply(delta) {
+            Ok(()) => Some(Totals::of(config)),
+            Err(e) => {
+                tracing::warn!(error = %e, "config delta refused; asking for a whole config");
+                *held = None;
+                None
             }
         }
     }
