@@ -46,7 +46,7 @@ impl ManifestsSource {
     pub fn new(dir: impl Into<PathBuf>, max_file_bytes: u64, options: Options) -> Self {
         ManifestsSource {
             dir: dir.into(),
-            translator: Arc::new(Mutex::new(Incremental::new(options.clone()))),
+            translator: Arc::new(Mutex::new(Incremental::without_statuses(options.clone()))),
             options,
             cache: Mutex::new(ManifestCache::with_max_file_bytes(max_file_bytes)),
             acme: None,
@@ -100,13 +100,11 @@ impl ManifestsSource {
         let update =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| translator.update(snapshot)))
                 .map_err(|_| {
-                    *translator = Incremental::new(self.options.clone());
+                    *translator = Incremental::without_statuses(self.options.clone());
                     SourceError::TranslatorPanicked
                 })?;
-        for object in &update.statuses {
-            if let Some(status) = translator.status(object) {
-                tracing::debug!(?status, "object status");
-            }
+        for status in &update.dropped {
+            tracing::debug!(?status, "object status");
         }
         let acme_domains = translator.acme().domains.len();
         match &self.acme {

@@ -64,6 +64,9 @@ pub struct Update {
     pub full: bool,
     /// Objects whose status may have changed (every one after a full pass).
     pub statuses: Vec<ObjectRef>,
+    /// Their statuses, when the translator does not keep them
+    /// ([`Incremental::without_statuses`]).
+    pub dropped: Vec<ObjectStatus>,
 }
 
 /// The translator's state between changes.
@@ -73,6 +76,8 @@ pub struct Incremental {
     seen: Seen,
     config: GatewayConfig,
     statuses: BTreeMap<ObjectRef, ObjectStatus>,
+    /// Whether `statuses` is kept (a status writer reads it).
+    keep_statuses: bool,
     acme: AcmePlan,
     /// Footprints of the Ingresses and Tenants of the last snapshot, and
     /// who claims each host, reads each Service and each Secret.
@@ -96,6 +101,7 @@ impl Incremental {
             seen: Seen::default(),
             config: GatewayConfig::default().seal(),
             statuses: BTreeMap::new(),
+            keep_statuses: true,
             acme: AcmePlan::default(),
             footprints: HashMap::new(),
             by_host: HashMap::new(),
@@ -105,6 +111,16 @@ impl Incremental {
             pool_refs: HashMap::new(),
             cert_refs: HashMap::new(),
             translated: false,
+        }
+    }
+
+    /// A translator that hands each update's statuses out instead of
+    /// keeping them all (100k objects' statuses are tens of MB): for
+    /// `--manifests`, where nothing writes them back.
+    pub fn without_statuses(options: Options) -> Self {
+        Incremental {
+            keep_statuses: false,
+            ..Incremental::new(options)
         }
     }
 
@@ -146,6 +162,7 @@ impl Incremental {
                 },
                 full: false,
                 statuses: Vec::new(),
+                dropped: Vec::new(),
             };
         }
         match self.reach(&changes) {
@@ -164,11 +181,17 @@ impl Incremental {
         let translation = translate_with(snapshot, &self.options, &mut self.memo);
         let delta = ConfigDelta::between(&self.config, &translation.config);
         self.config = translation.config;
-        self.statuses = translation
-            .statuses
-            .into_iter()
-            .map(|s| (s.object.clone(), s))
-            .collect();
+        let objects: Vec<ObjectRef> = translation.statuses.iter().map(|s| s.object.clone()).collect();
+        let mut dropped = Vec::new();
+        if self.keep_statuses {
+            self.statuses = translation
+                .statuses
+                .into_iter()
+                .map(|s| (s.object.clone(), s))
+                .collect();
+        } else {
+            dropped = translation.statuses;
+        }
         self.acme = translation.acme;
         self.footprints.clear();
         self.by_host.clear();
@@ -198,7 +221,8 @@ impl Incremental {
         Update {
             delta,
             full: true,
-            statuses: self.statuses.keys().cloned().collect(),
+            statuses: objects,
+            dropped,
         }
     }
 
@@ -447,11 +471,17 @@ impl Incremental {
             .map(|s| (s.object.clone(), s))
             .collect();
         let mut touched = Vec::with_capacity(nodes.len());
+        let mut dropped = Vec::new();
         for node in &nodes {
             let object = node.object();
             match statuses.remove(&object) {
-                Some(s) => self.statuses.insert(object.clone(), s),
-                None => self.statuses.remove(&object),
+                Some(s) if !self.keep_statuses => dropped.push(s),
+                Some(s) => {
+                    self.statuses.insert(object.clone(), s);
+                }
+                None => {
+                    self.statuses.remove(&object);
+                }
             };
             touched.push(object);
         }
@@ -474,6 +504,7 @@ impl Incremental {
             delta,
             full: false,
             statuses: touched,
+            dropped,
         }
     }
 }
