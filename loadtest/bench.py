@@ -189,6 +189,9 @@ spec:
 """
 
 
+FILE_OBJECTS = 10_000
+
+
 def gen_vestibule(d, n, up_port, certs=None, limited=False):
     d.mkdir(parents=True, exist_ok=True)
     if limited:
@@ -212,15 +215,19 @@ addressType: IPv4
 ports: [{{name: http, port: {up_port}}}]
 endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
 """)
-    with open(d / "ingresses.yaml", "w") as f:
-        for i in range(1, n + 1):
-            f.write(vestibule_ingress(i, certs is not None))
+    # Files of 10,000 objects: under the gateway's per-file limit (64 MiB)
+    # at any host count, and parsed in parallel.
+    for lo in range(1, n + 1, FILE_OBJECTS):
+        with open(d / f"ingresses-{lo // FILE_OBJECTS:03}.yaml", "w") as f:
+            for i in range(lo, min(lo + FILE_OBJECTS, n + 1)):
+                f.write(vestibule_ingress(i, certs is not None))
     if certs is not None:
         ind = lambda s: "".join("      " + line + "\n" for line in s.strip().splitlines())
-        with open(d / "secrets.yaml", "w") as f:
-            for i in range(1, n + 1):
-                crt, key = split_pem((certs / f"h{i}.pem").read_bytes())
-                f.write(f"""---
+        for lo in range(1, n + 1, FILE_OBJECTS):
+            with open(d / f"secrets-{lo // FILE_OBJECTS:03}.yaml", "w") as f:
+                for i in range(lo, min(lo + FILE_OBJECTS, n + 1)):
+                    crt, key = split_pem((certs / f"h{i}.pem").read_bytes())
+                    f.write(f"""---
 apiVersion: v1
 kind: Secret
 metadata: {{name: cert-{i}, namespace: bench}}

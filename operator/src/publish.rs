@@ -1,6 +1,8 @@
-//! Debounced translation: waits for the caches to settle (a quiet period,
-//! bounded by a maximum delay), translates, and publishes a new config
-//! version only when the output changed. Statuses go to the status writer
+//! Debounced translation: a change after a quiet period is translated at
+//! once; changes that follow are coalesced until the caches settle (a quiet
+//! period, bounded by a maximum delay). Translation is incremental, and a
+//! new config version is published, as a delta on a chain, only when the
+//! output changed. Statuses go to the status writer
 //! after every translation, so drift in the cluster is corrected too.
 
 use std::collections::BTreeMap;
@@ -387,21 +389,29 @@ pub async fn run(
             load_balancer,
         })));
 
-        if !wait_for_changes(&stores.dirty, settings.debounce, &mut shutdown).await {
+        let finished = tokio::time::Instant::now();
+        if !wait_for_changes(&stores.dirty, settings.debounce, finished, &mut shutdown).await {
             return Ok(());
         }
     }
 }
 
-/// Waits for a change, then for the debounce window. False on shutdown.
+/// Waits for a change, then for the debounce window; a change after a
+/// quiet period (none since `last` for the quiet time) goes at once, so a
+/// lone edit does not wait out the window while a burst is still coalesced.
+/// False on shutdown.
 async fn wait_for_changes(
     dirty: &Notify,
     debounce: Debounce,
+    last: tokio::time::Instant,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     tokio::select! {
         _ = dirty.notified() => {}
         _ = crate::stopped(shutdown) => return false,
+    }
+    if last.elapsed() >= debounce.quiet {
+        return true;
     }
     let deadline = tokio::time::Instant::now() + debounce.max;
     loop {
@@ -465,8 +475,11 @@ pub fn load_balancer_of(svc: &Service) -> Vec<IngressLoadBalancerIngress> {
 mod tests {
     use super::*;
 
-    async fn measure(changes_every: Option<Duration>) -> Duration {
+    /// How long a wait takes for a change right after a translation (the
+    /// last one `since` ago), with more changes every `changes_every`.
+    async fn measure(changes_every: Option<Duration>, since: Duration) -> Duration {
         let dirty = Arc::new(Notify::new());
+        let last = tokio::time::Instant::now() - since;
         let (_tx, mut shutdown) = watch::channel(false);
         let debounce = Debounce::default();
         dirty.notify_one();
@@ -480,7 +493,7 @@ mod tests {
                 }
             })
         });
-        assert!(wait_for_changes(&dirty, debounce, &mut shutdown).await);
+        assert!(wait_for_changes(&dirty, debounce, last, &mut shutdown).await);
         if let Some(n) = noise {
             n.abort();
         }
@@ -488,8 +501,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lone_change_after_a_quiet_period_goes_at_once() {
+        let took = measure(None, Duration::from_secs(1)).await;
+        assert!(took < Duration::from_millis(50), "{took:?}");
+    }
+
+    #[tokio::test]
     async fn translates_after_a_quiet_period() {
-        let took = measure(None).await;
+        let took = measure(None, Duration::ZERO).await;
         assert!(
             took >= Duration::from_millis(100) && took < Duration::from_millis(400),
             "{took:?}"
@@ -498,7 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_of_changes_waits_at_most_the_maximum() {
-        let took = measure(Some(Duration::from_millis(30))).await;
+        let took = measure(Some(Duration::from_millis(30)), Duration::ZERO).await;
         assert!(
             took >= Duration::from_millis(500) && took < Duration::from_millis(1000),
             "{took:?}"
@@ -510,6 +529,7 @@ mod tests {
         let dirty = Notify::new();
         let (tx, mut shutdown) = watch::channel(false);
         tx.send_replace(true);
-        assert!(!wait_for_changes(&dirty, Debounce::default(), &mut shutdown).await);
+        let last = tokio::time::Instant::now();
+        assert!(!wait_for_changes(&dirty, Debounce::default(), last, &mut shutdown).await);
     }
 }

@@ -181,7 +181,11 @@ impl Incremental {
         let translation = translate_with(snapshot, &self.options, &mut self.memo);
         let delta = ConfigDelta::between(&self.config, &translation.config);
         self.config = translation.config;
-        let objects: Vec<ObjectRef> = translation.statuses.iter().map(|s| s.object.clone()).collect();
+        let objects: Vec<ObjectRef> = translation
+            .statuses
+            .iter()
+            .map(|s| s.object.clone())
+            .collect();
         let mut dropped = Vec::new();
         if self.keep_statuses {
             self.statuses = translation
