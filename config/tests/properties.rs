@@ -660,20 +660,37 @@ fn remove<T>(objects: &mut Vec<Arc<T>>, i: usize) {
     }
 }
 
+/// Applies `edit`, localizing only the object it brings: the others keep
+/// their `Arc`s, as in a reflector store or the manifest cache.
 fn apply_edit(snapshot: &mut Snapshot, edit: Edit, keep_global: bool) {
+    let one = |ingresses: Vec<Arc<Ingress>>, tenants: Vec<Arc<Tenant>>| {
+        localized(
+            Snapshot {
+                ingresses,
+                tenants,
+                ..Snapshot::default()
+            },
+            keep_global,
+        )
+    };
     match edit {
-        Edit::Ingress(i) => upsert(&mut snapshot.ingresses, i),
+        Edit::Ingress(i) => {
+            let i = one(vec![Arc::new(i)], vec![]).ingresses.remove(0);
+            upsert(&mut snapshot.ingresses, (*i).clone())
+        }
         Edit::Service(s) => upsert(&mut snapshot.services, s),
         Edit::Slice(s) => upsert(&mut snapshot.endpoint_slices, s),
         Edit::Secret(s) => upsert(&mut snapshot.secrets, s),
-        Edit::Tenant(t) => upsert(&mut snapshot.tenants, t),
+        Edit::Tenant(t) => {
+            let t = one(vec![], vec![Arc::new(t)]).tenants.remove(0);
+            upsert(&mut snapshot.tenants, (*t).clone())
+        }
         Edit::Remove(0, i) => remove(&mut snapshot.ingresses, i),
         Edit::Remove(1, i) => remove(&mut snapshot.services, i),
         Edit::Remove(2, i) => remove(&mut snapshot.endpoint_slices, i),
         Edit::Remove(3, i) => remove(&mut snapshot.secrets, i),
         Edit::Remove(_, i) => remove(&mut snapshot.tenants, i),
     }
-    *snapshot = localized(std::mem::take(snapshot), keep_global);
 }
 
 proptest! {

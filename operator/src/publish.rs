@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::{IngressLoadBalancerIngress, IngressPortStatus};
 use tokio::sync::{watch, Notify};
 use vestibule_config::model::{Certificate, ConfigDelta, ConfigVersion, MapDelta};
-use vestibule_config::translate::{Incremental, ObjectStatus};
+use vestibule_config::translate::{Incremental, ObjectRef, ObjectStatus};
 use vestibule_config::{GatewayConfig, Hostname};
 
 use crate::metrics::Metrics;
@@ -271,10 +271,19 @@ fn unix_now() -> u64 {
 pub struct StatusInput {
     /// Counts translations, so every translation wakes the writer.
     pub translation: u64,
-    pub statuses: Vec<ObjectStatus>,
+    /// Every object's status (shared with the translator).
+    pub statuses: Vec<Arc<ObjectStatus>>,
+    /// The objects this translation may have changed the status of;
+    /// `None`: all of them (a full translation, or the periodic pass that
+    /// corrects drift in the cluster).
+    pub touched: Option<Vec<ObjectRef>>,
     /// The `--publish-service` addresses; `None` without the flag.
     pub load_balancer: Option<Vec<IngressLoadBalancerIngress>>,
 }
+
+/// Every status is reconciled at least this often (drift in the cluster:
+/// a status edited by hand, a write lost), and after a full translation.
+const STATUS_RESYNC: Duration = Duration::from_secs(60);
 
 /// The ACME issuer as the translation loop sees it.
 pub struct Acme {
@@ -306,6 +315,8 @@ pub async fn run(
     let mut translation = 0u64;
     let mut translator = Incremental::new(settings.translate.clone());
     let mut publisher = Publisher::default();
+    let mut last_resync = Instant::now();
+    let mut last_load_balancer = None;
     loop {
         translation += 1;
         let started = Instant::now();
@@ -383,9 +394,17 @@ pub async fn run(
                 .map(|svc| load_balancer_of(svc))
                 .unwrap_or_default()
         });
+        let resync = update.full
+            || last_resync.elapsed() >= STATUS_RESYNC
+            || load_balancer != last_load_balancer;
+        if resync {
+            last_resync = Instant::now();
+            last_load_balancer.clone_from(&load_balancer);
+        }
         statuses.send_replace(Some(Arc::new(StatusInput {
             translation,
-            statuses: translator.statuses().cloned().collect(),
+            statuses: translator.shared_statuses(),
+            touched: (!resync).then_some(update.statuses),
             load_balancer,
         })));
 

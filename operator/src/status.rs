@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use vestibule_config::gateway_api::{Gateway, GatewayClass, HttpRoute};
 use vestibule_config::issuer::{AcmeIssuer, AcmeIssuerStatus};
 use vestibule_config::tenant::{Tenant, TenantStatus};
-use vestibule_config::translate::{Condition, ObjectKind, ObjectStatus, Reason};
+use vestibule_config::translate::{Condition, ObjectKind, ObjectRef, ObjectStatus, Reason};
 
 use crate::metrics::Metrics;
 use crate::publish::StatusInput;
@@ -66,11 +66,21 @@ pub async fn run(
         // A new term: what an earlier term wrote may have been overwritten.
         writer.written.clear();
         writer.emitted.clear();
+        // Every status once per term, then what each translation touched
+        // (and all of them again when it says so).
+        let mut all = true;
         while *leader.borrow_and_update() {
             let current = input.borrow_and_update().clone();
             if let Some(current) = current {
                 writer.failed = false;
-                writer.reconcile(&stores, &current, &leader).await;
+                let only = match (&current.touched, all || failures > 0) {
+                    (Some(touched), false) => Some(touched.iter().collect::<HashSet<_>>()),
+                    _ => None,
+                };
+                writer
+                    .reconcile(&stores, &current, only.as_ref(), &leader)
+                    .await;
+                all = writer.failed;
                 failures = if writer.failed { failures + 1 } else { 0 };
             }
             let retry = async {
@@ -128,12 +138,16 @@ impl Writer {
         &mut self,
         stores: &Stores,
         input: &StatusInput,
+        only: Option<&HashSet<&ObjectRef>>,
         leader: &watch::Receiver<bool>,
     ) {
         let mut problems = HashSet::new();
         for status in &input.statuses {
             if !*leader.borrow() {
                 return;
+            }
+            if only.is_some_and(|o| !o.contains(&status.object)) {
+                continue;
             }
             match status.object.kind {
                 ObjectKind::Ingress => {
@@ -163,8 +177,11 @@ impl Writer {
                 }
             }
         }
-        // A problem that went away may come back later: report it again then.
-        self.emitted.retain(|p| problems.contains(p));
+        // A problem that went away may come back later: report it again
+        // then (known only after a pass over every status).
+        if only.is_none() {
+            self.emitted.retain(|p| problems.contains(p));
+        }
     }
 
     // === Ingress ===

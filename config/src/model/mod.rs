@@ -105,10 +105,16 @@ impl GatewayConfig {
         self
     }
 
-    /// Parses a config from YAML or JSON (JSON is YAML) and checks its integrity.
+    /// Parses a config from YAML or JSON and checks its integrity. JSON
+    /// (what the operator sends and `--state-dir` holds) is read by a JSON
+    /// parser: the YAML parser's node budget, a guard for hand-written
+    /// files, would refuse 100k tenants.
     pub fn from_text(text: &str) -> Result<Self, ConfigError> {
-        let config: GatewayConfig =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: GatewayConfig = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+        };
         config.validate()?;
         Ok(config)
     }
@@ -502,6 +508,33 @@ string_id!(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_config_of_tens_of_thousands_of_hosts_loads() {
+        // Past the YAML parser's node budget (250k nodes).
+        let mut config = GatewayConfig::default();
+        config
+            .pools
+            .insert(PoolId::new("p"), Pool::Endpoints(vec![]));
+        for i in 0..30_000 {
+            config.hosts.push(VirtualHost {
+                host: HostPattern::parse(&format!("h{i}.example.com")).unwrap(),
+                tenant: None,
+                tls: None,
+                wildcard: WildcardDepth::OneLabel,
+                plain_http: PlainHttp::default(),
+                routes: vec![Route::to_pool(
+                    RouteName::new(format!("r{i}")),
+                    PathMatch::prefix("/"),
+                    PoolId::new("p"),
+                )],
+            });
+        }
+        config.hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        let config = config.seal();
+        let text = serde_json::to_string(&config).unwrap();
+        assert_eq!(GatewayConfig::from_text(&text).unwrap(), config);
+    }
 
     #[test]
     fn unavailable_tls_keeps_its_reason_and_reads_bare_messages() {

@@ -309,7 +309,7 @@ impl OperatorSource {
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
                 use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
+                let mut f = private_file().truncate(true).open(&tmp)?;
                 f.write_all(&bytes)?;
                 f.sync_all()
             })
@@ -332,10 +332,7 @@ impl OperatorSource {
             .and_then(|mut line| {
                 use std::io::Write;
                 line.push(b'\n');
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&file)?;
+                let mut f = private_file().append(true).open(&file)?;
                 f.write_all(&line)
             });
         if let Err(e) = result {
@@ -372,6 +369,15 @@ impl OperatorSource {
         }
         Some(config)
     }
+}
+
+/// Options to write a file only this user reads: the config holds keys.
+fn private_file() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
 }
 
 async fn send<IO>(

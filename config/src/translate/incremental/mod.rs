@@ -16,6 +16,7 @@ mod footprint;
 mod seen;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::acme::AcmePlan;
 use crate::hostname::HostPattern;
@@ -75,7 +76,7 @@ pub struct Incremental {
     memo: CertificateMemo,
     seen: Seen,
     config: GatewayConfig,
-    statuses: BTreeMap<ObjectRef, ObjectStatus>,
+    statuses: BTreeMap<ObjectRef, Arc<ObjectStatus>>,
     /// Whether `statuses` is kept (a status writer reads it).
     keep_statuses: bool,
     acme: AcmePlan,
@@ -130,11 +131,16 @@ impl Incremental {
     }
 
     pub fn statuses(&self) -> impl Iterator<Item = &ObjectStatus> {
-        self.statuses.values()
+        self.statuses.values().map(|s| &**s)
+    }
+
+    /// Every status, shared (a status writer's input, without copies).
+    pub fn shared_statuses(&self) -> Vec<Arc<ObjectStatus>> {
+        self.statuses.values().cloned().collect()
     }
 
     pub fn status(&self, object: &ObjectRef) -> Option<&ObjectStatus> {
-        self.statuses.get(object)
+        self.statuses.get(object).map(|s| &**s)
     }
 
     pub fn acme(&self) -> &AcmePlan {
@@ -191,7 +197,7 @@ impl Incremental {
             self.statuses = translation
                 .statuses
                 .into_iter()
-                .map(|s| (s.object.clone(), s))
+                .map(|s| (s.object.clone(), Arc::new(s)))
                 .collect();
         } else {
             dropped = translation.statuses;
@@ -481,7 +487,7 @@ impl Incremental {
             match statuses.remove(&object) {
                 Some(s) if !self.keep_statuses => dropped.push(s),
                 Some(s) => {
-                    self.statuses.insert(object.clone(), s);
+                    self.statuses.insert(object.clone(), Arc::new(s));
                 }
                 None => {
                     self.statuses.remove(&object);

@@ -1,10 +1,10 @@
 //! The objects of the last snapshot by namespace and name, what changed
 //! since, and the part of a snapshot a partial translation reads.
 //!
-//! A snapshot is compared in one pass without copying keys: objects are
-//! found by a hash of their namespace and name and compared by pointer
-//! first (reflector stores and the manifest cache hand out the same `Arc`
-//! for an unchanged object), by value only when the pointer differs.
+//! A snapshot is compared by pointer with the last one (reflector stores and
+//! the manifest cache hand out the same `Arc` for an unchanged object, in
+//! the same order): only the block between the common ends is looked up,
+//! by a hash of namespace and name, and compared by value.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -58,15 +58,25 @@ fn global<T>(r: Result<Vec<T>, Vec<T>>) -> bool {
     r.map_or(true, |c| !c.is_empty())
 }
 
-/// One kind's objects by key, with the pass that last saw each.
+/// One kind's objects by key, and the last snapshot's list of them.
 struct Table<T> {
-    objects: HashMap<u64, (Arc<T>, u64)>,
+    objects: HashMap<u64, Arc<T>>,
+    /// The last snapshot's objects in its order. A new list is compared
+    /// with it by pointer from both ends (snapshots are concatenations of
+    /// per-file or per-store lists, so a change is a block in the middle):
+    /// only that block is looked up by key.
+    last: Vec<Arc<T>>,
+    /// The last update found two objects under one key: the next one
+    /// rebuilds the table.
+    clashed: bool,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table {
             objects: HashMap::new(),
+            last: Vec::new(),
+            clashed: false,
         }
     }
 }
@@ -74,43 +84,93 @@ impl<T> Default for Table<T> {
 /// An object added, changed (old and new) or removed.
 type Change<T> = (Option<Arc<T>>, Option<Arc<T>>);
 
+fn same_name<T: Resource>(a: &T, b: &T) -> bool {
+    a.meta().namespace == b.meta().namespace && a.meta().name == b.meta().name
+}
+
 impl<T: Resource + PartialEq> Table<T> {
-    /// Records `objects` as seen in `pass` and returns what changed. Two
-    /// objects under one key (a duplicate, or a hash collision) are `Err`
-    /// (the last one is kept): the full translator decides between them.
-    fn update(&mut self, objects: &[Arc<T>], pass: u64) -> Result<Vec<Change<T>>, Vec<Change<T>>> {
+    /// Takes in `objects` and returns what changed. Two objects under one
+    /// key (a duplicate, or a hash collision) are `Err`: the full translator
+    /// decides between them.
+    fn update(&mut self, objects: &[Arc<T>]) -> Result<Vec<Change<T>>, Vec<Change<T>>> {
+        if self.clashed {
+            return self.rebuild(objects);
+        }
+        let (n, m) = (objects.len(), self.last.len());
+        let mut p = 0;
+        while p < n.min(m) && Arc::ptr_eq(&objects[p], &self.last[p]) {
+            p += 1;
+        }
+        let mut s = 0;
+        while s < n.min(m) - p && Arc::ptr_eq(&objects[n - 1 - s], &self.last[m - 1 - s]) {
+            s += 1;
+        }
+        let (old_mid, new_mid) = (&self.last[p..m - s], &objects[p..n - s]);
+        if old_mid.is_empty() && new_mid.is_empty() {
+            return Ok(Vec::new());
+        }
+        let old_keys: HashMap<u64, &Arc<T>> =
+            old_mid.iter().map(|o| (key_of(o.meta()), o)).collect();
+        let mut new_keys: HashSet<u64> = HashSet::with_capacity(new_mid.len());
         let mut changes = Vec::new();
-        let mut clash = false;
-        for o in objects {
-            match self.objects.entry(key_of(o.meta())) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let (old, seen) = e.get_mut();
-                    clash |= *seen == pass
-                        || old.meta().namespace != o.meta().namespace
-                        || old.meta().name != o.meta().name;
-                    *seen = pass;
-                    if !Arc::ptr_eq(old, o) {
-                        if **old != **o {
-                            changes.push((Some(old.clone()), Some(o.clone())));
-                        }
-                        *old = o.clone();
+        let mut clash = old_keys.len() != old_mid.len();
+        for o in new_mid {
+            let k = key_of(o.meta());
+            clash |= !new_keys.insert(k);
+            match old_keys.get(&k) {
+                Some(old) => {
+                    clash |= !same_name(&***old, &**o);
+                    if !Arc::ptr_eq(old, o) && ***old != **o {
+                        changes.push((Some((*old).clone()), Some(o.clone())));
                     }
                 }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert((o.clone(), pass));
-                    changes.push((None, Some(o.clone())));
-                }
+                // Also under a key outside the block: a duplicate.
+                None if self.objects.contains_key(&k) => clash = true,
+                None => changes.push((None, Some(o.clone()))),
             }
         }
-        if self.objects.len() > objects.len() || clash {
-            self.objects.retain(|_, (old, seen)| {
-                let kept = *seen == pass;
-                if !kept {
-                    changes.push((Some(old.clone()), None));
-                }
-                kept
-            });
+        for (k, old) in &old_keys {
+            if !new_keys.contains(k) {
+                changes.push((Some((*old).clone()), None));
+            }
         }
+        if clash {
+            return self.rebuild(objects);
+        }
+        for (k, _) in old_keys {
+            self.objects.remove(&k);
+        }
+        for o in new_mid {
+            self.objects.insert(key_of(o.meta()), o.clone());
+        }
+        self.last.splice(p..m - s, new_mid.iter().cloned());
+        Ok(changes)
+    }
+
+    /// The table made anew from `objects`, keyed lookups only.
+    fn rebuild(&mut self, objects: &[Arc<T>]) -> Result<Vec<Change<T>>, Vec<Change<T>>> {
+        let mut next: HashMap<u64, Arc<T>> = HashMap::with_capacity(objects.len());
+        let mut clash = false;
+        for o in objects {
+            clash |= next.insert(key_of(o.meta()), o.clone()).is_some();
+        }
+        let mut changes = Vec::new();
+        for (k, o) in &next {
+            match self.objects.get(k) {
+                Some(old) if Arc::ptr_eq(old, o) => {}
+                Some(old) if same_name(&**old, &**o) && **old == **o => {}
+                Some(old) => changes.push((Some(old.clone()), Some(o.clone()))),
+                None => changes.push((None, Some(o.clone()))),
+            }
+        }
+        for (k, old) in &self.objects {
+            if !next.contains_key(k) {
+                changes.push((Some(old.clone()), None));
+            }
+        }
+        self.objects = next;
+        self.last = objects.to_vec();
+        self.clashed = clash;
         if clash {
             Err(changes)
         } else {
@@ -119,7 +179,7 @@ impl<T: Resource + PartialEq> Table<T> {
     }
 
     fn get(&self, namespace: &str, name: &str) -> Option<Arc<T>> {
-        let (o, _) = self.objects.get(&key(namespace, name))?;
+        let o = self.objects.get(&key(namespace, name))?;
         (o.meta().namespace.as_deref().unwrap_or("") == namespace
             && o.meta().name.as_deref() == Some(name))
         .then(|| o.clone())
@@ -150,7 +210,6 @@ impl Changes {
 
 #[derive(Default)]
 pub struct Seen {
-    pass: u64,
     ingress_classes: Table<IngressClass>,
     acme_issuers: Table<AcmeIssuer>,
     config_maps: Table<ConfigMap>,
@@ -178,17 +237,15 @@ fn ours(secret: &Secret) -> bool {
 impl Seen {
     /// Takes in `snapshot`, returning what changed since the last one.
     pub fn update(&mut self, snapshot: &Snapshot, _options: &Options) -> Changes {
-        self.pass += 1;
-        let pass = self.pass;
         let mut changes = Changes::default();
-        let classes = global(self.ingress_classes.update(&snapshot.ingress_classes, pass));
-        let issuers = global(self.acme_issuers.update(&snapshot.acme_issuers, pass));
-        let maps = global(self.config_maps.update(&snapshot.config_maps, pass));
+        let classes = global(self.ingress_classes.update(&snapshot.ingress_classes));
+        let issuers = global(self.acme_issuers.update(&snapshot.acme_issuers));
+        let maps = global(self.config_maps.update(&snapshot.config_maps));
         changes.global = classes || issuers || maps || self.acme_failures != snapshot.acme_failures;
         let mut clash = false;
         self.acme_failures.clone_from(&snapshot.acme_failures);
 
-        match self.ingresses.update(&snapshot.ingresses, pass) {
+        match self.ingresses.update(&snapshot.ingresses) {
             Ok(c) => {
                 for (old, new) in c {
                     let meta = old.as_ref().or(new.as_ref()).map(|o| named(&o.metadata));
@@ -197,7 +254,7 @@ impl Seen {
             }
             Err(_) => clash = true,
         }
-        match self.tenants.update(&snapshot.tenants, pass) {
+        match self.tenants.update(&snapshot.tenants) {
             Ok(c) => {
                 for (old, new) in c {
                     let name = old
@@ -209,7 +266,7 @@ impl Seen {
             }
             Err(_) => clash = true,
         }
-        match self.services.update(&snapshot.services, pass) {
+        match self.services.update(&snapshot.services) {
             Ok(c) => {
                 for (old, new) in c {
                     changes
@@ -219,7 +276,7 @@ impl Seen {
             }
             Err(_) => clash = true,
         }
-        match self.slices.update(&snapshot.endpoint_slices, pass) {
+        match self.slices.update(&snapshot.endpoint_slices) {
             Ok(c) => {
                 for o in c
                     .into_iter()
@@ -238,7 +295,7 @@ impl Seen {
             }
             Err(_) => clash = true,
         }
-        match self.secrets.update(&snapshot.secrets, pass) {
+        match self.secrets.update(&snapshot.secrets) {
             Ok(c) => {
                 for (old, new) in c {
                     let Some(meta) = old.as_ref().or(new.as_ref()).map(|s| s.metadata.clone())
