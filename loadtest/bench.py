@@ -271,7 +271,9 @@ def gen_nginx(d, n, port, up_port, certs=None, tport=None):
             for i in range(1, n + 1))
         default = (f"  server {{ listen 127.0.0.1:{tport} ssl http2 default_server; "
                    f"ssl_certificate {certs}/default.pem; ssl_certificate_key {certs}/default.pem; return 404; }}\n")
-    (d / "nginx.conf").write_text(f"""worker_processes 1;
+    # Written beside and renamed in: a reload of 100k servers takes seconds
+    # and must never read a half-written file.
+    (d / "nginx.conf.tmp").write_text(f"""worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -295,6 +297,7 @@ http {{
   upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; }}
 {default}{servers}}}
 """)
+    os.replace(d / "nginx.conf.tmp", d / "nginx.conf")
     return ["nginx", "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
 
 

@@ -10,6 +10,8 @@ mod op;
 #[allow(clippy::all)]
 mod gw;
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use gw::{Gateway, TempDir, Upstream};
@@ -55,16 +57,9 @@ async fn ingress_edit_flows_from_api_server_to_gateway_and_survives_operator_los
     let settings = op::test_settings("op-1");
     let token_file = settings.token_file.clone();
     let operator = op::start(&api, settings).await;
-    let url = format!("http://{}", operator.config_addr);
     let state = TempDir::new("state");
-    let source = [
-        "--operator",
-        url.as_str(),
-        "--token-file",
-        token_file.to_str().expect("utf8"),
-        "--state-dir",
-        state.0.to_str().expect("utf8"),
-    ];
+    let flags = support::operator_flags(&operator, &token_file, &state.0);
+    let source: Vec<&str> = flags.iter().map(String::as_str).collect();
     let gateway = Gateway::start(&source, &[]).await;
 
     // The first config arrived through the operator.
@@ -161,36 +156,13 @@ async fn gateway_with_a_bad_token_stays_unready_and_says_why() {
 async fn one_more_host_of_a_thousand_travels_as_a_delta_and_a_restart_catches_up() {
     let up = Upstream::start("up").await;
     let api = FakeApi::start().await;
-    api.apply(op::ingress_class());
-    api.apply(op::service("shop", "web", 80));
-    api.apply(op::endpoint_slice(
-        "shop",
-        "web",
-        &["127.0.0.1"],
-        i32::from(up.addr.port()),
-    ));
-    for i in 0..1000 {
-        api.apply(op::ingress(
-            "shop",
-            &format!("site-{i}"),
-            &format!("h{i}.example.com"),
-            "web",
-            80,
-        ));
-    }
+    support::hosts_on(&api, &up, 1000);
     let settings = op::test_settings("op-1");
     let token_file = settings.token_file.clone();
     let operator = op::start(&api, settings).await;
-    let url = format!("http://{}", operator.config_addr);
     let state = TempDir::new("state");
-    let source = [
-        "--operator",
-        url.as_str(),
-        "--token-file",
-        token_file.to_str().expect("utf8"),
-        "--state-dir",
-        state.0.to_str().expect("utf8"),
-    ];
+    let flags = support::operator_flags(&operator, &token_file, &state.0);
+    let source: Vec<&str> = flags.iter().map(String::as_str).collect();
     let gateway = Gateway::start(&source, &[]).await;
     let second = Duration::from_secs(10);
     assert!(served_by(&gateway, "h999.example.com", "up", second)
