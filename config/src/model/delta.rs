@@ -265,8 +265,23 @@ impl GatewayConfig {
                 got: self.version.clone(),
             });
         }
+        // What validate() checks of a whole config, for what the delta sets.
         for h in &delta.hosts {
             self.check_host(h)?;
+        }
+        if let Some(DefaultBackendChange::Set(Backend::Pool(id))) = &delta.default_backend {
+            if !self.pools.contains_key(id) {
+                return Err(ConfigError::Reference(format!("unknown pool {id}")).into());
+            }
+        }
+        for (id, protocol) in &delta.upstream_protocols.set {
+            self.check_upstream_protocol(id, protocol)?;
+        }
+        for (token, key_authorization) in &delta.acme_http01.set {
+            super::check_http01(token, key_authorization)?;
+        }
+        for (domain, cert) in &delta.acme_tls_alpn01.set {
+            super::check_tls_alpn01(domain, cert)?;
         }
         Ok(())
     }
@@ -417,6 +432,21 @@ mod tests {
         assert!(matches!(
             patched.apply(&dangling),
             Err(DeltaError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_delta_gets_the_checks_of_a_whole_config() {
+        let old = config(&[("a.example", "p1")]);
+        let mut new = old.clone();
+        new.acme_http01
+            .insert("bad token/../x".to_string(), "k".to_string());
+        let new = new.seal();
+        let delta = ConfigDelta::between(&old, &new);
+        let mut patched = old.clone();
+        assert!(matches!(
+            patched.apply(&delta),
+            Err(DeltaError::Invalid(ConfigError::AcmeChallenge { .. }))
         ));
     }
 

@@ -135,32 +135,13 @@ impl GatewayConfig {
             pool(b)?;
         }
         for (id, protocol) in &self.upstream_protocols {
-            if !self.pools.contains_key(id) {
-                return Err(ConfigError::Reference(format!(
-                    "upstream protocol for unknown pool {id}"
-                )));
-            }
-            if let Some(UpstreamVerify::Roots(pem)) = protocol.tls().map(|t| &t.verify) {
-                if pem.len() > MAX_ROOTS_PEM {
-                    return Err(ConfigError::Reference(format!(
-                        "pool {id}: upstream roots larger than {MAX_ROOTS_PEM} bytes"
-                    )));
-                }
-            }
+            self.check_upstream_protocol(id, protocol)?;
         }
         for (token, key_authorization) in &self.acme_http01 {
-            if token.contains('.') || !acme_value(token) || !acme_value(key_authorization) {
-                return Err(ConfigError::AcmeChallenge {
-                    token: token.chars().take(64).collect(),
-                });
-            }
+            check_http01(token, key_authorization)?;
         }
         for (domain, cert) in &self.acme_tls_alpn01 {
-            if cert.cert_pem.len() > MAX_CHALLENGE_PEM || cert.key_pem.len() > MAX_CHALLENGE_PEM {
-                return Err(ConfigError::AcmeTlsAlpn01 {
-                    domain: domain.to_string(),
-                });
-            }
+            check_tls_alpn01(domain, cert)?;
         }
         if !self.version.is_empty() && self.version != self.content_version() {
             return Err(ConfigError::Version {
@@ -172,7 +153,48 @@ impl GatewayConfig {
     }
 }
 
+/// An HTTP-01 token and key authorization are base64url, bounded.
+pub(crate) fn check_http01(token: &str, key_authorization: &str) -> Result<(), ConfigError> {
+    if token.contains('.') || !acme_value(token) || !acme_value(key_authorization) {
+        return Err(ConfigError::AcmeChallenge {
+            token: token.chars().take(64).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// A TLS-ALPN-01 challenge certificate is small.
+pub(crate) fn check_tls_alpn01(domain: &Hostname, cert: &Certificate) -> Result<(), ConfigError> {
+    if cert.cert_pem.len() > MAX_CHALLENGE_PEM || cert.key_pem.len() > MAX_CHALLENGE_PEM {
+        return Err(ConfigError::AcmeTlsAlpn01 {
+            domain: domain.to_string(),
+        });
+    }
+    Ok(())
+}
+
 impl GatewayConfig {
+    /// An upstream protocol names a pool of the config; its roots are bounded.
+    pub(crate) fn check_upstream_protocol(
+        &self,
+        id: &PoolId,
+        protocol: &UpstreamProtocol,
+    ) -> Result<(), ConfigError> {
+        if !self.pools.contains_key(id) {
+            return Err(ConfigError::Reference(format!(
+                "upstream protocol for unknown pool {id}"
+            )));
+        }
+        if let Some(UpstreamVerify::Roots(pem)) = protocol.tls().map(|t| &t.verify) {
+            if pem.len() > MAX_ROOTS_PEM {
+                return Err(ConfigError::Reference(format!(
+                    "pool {id}: upstream roots larger than {MAX_ROOTS_PEM} bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The references of one vhost: its pools, certificate and tenant exist.
     fn check_host(&self, vhost: &VirtualHost) -> Result<(), ConfigError> {
         for route in &vhost.routes {
