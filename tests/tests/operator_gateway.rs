@@ -186,6 +186,16 @@ async fn one_more_host_of_a_thousand_travels_as_a_delta_and_a_restart_catches_up
         state.0.join("last-config.deltas").exists(),
         "the delta was not journaled"
     );
+    // They hold private keys: this user's only.
+    #[cfg(unix)]
+    for file in ["last-config.json", "last-config.deltas"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.0.join(file))
+            .expect(file)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
 
     // Restarted while a host was added: the persisted config and journal
     // serve at once, the operator's delta brings the rest.
