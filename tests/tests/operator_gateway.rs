@@ -54,13 +54,13 @@ async fn ingress_edit_flows_from_api_server_to_gateway_and_survives_operator_los
     }
     api.apply(op::ingress("shop", "web", "shop.example.com", "blue", 80));
 
-    let settings = op::test_settings("op-1");
-    let token_file = settings.token_file.clone();
-    let operator = op::start(&api, settings).await;
-    let state = TempDir::new("state");
-    let flags = support::operator_flags(&operator, &token_file, &state.0);
-    let source: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let gateway = Gateway::start(&source, &[]).await;
+    let support::Scene {
+        operator,
+        gateway,
+        state,
+        flags,
+    } = support::operator_and_gateway(&api, &[]).await;
+    let source = support::args(&flags);
 
     // The first config arrived through the operator.
     assert!(
@@ -157,13 +157,13 @@ async fn one_more_host_of_a_thousand_travels_as_a_delta_and_a_restart_catches_up
     let up = Upstream::start("up").await;
     let api = FakeApi::start().await;
     support::hosts_on(&api, &up, 1000);
-    let settings = op::test_settings("op-1");
-    let token_file = settings.token_file.clone();
-    let operator = op::start(&api, settings).await;
-    let state = TempDir::new("state");
-    let flags = support::operator_flags(&operator, &token_file, &state.0);
-    let source: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let gateway = Gateway::start(&source, &[]).await;
+    let support::Scene {
+        operator,
+        gateway,
+        state,
+        flags,
+    } = support::operator_and_gateway(&api, &[]).await;
+    let source = support::args(&flags);
     let second = Duration::from_secs(10);
     assert!(served_by(&gateway, "h999.example.com", "up", second)
         .await

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gw::{Gateway, TempDir, Upstream};
+use gw::Upstream;
 use op::FakeApi;
 
 fn hosts() -> usize {
@@ -54,13 +54,13 @@ async fn one_host_change_at_scale_in_operator_mode() {
     );
 
     let started = Instant::now();
-    let settings = op::test_settings("op-1");
-    let token_file = settings.token_file.clone();
-    let operator = op::start(&api, settings).await;
-    let state = TempDir::new("state");
-    let flags = support::operator_flags(&operator, &token_file, &state.0);
-    let source: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let gateway = Gateway::start(&source, &["--no-access-log"]).await;
+    let support::Scene {
+        operator,
+        gateway,
+        // Kept until the end: the gateway writes into it.
+        state: _state,
+        flags: _flags,
+    } = support::operator_and_gateway(&api, &["--no-access-log"]).await;
     let last = format!("h{}.example.com", n - 1);
     let mut client = gateway.client();
     loop {

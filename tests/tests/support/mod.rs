@@ -27,8 +27,38 @@ pub fn hosts_on(api: &op::FakeApi, up: &gw::Upstream, n: usize) {
     }
 }
 
+/// An operator on `api` and a gateway long-polling it (with a state
+/// directory), started with `extra` flags.
+pub struct Scene {
+    pub operator: vestibule_operator::Running,
+    pub gateway: gw::Gateway,
+    pub state: gw::TempDir,
+    /// The gateway's source flags, to start it again.
+    pub flags: Vec<String>,
+}
+
+pub async fn operator_and_gateway(api: &op::FakeApi, extra: &[&str]) -> Scene {
+    let settings = op::test_settings("op-1");
+    let token_file = settings.token_file.clone();
+    let operator = op::start(api, settings).await;
+    let state = gw::TempDir::new("state");
+    let flags = operator_flags(&operator, &token_file, &state.0);
+    let gateway = gw::Gateway::start(&args(&flags), extra).await;
+    Scene {
+        operator,
+        gateway,
+        state,
+        flags,
+    }
+}
+
+/// Borrowed flags, as `Gateway::start` takes them.
+pub fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
 /// `--operator URL --token-file FILE --state-dir DIR`.
-pub fn operator_flags(
+fn operator_flags(
     operator: &vestibule_operator::Running,
     token_file: &Path,
     state: &Path,
