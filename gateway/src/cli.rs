@@ -240,7 +240,8 @@ impl Cli {
             tls: false,
             https_port: self.https.port(),
             max_header_bytes: self.max_header_bytes,
-            access_log: !self.no_access_log,
+            // Started once by `serve` and shared by both listeners.
+            access_log: None,
             client_timeout: self.client_timeout.max(Duration::from_millis(10)),
             trusted_proxies: std::sync::Arc::new(crate::edge::client_ip::TrustedProxies::new(
                 self.trusted_proxies.clone(),

@@ -35,6 +35,8 @@ pub enum Error {
     AcmeStore(#[from] vestibule_acme::StoreError),
     #[error("--rate-limit-store: {0}")]
     RateLimitStore(#[from] crate::ratelimit::StoreError),
+    #[error("cannot start the access log writer: {0}")]
+    AccessLog(std::io::Error),
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
             Error::Source(e) => e.exit_code(),
             Error::Compile { .. } | Error::DefaultCert(_) => 2,
             Error::Listen { .. } | Error::TlsListener(_) | Error::Metrics(_) => 1,
+            Error::AccessLog(_) => 1,
             Error::AcmeStore(_) => 1,
             Error::RateLimitStore(_) => 2,
         }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub mod access_log;
 pub mod admin;
 pub mod apply;
 pub mod auth;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 
+use crate::access_log::AccessLog;
 use crate::admin::{Access, Admin};
 use crate::cli::{Cli, LogFormat};
 use crate::conn::proxy_protocol::ProxyProtocol;
@@ -222,7 +223,18 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         app.server_options = Some(options);
         Service::new(name.to_string(), Edge::new(app, guard.clone()))
     };
-    let mut proxy = edge_service("vestibule http", cli.proxy_settings());
+    // One access log for both listeners; `RUST_LOG` filtering
+    // `vestibule::access` out turns it off as before.
+    let access_log = (!cli.no_access_log
+        && tracing::enabled!(target: "vestibule::access", tracing::Level::INFO))
+    .then(|| AccessLog::start(cli.log_format, Box::new(std::io::stderr())))
+    .transpose()
+    .map_err(Error::AccessLog)?;
+    let settings = ProxySettings {
+        access_log,
+        ..cli.proxy_settings()
+    };
+    let mut proxy = edge_service("vestibule http", settings.clone());
     let proxy_protocol = |then| ProxyProtocol {
         timeout: limits.header_timeout,
         then,
@@ -240,7 +252,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         "vestibule https",
         ProxySettings {
             tls: true,
-            ..cli.proxy_settings()
+            ..settings
         },
     );
     let hello_gate = tls::hello_gate(shared.clone(), guard.clone(), limits.header_timeout);

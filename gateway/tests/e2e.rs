@@ -694,3 +694,51 @@ async fn an_http10_upstream_answers_in_the_gateways_version() {
         assert!(raw.contains(body), "{path}: {raw}");
     }
 }
+
+/// The access log: one line per request with its fields, written in batches
+/// by the background writer (`--log-format json`), unknown hosts included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_a_line_per_request() {
+    let up = Upstream::start("up").await;
+    let dir = TempDir::new("access-log");
+    let path = config_file(&dir, &one_host_config("a.test", up.addr));
+    let log = dir.0.join("gateway.log");
+    let gw = Gateway::start_logging(
+        &["--config", path.to_str().unwrap()],
+        &["--log-format", "json"],
+        &log,
+    )
+    .await;
+    let mut client = gw.client();
+    for i in 0..5 {
+        let r = client.get("a.test", &format!("/p{i}")).await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(client.get("nope.test", "/x").await.unwrap().status, 404);
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "vestibule::access")
+            .collect();
+        if lines.len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    for (i, line) in lines[..5].iter().enumerate() {
+        assert_eq!(line["path"], format!("/p{i}"));
+        assert_eq!(line["host"], "a.test");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["upstream"], up.addr.to_string());
+        assert_eq!(line["client"], "127.0.0.1");
+        assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(lines[5]["status"], 404);
+    assert_eq!(lines[5]["host"], "nope.test");
+    assert!(lines[5].get("upstream").is_none());
+}

@@ -41,7 +41,8 @@ pub struct ProxySettings {
     pub https_port: u16,
     /// Request line plus headers larger than this get 431.
     pub max_header_bytes: usize,
-    pub access_log: bool,
+    /// Where each request is logged (`--no-access-log`: nowhere).
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Longest pause while reading a request body or writing a response
     /// (Pingora's per-operation downstream timeouts).
     pub client_timeout: Duration,
@@ -57,7 +58,7 @@ impl Default for ProxySettings {
             tls: false,
             https_port: 443,
             max_header_bytes: 32 * 1024,
-            access_log: true,
+            access_log: None,
             client_timeout: Duration::from_secs(30),
             underscores: Underscores::Drop,
             trusted_proxies: Arc::default(),
@@ -530,29 +531,25 @@ impl ProxyHttp for Gateway {
         let target = ctx.routed.as_ref().map(|r| &r.target);
         let stats = target.map_or(&self.shared.metrics.unmatched, |t| &t.stats);
         stats.count(if status == 0 { 502 } else { status });
-        if !self.settings.access_log {
+        let Some(log) = &self.settings.access_log else {
             return;
-        }
+        };
         let req = session.req_header();
-        let tenant = target
-            .and_then(|t| t.tenant.as_ref())
-            .map_or("", |t| t.as_str());
-        let route = target.map_or("", |t| t.name.as_str());
-        let upstream = ctx.endpoint().map(|e| e.addr);
-        tracing::info!(
-            target: "vestibule::access",
-            tenant,
-            route,
-            client = ctx.client_ip.map(tracing::field::display),
-            host = %String::from_utf8_lossy(ctx.authority.as_ref().map_or(&[][..], |a| a.as_bytes())),
-            method = %req.method,
-            path = req.uri.path(),
+        log.log(&crate::access_log::Entry {
+            tenant: target
+                .and_then(|t| t.tenant.as_ref())
+                .map_or("", |t| t.as_str()),
+            route: target.map_or("", |t| t.name.as_str()),
+            client: ctx.client_ip,
+            host: ctx.authority.as_ref().map_or(&[][..], |a| a.as_bytes()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            upstream = upstream.map(tracing::field::display),
-            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
-            bytes = session.body_bytes_sent(),
-            error = e.map(tracing::field::display),
-        );
+            upstream: ctx.endpoint().map(|e| e.addr),
+            duration: ctx.start.elapsed(),
+            bytes: session.body_bytes_sent(),
+            error: e.map(|e| e as &dyn std::fmt::Display),
+        });
     }
 }
 

@@ -498,6 +498,23 @@ impl Gateway {
     /// Starts the binary with `source` (`--config F` or `--manifests D`) and
     /// short health intervals, and waits for `/readyz`.
     pub async fn start(source: &[&str], extra: &[&str]) -> Gateway {
+        Self::start_with(source, extra, |_| {}).await
+    }
+
+    /// `start`, logging at `info` (access log included) into `log`.
+    pub async fn start_logging(source: &[&str], extra: &[&str], log: &Path) -> Gateway {
+        let file = std::fs::File::create(log).unwrap();
+        Self::start_with(source, extra, move |cmd| {
+            cmd.env("RUST_LOG", "info").stderr(file);
+        })
+        .await
+    }
+
+    async fn start_with(
+        source: &[&str],
+        extra: &[&str],
+        tune: impl FnOnce(&mut Command),
+    ) -> Gateway {
         let admin = free_addr();
         let mut cmd = Command::new(gateway_bin());
         // A listener the caller chose, or a free one.
@@ -514,8 +531,7 @@ impl Gateway {
         if !extra.contains(&"--threads") {
             cmd.args(["--threads", "2"]);
         }
-        let child = cmd
-            .args(source)
+        cmd.args(source)
             .args(["--admin", &admin.to_string()])
             .args(["--health-interval", "200ms", "--drain-seconds", "1"])
             .args(extra)
@@ -523,9 +539,9 @@ impl Gateway {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
             )
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdin(Stdio::null());
+        tune(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let mut gw = Gateway {
             child,
             http,
