@@ -238,10 +238,11 @@ stringData:
 {ind(key)}""")
 
 
-def vestibule_cmd(gateway, d, port, tport, admin, certs):
+def vestibule_cmd(gateway, d, port, tport, admin, certs, access_log=False):
     cmd = [gateway, "--manifests", str(d / "manifests"), "--http", f"127.0.0.1:{port}",
-           "--https", f"127.0.0.1:{tport}", "--admin", f"127.0.0.1:{admin}", "--threads", "1",
-           "--no-access-log"]
+           "--https", f"127.0.0.1:{tport}", "--admin", f"127.0.0.1:{admin}", "--threads", "1"]
+    if not access_log:
+        cmd.append("--no-access-log")
     if certs is not None and gateway_has_flag(gateway, "--default-cert"):
         cmd += ["--default-cert", str(certs / "default.pem"), "--default-key", str(certs / "default.pem")]
     return cmd
@@ -256,7 +257,7 @@ def gateway_has_flag(gateway, flag):
     return flag in _HELP[gateway]
 
 
-def gen_nginx(d, n, port, up_port, certs=None, tport=None):
+def gen_nginx(d, n, port, up_port, certs=None, tport=None, access_log=False):
     d.mkdir(parents=True, exist_ok=True)
     if certs is None:
         servers = "".join(
@@ -280,7 +281,7 @@ error_log {d}/error.log warn;
 worker_rlimit_nofile 16384;
 events {{ worker_connections 8192; }}
 http {{
-  access_log off;
+  access_log {f"{d}/access.log" if access_log else "off"};
   # nginx closes a connection after 1,000 requests by default (h2 too, since
   # 1.19.7); h2load does not reconnect and the others have no such limit.
   keepalive_requests 1000000;
@@ -728,16 +729,20 @@ class Bench:
         d = self.out / f"{name}-{n}-{tag}"
         port, tport = free_port(), free_port()
         env = None
-        if name in ("vestibule", "vestibule-limited", "vestibule-redis"):
+        if name in ("vestibule", "vestibule-limited", "vestibule-redis", "vestibule-log"):
             # -limited: every host a rate-limited tenant's (the local limiter);
-            # -redis: the same with the cluster-wide limiter on redis-server.
-            gen_vestibule(d / "manifests", n, self.up_port, certs, limited=name != "vestibule")
-            cmd = vestibule_cmd(self.a.gateway, d, port, tport, free_port(), certs)
+            # -redis: the same with the cluster-wide limiter on redis-server;
+            # -log: the access log on (the default users keep), to a file.
+            limited = name in ("vestibule-limited", "vestibule-redis")
+            gen_vestibule(d / "manifests", n, self.up_port, certs, limited=limited)
+            logged = name == "vestibule-log"
+            cmd = vestibule_cmd(self.a.gateway, d, port, tport, free_port(), certs, access_log=logged)
             if name == "vestibule-redis":
                 cmd += ["--rate-limit-store", f"redis://127.0.0.1:{self.redis_port}"]
-            env = dict(os.environ, RUST_LOG="warn")
-        elif name == "nginx":
-            cmd = gen_nginx(d, n, port, self.up_port, certs, tport)
+            env = dict(os.environ, RUST_LOG="warn,vestibule::access=info" if logged else "warn")
+        elif name in ("nginx", "nginx-log"):
+            # -log: `access_log` to a file, nginx's default format.
+            cmd = gen_nginx(d, n, port, self.up_port, certs, tport, access_log=name == "nginx-log")
         elif name == "haproxy":
             cmd = gen_haproxy(d, n, port, self.up_port, certs, tport)
         elif name == "bare":
