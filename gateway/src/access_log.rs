@@ -89,7 +89,17 @@ impl AccessLog {
 
     fn write_loop(&self, mut out: Box<dyn Write + Send>) {
         let mut spare: Vec<u8> = Vec::with_capacity(FLUSH_AT * 2);
+        let mut reported = 0;
         loop {
+            // Said where operators look, once per batch that lost lines.
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > reported {
+                tracing::warn!(
+                    lines = dropped - reported,
+                    "access log lines dropped: the log output does not keep up"
+                );
+                reported = dropped;
+            }
             {
                 let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
                 let (mut waiting, _) = self
@@ -317,6 +327,37 @@ mod tests {
             "{first}"
         );
         assert_eq!(log.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// An output that never returns from a write.
+    struct Stuck;
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            loop {
+                std::thread::park();
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_output_drops_lines_and_never_blocks_a_request() {
+        let log = AccessLog::start(LogFormat::Text, Box::new(Stuck)).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..60_000 {
+            log.log(&entry("/", None));
+        }
+        assert!(log.dropped.load(Ordering::Relaxed) > 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let waiting = log.waiting.lock().unwrap().len();
+        assert!(waiting <= MAX_WAITING + 1024, "{waiting}");
     }
 
     #[test]
