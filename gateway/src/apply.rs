@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
+use vestibule_config::model::ConfigVersion;
 use vestibule_config::GatewayConfig;
 
 use crate::purge;
@@ -18,12 +19,8 @@ use crate::upstream::health::PROBE_CONCURRENCY;
 pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
     let started = Instant::now();
     let current = shared.runtime.load_full();
-    if !current.version.is_empty()
-        && shared.is_ready()
-        && config.effective_version() == current.version
-    {
+    if is_live(shared, &current, &config.effective_version()) {
         // Same content (an editor touched the file): nothing to do.
-        shared.clear_error();
         return true;
     }
     let next = match Runtime::compile(config, &current, shared) {
@@ -43,8 +40,7 @@ pub async fn apply(shared: &Shared, config: &GatewayConfig) -> bool {
 pub async fn apply_delta(shared: &Shared, d: &Delta) -> bool {
     let started = Instant::now();
     let current = shared.runtime.load_full();
-    if d.delta.version == current.version && shared.is_ready() {
-        shared.clear_error();
+    if is_live(shared, &current, &d.delta.version) {
         return true;
     }
     if d.delta.base != current.version || !shared.is_ready() {
@@ -54,6 +50,15 @@ pub async fn apply_delta(shared: &Shared, d: &Delta) -> bool {
     let next = Runtime::patch(&current, &d.delta, d.totals, shared);
     go_live(shared, next, started).await;
     true
+}
+
+/// Whether `version` is already live (the last error is then history).
+fn is_live(shared: &Shared, current: &Runtime, version: &ConfigVersion) -> bool {
+    let live = !current.version.is_empty() && shared.is_ready() && *version == current.version;
+    if live {
+        shared.clear_error();
+    }
+    live
 }
 
 /// Resolves the new runtime's new ExternalName pools, swaps it in and settles.

@@ -81,10 +81,7 @@ impl Base {
         self.encoded
             .get_or_init(|| {
                 let json = serde_json::to_vec(&self.config).map_err(|e| e.to_string())?;
-                let mut gz =
-                    GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
-                gz.write_all(&json).map_err(|e| e.to_string())?;
-                let gzip = gz.finish().map_err(|e| e.to_string())?;
+                let gzip = gzip(&json).map_err(|e| e.to_string())?;
                 Ok(Encoded {
                     json: Bytes::from(json),
                     gzip: Bytes::from(gzip),
@@ -93,6 +90,13 @@ impl Base {
             .as_ref()
             .map_err(String::as_str)
     }
+}
+
+/// A body gzipped for the wire (fast: the operator encodes on demand).
+pub fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+    gz.write_all(body)?;
+    gz.finish()
 }
 
 impl Published {

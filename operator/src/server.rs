@@ -38,10 +38,7 @@ use crate::{Error, TlsFiles};
 /// on 304, the version the server currently has).
 pub const VERSION_HEADER: &str = "x-config-version";
 
-/// `/v2` media types: a whole config, or a delta (its `base` and `version`
-/// in the body).
-pub const WHOLE_TYPE: &str = "application/vnd.vestibule.config+json";
-pub const DELTA_TYPE: &str = "application/vnd.vestibule.config-delta+json";
+use vestibule_config::model::{DELTA_MEDIA_TYPE, WHOLE_MEDIA_TYPE};
 
 /// Which config protocol a request speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -443,7 +440,7 @@ async fn send_whole(
     state.metrics.configs_served.inc();
     let kind = match protocol {
         Protocol::V1 => "application/json",
-        Protocol::V2 => WHOLE_TYPE,
+        Protocol::V2 => WHOLE_MEDIA_TYPE,
     };
     respond(
         if gzip { gz } else { json },
@@ -462,9 +459,7 @@ fn send_delta(
         return retry_later("cannot encode the delta\n");
     };
     let body = if gzip {
-        use std::io::Write;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        match gz.write_all(&json).and_then(|()| gz.finish()) {
+        match crate::publish::gzip(&json) {
             Ok(b) => b,
             Err(_) => return retry_later("cannot encode the delta\n"),
         }
@@ -472,7 +467,7 @@ fn send_delta(
         json
     };
     state.metrics.deltas_served.inc();
-    respond(Bytes::from(body), DELTA_TYPE, gzip, &delta.version)
+    respond(Bytes::from(body), DELTA_MEDIA_TYPE, gzip, &delta.version)
 }
 
 fn respond(

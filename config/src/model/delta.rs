@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 use super::digest::{self, Kind, Sum};
 use super::*;
 
+/// The `/v2/config` media types: a whole config, or a delta (its `base`
+/// and `version` in the body). The operator sends them, gateways read them.
+pub const WHOLE_MEDIA_TYPE: &str = "application/vnd.vestibule.config+json";
+pub const DELTA_MEDIA_TYPE: &str = "application/vnd.vestibule.config-delta+json";
+
 /// Entries of one map set (added or changed) and removed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -270,9 +270,9 @@ impl Shared {
             }
             Stale::Full(counts) => {
                 let previous = std::mem::replace(&mut *labels, counts);
-                for (tenant, route) in previous.routes.keys() {
-                    if !labels.routes.contains_key(&(tenant.clone(), route.clone())) {
-                        metrics.forget_route(tenant, route);
+                for label in previous.routes.into_keys() {
+                    if !labels.routes.contains_key(&label) {
+                        metrics.forget_route(&label.0, &label.1);
                     }
                 }
                 for tenant in previous.tenants.keys() {

@@ -57,7 +57,8 @@ impl SourceEvent {
                 SourceEvent::Delta(a)
             }
             (SourceEvent::Config(c), SourceEvent::Delta(d)) => {
-                let mut config = (*c).clone();
+                // A copy only if the config is shared.
+                let mut config = Arc::unwrap_or_clone(c);
                 match config.apply(&d.delta) {
                     Ok(()) => SourceEvent::Config(Arc::new(config)),
                     Err(_) => SourceEvent::Config(Arc::new((d.full)())),

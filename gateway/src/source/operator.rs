@@ -24,15 +24,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_rustls::TlsConnector;
-use vestibule_config::model::{ConfigDelta, ConfigError, ConfigVersion};
+use vestibule_config::model::{
+    ConfigDelta, ConfigError, ConfigVersion, DeltaError, DELTA_MEDIA_TYPE,
+};
 use vestibule_config::GatewayConfig;
 
 use super::{ConfigSource, Delta, SourceError, SourceEvent};
-use crate::runtime::Totals;
-
-/// The operator's media type for a delta (`/v2`).
-const DELTA_TYPE: &str = "application/vnd.vestibule.config-delta+json";
 use crate::error::{CaProblem, OperatorError};
+use crate::runtime::Totals;
 
 /// Largest config body accepted, compressed or not (10k tenants with their
 /// own certificates and keys are about 40 MB of JSON).
@@ -284,7 +283,7 @@ impl OperatorSource {
         let delta = parts
             .headers
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes() == DELTA_TYPE.as_bytes());
+            .is_some_and(|v| v.as_bytes() == DELTA_MEDIA_TYPE.as_bytes());
         if delta {
             let delta: ConfigDelta =
                 serde_json::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -357,15 +356,26 @@ impl OperatorSource {
             .journal_file()
             .and_then(|f| std::fs::read_to_string(f).ok())
             .unwrap_or_default();
-        for line in journal.lines() {
-            let Ok(delta) = serde_json::from_str::<ConfigDelta>(line) else {
-                break;
-            };
-            let mut next = config.clone();
-            if next.apply(&delta).is_err() {
-                break;
+        let deltas: Vec<ConfigDelta> = journal
+            .lines()
+            .map_while(|l| serde_json::from_str(l).ok())
+            .collect();
+        for (i, delta) in deltas.iter().enumerate() {
+            match config.apply(delta) {
+                Ok(()) => {}
+                // Not applied: nothing changed.
+                Err(DeltaError::StaleBase { .. }) => break,
+                // Half applied (rare: a damaged journal): the file again,
+                // with the deltas before this one.
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "a journal delta does not apply");
+                    let mut config = GatewayConfig::from_text(&text).ok()?;
+                    for d in &deltas[..i] {
+                        config.apply(d).ok()?;
+                    }
+                    return Some(config);
+                }
             }
-            config = next;
         }
         Some(config)
     }

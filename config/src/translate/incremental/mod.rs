@@ -42,11 +42,7 @@ impl Node {
                 namespace: Some(ns.clone()),
                 name: name.clone(),
             },
-            Node::Tenant(name) => ObjectRef {
-                kind: ObjectKind::Tenant,
-                namespace: None,
-                name: name.clone(),
-            },
+            Node::Tenant(name) => super::tenant_ref(name),
         }
     }
 }
