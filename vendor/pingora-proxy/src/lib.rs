@@ -429,9 +429,16 @@ where
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
-                            .await;
+                        // Boxed: the h2 and custom exchanges would otherwise size
+                        // every request's future (copied into its box per request).
+                        let (server_reused, mut error) = Box::pin(self.proxy_to_h2_upstream(
+                            session,
+                            &mut h2,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::H2(h2);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -458,9 +465,14 @@ where
                         (server_reused, error)
                     }
                     ClientSession::Custom(mut c) => {
-                        let (server_reused, error) = self
-                            .proxy_to_custom_upstream(session, &mut c, client_reused, &peer, ctx)
-                            .await;
+                        let (server_reused, error) = Box::pin(self.proxy_to_custom_upstream(
+                            session,
+                            &mut c,
+                            client_reused,
+                            &peer,
+                            ctx,
+                        ))
+                        .await;
                         let session = ClientSession::Custom(c);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -1320,8 +1332,12 @@ where
         // allow unwrap until if let chains
         #[allow(clippy::unnecessary_unwrap)]
         let serve_stale_result = if proxy_error.is_some() && session.cache.can_serve_stale_error() {
-            self.handle_stale_if_error(&mut session, &mut ctx, proxy_error.as_ref().unwrap())
-                .await
+            Box::pin(self.handle_stale_if_error(
+                &mut session,
+                &mut ctx,
+                proxy_error.as_ref().unwrap(),
+            ))
+            .await
         } else {
             None
         };
@@ -1375,35 +1391,40 @@ where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
-        let res = self.inner.fail_to_proxy(&mut session, &e, ctx).await;
-        if !self.inner.suppress_error_log(&session, ctx, &e) {
-            error!(
-                "{context} {}, status: {}, {}",
-                e,
-                res.error_code,
-                self.inner.request_summary(&session, ctx)
-            );
-        }
-        self.inner.logging(&mut session, Some(&e), ctx).await;
-        self.cleanup_sub_req(&mut session);
-
-        session.downstream_session.on_proxy_failure(e);
-
-        if res.can_reuse_downstream {
-            let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-            if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
-                persistent_settings.set_user_context(uc);
+        // Boxed: an error path, whose ~5 KiB would otherwise size every
+        // request's future (copied into its box on every request).
+        Box::pin(async move {
+            let res = self.inner.fail_to_proxy(&mut session, &e, ctx).await;
+            if !self.inner.suppress_error_log(&session, ctx, &e) {
+                error!(
+                    "{context} {}, status: {}, {}",
+                    e,
+                    res.error_code,
+                    self.inner.request_summary(&session, ctx)
+                );
             }
-            session
-                .downstream_session
-                .finish()
-                .await
-                .ok()
-                .flatten()
-                .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings))
-        } else {
-            None
-        }
+            self.inner.logging(&mut session, Some(&e), ctx).await;
+            self.cleanup_sub_req(&mut session);
+
+            session.downstream_session.on_proxy_failure(e);
+
+            if res.can_reuse_downstream {
+                let mut persistent_settings = HttpPersistentSettings::for_session(&session);
+                if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
+                    persistent_settings.set_user_context(uc);
+                }
+                session
+                    .downstream_session
+                    .finish()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings))
+            } else {
+                None
+            }
+        })
+        .await
     }
 }
 

@@ -360,7 +360,10 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // Boxed: the connect (and TLS handshake) future is ~8 KiB, and
+            // inline it sized every request's future, reused connection or
+            // not, which is copied into its box on every request.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }
