@@ -62,6 +62,22 @@ def host(i):
     return f"h{i}.bench.example.com"
 
 
+def make_pools(count, port):
+    """The upstream layout: one pool of one endpoint (`--pools 1`), or
+    `count` pools of 2, 3 and 4 endpoints in turn, as Services in a real
+    cluster have. Endpoints are loopback addresses (127.0.K.J) on one port,
+    all answered by the upstream nginx: each is its own connection pool for
+    every proxy. Returns [(pool name, [(address, port)])]."""
+    if count <= 1:
+        return [("up", [("127.0.0.1", port)])]
+    return [(f"up-{k}", [(f"127.0.{k + 1}.{j + 1}", port) for j in range(2 + k % 3)]) for k in range(count)]
+
+
+def pool_of(pools, i):
+    """Host i's pool: hosts spread round the pools."""
+    return pools[i % len(pools)][0]
+
+
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -163,7 +179,7 @@ def split_pem(data):
 # --- config generators -----------------------------------------------------
 
 
-def vestibule_ingress(i, tls):
+def vestibule_ingress(i, tls, pool="up"):
     spec_tls = f"\n  tls: [{{hosts: [{host(i)}], secretName: cert-{i}}}]" if tls else ""
     return f"""---
 apiVersion: networking.k8s.io/v1
@@ -173,7 +189,7 @@ spec:{spec_tls}
   rules:
   - host: {host(i)}
     http:
-      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: up, port: {{name: http}}}}}}}}]
+      paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: {pool}, port: {{name: http}}}}}}}}]
 """
 
 
@@ -192,35 +208,36 @@ spec:
 FILE_OBJECTS = 10_000
 
 
-def gen_vestibule(d, n, up_port, certs=None, limited=False):
+def gen_vestibule(d, n, pools, certs=None, limited=False):
     d.mkdir(parents=True, exist_ok=True)
     if limited:
         (d / "tenant.yaml").write_text(TENANT_LIMIT)
+    services = "".join(f"""---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: bench}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {eps[0][1]}}}]
+endpoints: [{", ".join(f"{{addresses: [{a}], conditions: {{ready: true}}}}" for a, _ in eps)}]
+""" for name, eps in pools)
     (d / "base.yaml").write_text(f"""apiVersion: networking.k8s.io/v1
 kind: IngressClass
 metadata:
   name: vestibule
   annotations: {{ingressclass.kubernetes.io/is-default-class: "true"}}
 spec: {{controller: vestibule.dev/ingress-controller}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: up, namespace: bench}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: up-1, namespace: bench, labels: {{kubernetes.io/service-name: up}}}}
-addressType: IPv4
-ports: [{{name: http, port: {up_port}}}]
-endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
-""")
+{services}""")
     # Files of 10,000 objects: under the gateway's per-file limit (64 MiB)
     # at any host count, and parsed in parallel.
     for lo in range(1, n + 1, FILE_OBJECTS):
         with open(d / f"ingresses-{lo // FILE_OBJECTS:03}.yaml", "w") as f:
             for i in range(lo, min(lo + FILE_OBJECTS, n + 1)):
-                f.write(vestibule_ingress(i, certs is not None))
+                f.write(vestibule_ingress(i, certs is not None, pool_of(pools, i)))
     if certs is not None:
         ind = lambda s: "".join("      " + line + "\n" for line in s.strip().splitlines())
         for lo in range(1, n + 1, FILE_OBJECTS):
@@ -257,21 +274,24 @@ def gateway_has_flag(gateway, flag):
     return flag in _HELP[gateway]
 
 
-def gen_nginx(d, n, port, up_port, certs=None, tport=None, access_log=False):
+def gen_nginx(d, n, port, pools, certs=None, tport=None, access_log=False):
     d.mkdir(parents=True, exist_ok=True)
     if certs is None:
         servers = "".join(
-            f"  server {{ listen 127.0.0.1:{port}; server_name {host(i)}; location / {{ proxy_pass http://up; }} }}\n"
+            f"  server {{ listen 127.0.0.1:{port}; server_name {host(i)}; location / {{ proxy_pass http://{pool_of(pools, i)}; }} }}\n"
             for i in range(1, n + 1))
         default = f"  server {{ listen 127.0.0.1:{port} default_server; return 404; }}\n"
     else:
         servers = "".join(
             f"  server {{ listen 127.0.0.1:{tport} ssl http2; server_name {host(i)}; "
             f"ssl_certificate {certs}/h{i}.pem; ssl_certificate_key {certs}/h{i}.pem; "
-            f"location / {{ proxy_pass http://up; }} }}\n"
+            f"location / {{ proxy_pass http://{pool_of(pools, i)}; }} }}\n"
             for i in range(1, n + 1))
         default = (f"  server {{ listen 127.0.0.1:{tport} ssl http2 default_server; "
                    f"ssl_certificate {certs}/default.pem; ssl_certificate_key {certs}/default.pem; return 404; }}\n")
+    upstreams = "".join(
+        f"  upstream {name} {{ {' '.join(f'server {a}:{p};' for a, p in eps)} keepalive 128; }}\n"
+        for name, eps in pools)
     # Written beside and renamed in: a reload of 100k servers takes seconds
     # and must never read a half-written file.
     (d / "nginx.conf.tmp").write_text(f"""worker_processes 1;
@@ -295,16 +315,23 @@ http {{
   proxy_set_header X-Forwarded-Proto $scheme;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
   fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  upstream up {{ server 127.0.0.1:{up_port}; keepalive 128; }}
-{default}{servers}}}
+{upstreams}{default}{servers}}}
 """)
     os.replace(d / "nginx.conf.tmp", d / "nginx.conf")
     return ["nginx", "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
 
 
-def gen_haproxy(d, n, port, up_port, certs=None, tport=None):
+def gen_haproxy(d, n, port, pools, certs=None, tport=None, access_log=False):
     d.mkdir(parents=True, exist_ok=True)
-    (d / "hosts.map").write_text("".join(f"{host(i)} up\n" for i in range(1, n + 1)))
+    (d / "hosts.map").write_text("".join(f"{host(i)} {pool_of(pools, i)}\n" for i in range(1, n + 1)))
+    backends = "".join(
+        f"backend {name}\n  balance roundrobin\n  http-reuse always\n"
+        + "".join(f"  server s{j} {a}:{p}\n" for j, (a, p) in enumerate(eps))
+        for name, eps in pools)
+    # -log: HAProxy's HTTP log format to stdout (the run's log file); it has
+    # no file target, and a syslog socket would measure the syslog daemon too.
+    logging = "  log stdout format raw local0\n" if access_log else ""
+    httplog = "  option httplog\n  log global\n" if access_log else ""
     if certs is None:
         bind = f"bind 127.0.0.1:{port}"
     else:
@@ -317,29 +344,28 @@ def gen_haproxy(d, n, port, up_port, certs=None, tport=None):
   nbthread 1
   maxconn 8000
   ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
+{logging}defaults
   mode http
   timeout connect 5s
   timeout client 30s
   timeout server 30s
   option http-keep-alive
   option forwardfor
-frontend fe
+{httplog}frontend fe
   {bind}
   use_backend %[req.hdr(host),lower,field(1,:),map({d}/hosts.map,notfound)]
-backend up
-  http-reuse always
-  server s1 127.0.0.1:{up_port}
-backend notfound
+{backends}backend notfound
   http-request return status 404
 """)
     # Master-worker mode: the reload (USR2) of the config-change test.
     return ["haproxy", "-W", "-f", str(d / "haproxy.cfg")]
 
 
-def gen_upstream(d, port):
+def gen_upstream(d, pools):
     """A fast upstream shared by every proxy: nginx answering 200 itself."""
     d.mkdir(parents=True, exist_ok=True)
+    addrs = dict.fromkeys([("127.0.0.1", pools[0][1][0][1])] + [e for _, eps in pools for e in eps])
+    listens = " ".join(f"listen {a}:{p};" for a, p in addrs)
     (d / "nginx.conf").write_text(f"""worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
@@ -351,7 +377,7 @@ http {{
   keepalive_requests 1000000;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
   fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
+  server {{ {listens} location / {{ return 200 "ok\\n"; }} }}
 }}
 """)
     return ["nginx", "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
@@ -643,22 +669,22 @@ def run_handshakes(port, n, duration, lanes, per_round, cpu, rng):
 class Changer:
     """Adds host N+k to a running proxy the way each one is meant to change."""
 
-    def __init__(self, name, proc, d, n, port, up_port):
-        self.name, self.proc, self.d, self.n, self.port, self.up_port = name, proc, d, n, port, up_port
+    def __init__(self, name, proc, d, n, port, pools):
+        self.name, self.proc, self.d, self.n, self.port, self.pools = name, proc, d, n, port, pools
 
     def add(self, k):
         i = self.n + k
         if self.name == "vestibule":
             # Written beside the directory, renamed in: one complete file event.
             tmp = self.d / f"new-{k}.yaml.tmp"
-            tmp.write_text(vestibule_ingress(i, False))
+            tmp.write_text(vestibule_ingress(i, False, pool_of(self.pools, i)))
             os.replace(tmp, self.d / "manifests" / f"new-{k}.yaml")
         elif self.name == "nginx":
-            gen_nginx(self.d, i, self.port, self.up_port)
+            gen_nginx(self.d, i, self.port, self.pools)
             os.kill(self.proc.p.pid, signal.SIGHUP)  # reload: new workers, old ones drain
         elif self.name == "haproxy":
             with open(self.d / "hosts.map", "a") as f:
-                f.write(f"{host(i)} up\n")
+                f.write(f"{host(i)} {pool_of(self.pools, i)}\n")
             os.kill(self.proc.p.pid, signal.SIGUSR2)  # master-worker reload
         return host(i)
 
@@ -710,8 +736,8 @@ def run_changes(changer, port, script, changes, conns, cpu):
 
 
 class Bench:
-    def __init__(self, args, out, up_port, proxy_cpu, load_cpu):
-        self.a, self.out, self.up_port = args, out, up_port
+    def __init__(self, args, out, pools, proxy_cpu, load_cpu):
+        self.a, self.out, self.pools = args, out, pools
         self.proxy_cpu, self.load_cpu = proxy_cpu, load_cpu
         self.rows = []
         self.rng = random.Random(7)
@@ -734,7 +760,7 @@ class Bench:
             # -redis: the same with the cluster-wide limiter on redis-server;
             # -log: the access log on (the default users keep), to a file.
             limited = name in ("vestibule-limited", "vestibule-redis")
-            gen_vestibule(d / "manifests", n, self.up_port, certs, limited=limited)
+            gen_vestibule(d / "manifests", n, self.pools, certs, limited=limited)
             logged = name == "vestibule-log"
             cmd = vestibule_cmd(self.a.gateway, d, port, tport, free_port(), certs, access_log=logged)
             if name == "vestibule-redis":
@@ -742,12 +768,15 @@ class Bench:
             env = dict(os.environ, RUST_LOG="warn,vestibule::access=info" if logged else "warn")
         elif name in ("nginx", "nginx-log"):
             # -log: `access_log` to a file, nginx's default format.
-            cmd = gen_nginx(d, n, port, self.up_port, certs, tport, access_log=name == "nginx-log")
-        elif name == "haproxy":
-            cmd = gen_haproxy(d, n, port, self.up_port, certs, tport)
+            cmd = gen_nginx(d, n, port, self.pools, certs, tport, access_log=name == "nginx-log")
+        elif name in ("haproxy", "haproxy-log"):
+            # -log: HAProxy's HTTP log line per request, to the run's log file.
+            cmd = gen_haproxy(d, n, port, self.pools, certs, tport, access_log=name == "haproxy-log")
         elif name == "bare":
-            # The floor: the thinnest Pingora proxy (any Host -> the upstream).
-            cmd = [self.a.bare, f"127.0.0.1:{port}", f"127.0.0.1:{self.up_port}"]
+            # The floor: the thinnest Pingora proxy (any Host -> the first
+            # endpoint of the first pool).
+            a_, p_ = self.pools[0][1][0]
+            cmd = [self.a.bare, f"127.0.0.1:{port}", f"{a_}:{p_}"]
         else:
             sys.exit(f"unknown proxy {name}")
         logf = open(self.out / f"{name}-{n}-{tag}.log", "w")
@@ -776,7 +805,7 @@ class Bench:
                        "idle_rss_mb": round(idle, 1), "loaded_rss_mb": round(rss_mb(proc.pids()), 1),
                        "idle_pss_mb": round(idle_pss, 1), "cold_start_s": round(cold, 3)})
             if a.changes > 0 and name in ("vestibule", "nginx", "haproxy"):
-                r, raw = run_changes(Changer(name, proc, d, n, port, self.up_port), port, script,
+                r, raw = run_changes(Changer(name, proc, d, n, port, self.pools), port, script,
                                      a.changes, a.connections, self.load_cpu)
                 (out / f"{name}-{n}-change.wrk.txt").write_text(raw)
                 self.emit(dict(r, proxy=name, hosts=n, test="change"))
@@ -845,6 +874,9 @@ def main():
                     "needs --bare)")
     ap.add_argument("--bare", help="the bare_proxy example binary (default: beside --gateway)")
     ap.add_argument("--tests", default="plain,tls", help="plain,tls or one of them")
+    ap.add_argument("--pools", type=int, default=1,
+                    help="upstream pools: 1 (one endpoint, the default) or N pools of 2-4 endpoints each, "
+                    "hosts spread round them (the multi-pool layout: --pools 12)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     counts = args.hosts or [1000]
@@ -868,6 +900,7 @@ def main():
             "duration_s": args.duration, "changes": args.changes, "connections": args.connections,
             "h2load_procs": args.h2load_procs, "handshake_lanes": args.handshake_lanes,
             "handshake_round": args.handshake_round, "hosts": counts, "quick": args.quick,
+            "pools": [len(eps) for _, eps in make_pools(args.pools, 0)],
             "loadavg_before": Path("/proc/loadavg").read_text().strip(),
             "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                                if l.startswith("model name")), "?"),
@@ -884,13 +917,14 @@ def main():
     extra_procs = []
     try:
         up_port = free_port()
-        upstream = Proc("upstream", gen_upstream(out / "upstream", up_port), open(out / "upstream.log", "w"),
+        pools = make_pools(args.pools, up_port)
+        upstream = Proc("upstream", gen_upstream(out / "upstream", pools), open(out / "upstream.log", "w"),
                         cpu=load_cpu)
         if wait_serving(upstream, up_port, "x", 10) is None:
             sys.exit("upstream nginx did not start (see upstream.log)")
         if load_cpu is not None:
             os.sched_setaffinity(0, {load_cpu})  # after the cert pool could use every core
-        bench = Bench(args, out, up_port, proxy_cpu, load_cpu)
+        bench = Bench(args, out, pools, proxy_cpu, load_cpu)
         if "vestibule-redis" in args.proxies.split(","):
             bench.redis_port = free_port()
             redis = Proc("redis", ["redis-server", "--port", str(bench.redis_port), "--bind", "127.0.0.1",
@@ -908,7 +942,7 @@ def main():
                 if "plain" in tests:
                     log(f"{name} n={n} plain")
                     bench.plain(name, n)
-                if "tls" in tests and name in ("vestibule", "nginx", "haproxy"):
+                if "tls" in tests and name.removesuffix("-log") in ("vestibule", "nginx", "haproxy"):
                     log(f"{name} n={n} tls")
                     bench.tls(name, n, certs)
     finally:

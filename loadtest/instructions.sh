@@ -12,7 +12,9 @@
 # with instrumentation off through the start and a 3 s warm-up, on for a 6 s
 # wrk run (16 connections, Host rotating over all hosts), then off again.
 # Kernel time is not counted: compare with CPU µs per request from run.sh.
-# Writes RUN_DIR/instructions.tsv (one row per proxy and host count).
+# Writes RUN_DIR/instructions.tsv (one row per proxy and host count) and
+# keeps each callgrind profile as RUN_DIR/callgrind-PROXY-HOSTS.out: read it
+# by function with `callgrind_annotate --inclusive=yes FILE | head -60`.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -21,7 +23,6 @@ n=${2:-1000}
 proxies=${3:-vestibule bare nginx}
 gateway=${VESTIBULE_GATEWAY:-${CARGO_TARGET_DIR:-$root/target}/release/vestibule-gateway}
 bare=${VESTIBULE_BARE:-$(dirname "$gateway")/examples/bare_proxy}
-up_port=${UP_PORT:-18180}
 port=${PROXY_PORT:-18181}
 admin_port=$((port + 1))
 tls_port=$((port + 2))
@@ -45,9 +46,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One upstream for every proxy: the run's nginx answering 200, on our port.
-sed -E "s/listen 127.0.0.1:[0-9]+/listen 127.0.0.1:$up_port/; s#^pid .*#pid $work/up.pid;#" \
-  "$run/upstream/nginx.conf" > "$work/up.conf"
+# One upstream for every proxy: the run's nginx answering 200 on the run's
+# addresses and port (the proxies' configs name them; one pool or many).
+up_port=$(grep -oE 'listen 127\.0\.0\.1:[0-9]+' "$run/upstream/nginx.conf" | head -1 | cut -d: -f2)
+sed -E "s#^pid .*#pid $work/up.pid;#" "$run/upstream/nginx.conf" > "$work/up.conf"
 nginx -c "$work/up.conf" -e "$work/up.err" &
 up_pid=$!
 
@@ -64,7 +66,6 @@ for proxy in $proxies; do
   case $proxy in
     vestibule)
       cp -r "$run/vestibule-$n-plain/manifests" "$work/manifests"
-      sed -i -E "s/port: [0-9]+\}\]$/port: $up_port}]/" "$work/manifests/base.yaml"
       RUST_LOG=warn "${vg[@]}" "$gateway" --manifests "$work/manifests" --http "127.0.0.1:$port" \
         --https "127.0.0.1:$tls_port" --admin "127.0.0.1:$admin_port" --threads 1 --no-access-log \
         > "$work/$proxy.log" 2>&1 &
@@ -74,7 +75,7 @@ for proxy in $proxies; do
       ;;
     nginx)
       # One process (no master), so callgrind follows the worker.
-      sed -E "s/listen 127.0.0.1:[0-9]+/listen 127.0.0.1:$port/; s/server 127.0.0.1:[0-9]+;/server 127.0.0.1:$up_port;/; s#^pid .*#pid $work/ng.pid;#; s/^daemon off;/daemon off;\nmaster_process off;/" \
+      sed -E "s/listen 127.0.0.1:[0-9]+/listen 127.0.0.1:$port/; s#^pid .*#pid $work/ng.pid;#; s/^daemon off;/daemon off;\nmaster_process off;/" \
         "$run/nginx-$n-plain/nginx.conf" > "$work/ng.conf"
       "${vg[@]}" nginx -c "$work/ng.conf" -e "$work/ng.err" > "$work/$proxy.log" 2>&1 &
       ;;
@@ -103,6 +104,7 @@ for proxy in $proxies; do
   total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
   per=$((total / requests))
   printf "%s\t%s\t%s\t%s\t%s\n" "$proxy" "$n" "$requests" "$total" "$per" >> "$out"
+  cp "$dump" "$run/callgrind-$proxy-$n.out"
   printf "%-10s %8d requests  %9d instructions/request\n" "$proxy" "$requests" "$per"
   rm -rf "$work/manifests"
 done

@@ -8,8 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-PROXIES = ["vestibule", "nginx", "haproxy", "bare"]
-COLORS = {"vestibule": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728", "bare": "#7f7f7f"}
+# "-log": the same proxy with its access log on (to a file or stdout).
+PROXIES = ["vestibule", "nginx", "haproxy", "vestibule-log", "nginx-log", "haproxy-log", "bare",
+           "vestibule-limited", "vestibule-redis"]
+COLORS = {"vestibule": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728", "bare": "#7f7f7f",
+          "vestibule-log": "#aec7e8", "nginx-log": "#98df8a", "haproxy-log": "#ff9896",
+          "vestibule-limited": "#9467bd", "vestibule-redis": "#8c564b"}
 
 # (label, test, column, better: "high"/"low")
 FIGURES = [
@@ -109,6 +113,7 @@ def write_report(run, rows, meta):
     by = {(r["proxy"], int(r["hosts"]), r["test"]): r for r in rows}
     counts = sorted({int(r["hosts"]) for r in rows})
     present = [p for p in PROXIES if any(r["proxy"] == p for r in rows)]
+    logged = "vestibule-log" in present
     L = ["# Vestibule vs nginx vs HAProxy", ""]
     if meta:
         L += [f"Run {meta.get('date')}: {meta.get('cores')} cores ({meta.get('cpu_model')}), kernel "
@@ -116,6 +121,10 @@ def write_report(run, rows, meta):
               f"the upstream (nginx answering 200) and the driver on core 0. {meta.get('connections')} connections, "
               f"{meta.get('duration_s')} s per load run, {meta.get('changes')} config changes (one per second) "
               f"under load.", ""]
+        pools = meta.get("pools") or [1]
+        L += [f"Upstreams: {len(pools)} pool(s) of {', '.join(map(str, pools))} endpoint(s), hosts spread round them; "
+              f"\"-log\" rows have the access log on (Vestibule's own, nginx `access_log` to a file, HAProxy "
+              f"`option httplog` to stdout).", ""]
         v = meta.get("versions", {})
         L += ["Versions: " + "; ".join(f"{k}: {val}" for k, val in v.items() if val), ""]
         if meta.get("loadavg_before"):
@@ -129,13 +138,20 @@ def write_report(run, rows, meta):
         L += [f"## {n:,} hosts", "",
               "| figure | " + " | ".join(present) + " | Vestibule / nginx | Vestibule / HAProxy | better |",
               "|---|" + "---|" * len(present) + "---|---|---|"]
+        if logged:
+            L[-2] = L[-2].replace(" | better |", " | logged: Vestibule / nginx | logged: Vestibule / HAProxy | better |")
+            L[-1] += "---|---|"
         for label, test, col, better in FIGURES:
             vals = {p: by.get((p, n, test), {}).get(col, "") for p in present}
             if all(num(x) is None for x in vals.values()):
                 continue
             v = vals.get("vestibule", "")
+            logged_ratios = ""
+            if logged:
+                vl = vals.get("vestibule-log", "")
+                logged_ratios = f"{ratio(vl, vals.get('nginx-log'))} | {ratio(vl, vals.get('haproxy-log'))} | "
             L.append(f"| {label} | " + " | ".join(fmt(vals[p]) for p in present) +
-                     f" | {ratio(v, vals.get('nginx'))} | {ratio(v, vals.get('haproxy'))} | "
+                     f" | {ratio(v, vals.get('nginx'))} | {ratio(v, vals.get('haproxy'))} | {logged_ratios}"
                      f"{ {'high': 'higher', 'low': 'lower', 'none': ''}[better]} |")
         notes = [f"- {p} {t}: {by[(p, n, t)]['note']}" for p in present for t in
                  ["http", "tls_h1", "handshake", "change"] if by.get((p, n, t), {}).get("note")]
@@ -159,6 +175,7 @@ def plots(run, rows):
     by = {(r["proxy"], int(r["hosts"]), r["test"]): r for r in rows}
     counts = sorted({int(r["hosts"]) for r in rows})
     present = [p for p in PROXIES if any(r["proxy"] == p for r in rows)]
+    logged = "vestibule-log" in present
 
     def bars(ax, test, col, title, ylabel):
         w = 0.8 / max(1, len(present))
