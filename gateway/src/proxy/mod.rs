@@ -4,6 +4,8 @@
 //! endpoint and takes the pool slot (every 503 comes from there, answered
 //! by `fail_to_proxy` in one shape); per-request state lives in [`Ctx`].
 
+#[cfg(test)]
+mod alloc_free;
 mod ctx;
 
 use std::sync::Arc;

@@ -8,10 +8,11 @@
 
 pub mod health;
 mod protocol;
+mod ring;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use vestibule_config::model::{Pool, PoolId, UpstreamProtocol};
 
 use protocol::Wire;
+use ring::Ring;
 
 /// How pools connect, time out, and eject endpoints.
 #[derive(Clone, Debug)]
@@ -77,6 +79,9 @@ pub struct Endpoint {
     /// Milliseconds since the pool's epoch until which the endpoint is
     /// ejected; 0 when it is not.
     ejected_until: AtomicU64,
+    /// Healthy and not ejected: the balancer's state, copied here when it
+    /// changes so a pick reads a flag instead of hashing the endpoint.
+    ready: AtomicBool,
 }
 
 impl Endpoint {
@@ -108,6 +113,13 @@ impl ServiceDiscovery for SharedDiscovery {
 
 type EndpointMap = HashMap<SocketAddr, Arc<Endpoint>, ahash::RandomState>;
 
+/// A pool's endpoints: by address, and in selection order.
+#[derive(Default)]
+struct EndpointSet {
+    map: EndpointMap,
+    ring: Ring,
+}
+
 /// The first 16 hex digits of SHA-256 over the pool id and the address.
 fn affinity_id(pool: &PoolId, addr: SocketAddr) -> Box<str> {
     use sha2::{Digest, Sha256};
@@ -127,7 +139,9 @@ pub struct UpstreamPool {
     wire: Option<Wire>,
     lb: LoadBalancer<RoundRobin>,
     discovery: Arc<Discovered>,
-    endpoints: ArcSwap<EndpointMap>,
+    endpoints: ArcSwap<EndpointSet>,
+    /// The next pick's place in the ring.
+    next: AtomicUsize,
     settings: Arc<UpstreamSettings>,
     epoch: Instant,
     /// Set once an ExternalName pool has resolved at least once.
@@ -170,6 +184,7 @@ impl UpstreamPool {
             lb: LoadBalancer::from_backends(backends),
             discovery,
             endpoints: ArcSwap::default(),
+            next: AtomicUsize::new(0),
             settings,
             epoch: Instant::now(),
             resolved: AtomicBool::new(false),
@@ -190,6 +205,7 @@ impl UpstreamPool {
     fn set_backends(&self, addrs: Vec<(SocketAddr, usize)>) {
         let old = self.endpoints.load();
         let mut map = EndpointMap::default();
+        let mut order = Vec::with_capacity(addrs.len());
         let mut set = BTreeSet::new();
         for (addr, weight) in addrs {
             let backend = Backend {
@@ -197,7 +213,7 @@ impl UpstreamPool {
                 weight,
                 ext: Default::default(),
             };
-            let ep = match old.get(&addr) {
+            let ep = match old.map.get(&addr) {
                 Some(ep) if ep.backend.weight == weight => ep.clone(),
                 _ => Arc::new(Endpoint {
                     peer: self.make_peer(addr),
@@ -206,19 +222,33 @@ impl UpstreamPool {
                     addr,
                     failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
+                    ready: AtomicBool::new(false),
                 }),
             };
-            map.insert(addr, ep);
+            if map.insert(addr, ep.clone()).is_none() {
+                order.push((ep, weight));
+            }
             set.insert(backend);
         }
         self.discovery.0.store(Arc::new(set));
         // The store above is all discovery does, so the update is ready at
-        // once; the map is published after the selector so every selected
-        // address has an entry (a removed one is simply not found).
+        // once: the balancer knows the new endpoints' health before their
+        // flags are copied from it.
         if let Some(Err(e)) = self.lb.update().now_or_never() {
             tracing::warn!(pool = %self.id, error = %e, "pool update failed");
         }
-        self.endpoints.store(Arc::new(map));
+        let ring = Ring::new(order);
+        self.endpoints.store(Arc::new(EndpointSet { map, ring }));
+        self.sync_ready();
+    }
+
+    /// Copies the balancer's health and ejection state into the endpoints'
+    /// flags (after a health check, an ejection, a re-admission).
+    fn sync_ready(&self) {
+        for ep in self.endpoints.load().ring.endpoints() {
+            ep.ready
+                .store(self.lb.backends().ready(&ep.backend), Relaxed);
+        }
     }
 
     fn make_peer(&self, addr: SocketAddr) -> HttpPeer {
@@ -235,26 +265,25 @@ impl UpstreamPool {
     /// retried attempt just failed on).
     #[inline]
     pub fn select(&self, exclude: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
-        // After its weighted first pick the balancer walks the endpoints in
-        // round-robin order, so a few passes over the set find any ready
-        // one. Its own bound (256 steps, each hashing the endpoint) made
-        // each request to a pool that is down walk all 256: over a third of
-        // the CPU of its 503, and cheap load for a client aiming at it.
-        let steps = (4 * self.endpoints.load().len() + 4).min(256);
-        let backend = self.lb.select_with(b"", steps, |b, ready| {
-            ready && exclude.is_none_or(|x| b.as_inet() != Some(&x))
-        })?;
-        let addr = *backend.as_inet()?;
-        // Loaded after the selection: `set_backends` publishes the map after
-        // the selector, so the address picked is in the map loaded now.
-        self.endpoints.load().get(&addr).cloned()
+        let n = self.next.fetch_add(1, Relaxed);
+        self.endpoints
+            .load()
+            .ring
+            .pick(n, |ep| {
+                ep.ready.load(Relaxed) && exclude.is_none_or(|x| ep.addr != x)
+            })
+            .cloned()
     }
 
     /// The endpoint an affinity cookie names, if it is ready.
     pub fn pinned(&self, id: &str) -> Option<Arc<Endpoint>> {
-        let endpoints = self.endpoints.load();
-        let ep = endpoints.values().find(|e| &*e.affinity_id == id)?;
-        self.lb.backends().ready(&ep.backend).then(|| ep.clone())
+        let set = self.endpoints.load();
+        let ep = set
+            .ring
+            .endpoints()
+            .iter()
+            .find(|e| &*e.affinity_id == id)?;
+        ep.ready.load(Relaxed).then(|| ep.clone())
     }
 
     /// Takes one of the pool's connection slots; `false` at the cap.
@@ -302,6 +331,7 @@ impl UpstreamPool {
             let until = self.now_ms() + self.settings.eject_backoff.as_millis() as u64;
             ep.ejected_until.store(until.max(1), Relaxed);
             self.lb.backends().set_enable(&ep.backend, false);
+            ep.ready.store(false, Relaxed);
             self.ejections.fetch_add(1, Relaxed);
             tracing::warn!(pool = %self.id, endpoint = %ep.addr, failures = n, "endpoint ejected");
         }
@@ -319,12 +349,14 @@ impl UpstreamPool {
     /// the active checks and the passive counter again.
     pub fn readmit_expired(&self) {
         let now = self.now_ms();
-        for ep in self.endpoints.load().values() {
+        for ep in self.endpoints.load().ring.endpoints() {
             let until = ep.ejected_until.load(Relaxed);
             if until != 0 && until <= now {
                 ep.failures.store(0, Relaxed);
                 ep.ejected_until.store(0, Relaxed);
                 self.lb.backends().set_enable(&ep.backend, true);
+                ep.ready
+                    .store(self.lb.backends().ready(&ep.backend), Relaxed);
                 tracing::info!(pool = %self.id, endpoint = %ep.addr, "endpoint re-admitted");
             }
         }
@@ -337,23 +369,22 @@ impl UpstreamPool {
     // --- active health and DNS, driven by the controller ---
 
     pub async fn run_health_check(&self) {
-        if !self.endpoints.load().is_empty() {
+        if !self.endpoints.load().map.is_empty() {
             self.lb.backends().run_health_check(true).await;
+            self.sync_ready();
         }
     }
 
     /// (ready, total) endpoint counts.
     pub fn health_counts(&self) -> (usize, usize) {
-        let eps = self.endpoints.load();
-        let ready = eps
-            .values()
-            .filter(|e| self.lb.backends().ready(&e.backend))
-            .count();
+        let set = self.endpoints.load();
+        let eps = set.ring.endpoints();
+        let ready = eps.iter().filter(|e| e.ready.load(Relaxed)).count();
         (ready, eps.len())
     }
 
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.load().len()
+        self.endpoints.load().map.len()
     }
 
     /// Resolves an ExternalName pool; keeps the previous answer on failure.
@@ -368,7 +399,7 @@ impl UpstreamPool {
                 addrs.sort();
                 addrs.dedup();
                 let current: Vec<SocketAddr> = {
-                    let mut v: Vec<_> = self.endpoints.load().keys().copied().collect();
+                    let mut v: Vec<_> = self.endpoints.load().map.keys().copied().collect();
                     v.sort();
                     v
                 };
@@ -438,7 +469,7 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_until_backoff() {
         let p = pool(&[1, 1]);
-        let ep = p.endpoints.load().values().next().unwrap().clone();
+        let ep = p.endpoints.load().map.values().next().unwrap().clone();
         p.record_failure(&ep);
         p.record_success(&ep);
         p.record_failure(&ep);
@@ -476,7 +507,7 @@ mod tests {
     #[test]
     fn the_one_ready_endpoint_is_found_and_a_down_pool_gives_none() {
         let p = pool(&[3, 1, 1, 1, 1, 1, 1, 1]);
-        let eps: Vec<_> = p.endpoints.load().values().cloned().collect();
+        let eps: Vec<_> = p.endpoints.load().map.values().cloned().collect();
         let ready = eps.iter().find(|e| e.addr.port() == 1005).unwrap();
         for ep in eps.iter().filter(|e| e.addr != ready.addr) {
             for _ in 0..3 {
