@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Proves vendor/pingora-core and vendor/pingora-proxy are crates.io's 0.9.1
+# Proves vendor/pingora-{core,proxy,http} are crates.io's 0.9.1
 # crates plus the patches in vendor/patches, in order: rebuilds them from
 # the registry copies (fetched by any cargo build) and diffs. Patch paths
 # start with the crate's directory. Run from the repository root.
 set -euo pipefail
 version=0.9.1
-crates=(pingora-core pingora-proxy)
+crates=(pingora-core pingora-proxy pingora-http)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
