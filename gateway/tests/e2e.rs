@@ -184,6 +184,73 @@ async fn upstream_connections_are_pooled_across_workers() {
     );
 }
 
+/// An upstream that closes its idle keep-alive connections after 100 ms
+/// (as Node's 5 s default does, sooner): the pooled connection it closed is
+/// noticed and dropped, never sent a request (a 502), and a live pooled
+/// one is still reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_upstream_closed_are_not_used() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let used = Arc::new(AtomicU64::new(0));
+    let counted = used.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                let mut first = true;
+                loop {
+                    // The next request's head, or close after 100 ms idle.
+                    let mut line = String::new();
+                    let read = conn.read_line(&mut line);
+                    match tokio::time::timeout(Duration::from_millis(100), read).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    }
+                    // Counted at its first request: the gateway's TCP health
+                    // checks connect and close.
+                    if std::mem::take(&mut first) {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    while line != "\r\n" {
+                        line.clear();
+                        if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if conn.get_mut().write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = TempDir::new("closing");
+    let (gw, _path) = start_with(&dir, &one_host_config("closing.test", addr)).await;
+    let mut client = gw.client();
+    for round in 0..5 {
+        // Back to back: the pooled connection is reused.
+        for _ in 0..3 {
+            let r = client.get("closing.test", "/").await.unwrap();
+            assert_eq!(r.status, 200, "round {round}: {}", r.body);
+        }
+        // Idle past the upstream's timeout: it closes the pooled one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // One connection per round: reused within it, replaced after the close.
+    let used = used.load(Ordering::Relaxed);
+    assert_eq!(
+        used, 5,
+        "upstream connections that carried requests in 5 rounds"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn even_and_weighted_balancing() {
     let (a, b, c3) = (
