@@ -256,8 +256,17 @@ impl TransportConnector {
         let stream = self
             .idle
             .take(peer.reuse_hash(), &self.unexpected_data_conn_count)?;
+        // Vestibule patch 0009: the stream's peer address as its socket
+        // digest cached it (one getpeername per connection), rather than
+        // `matches_fd`'s getpeername on every reuse; through a proxy, and
+        // without a digest, `matches_fd` as before.
         #[cfg(unix)]
-        let matches = peer.matches_fd(stream.id());
+        let matches = match stream.get_socket_digest() {
+            Some(digest) if peer.get_proxy().is_none() => {
+                digest.peer_addr() == Some(peer.address())
+            }
+            _ => peer.matches_fd(stream.id()),
+        };
         #[cfg(windows)]
         let matches = {
             use std::os::windows::io::{AsRawSocket, RawSocket};
