@@ -426,7 +426,22 @@ pub fn write_config(path: &Path, config: &GatewayConfig) {
 
 // === the gateway process ===
 
+/// A loopback port free now, for a process started later to bind. Taken
+/// below the kernel's ephemeral range (32768-60999 by default): a port from
+/// `bind(:0)` is an ephemeral one, which any outgoing connection (an
+/// upstream's, pebble's) could take before the process binds it. Spread
+/// by a per-process counter so concurrent tests do not pick the same.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..1000 {
+        let k = NEXT.fetch_add(1, Relaxed);
+        let port = 20_000 + (seed.wrapping_add(k.wrapping_mul(7_919)) % 12_700) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -256,13 +256,13 @@ impl TransportConnector {
         let stream = self
             .idle
             .take(peer.reuse_hash(), &self.unexpected_data_conn_count)?;
-        // Vestibule patch 0009: the stream's peer address as its socket
-        // digest cached it (one getpeername per connection), rather than
-        // `matches_fd`'s getpeername on every reuse; through a proxy, and
-        // without a digest, `matches_fd` as before.
+        // Vestibule patch 0009: for a peer whose `matches_fd` is the address
+        // check, the stream's peer address as its socket digest cached it
+        // (one getpeername per connection) rather than a getpeername on every
+        // reuse; any other peer, or no digest: `matches_fd` as before.
         #[cfg(unix)]
         let matches = match stream.get_socket_digest() {
-            Some(digest) if peer.get_proxy().is_none() => {
+            Some(digest) if peer.matches_by_address() => {
                 digest.peer_addr() == Some(peer.address())
             }
             _ => peer.matches_fd(stream.id()),
@@ -805,5 +805,71 @@ mod tests {
             1,
             "unexpected_data_connection_count should have incremented"
         );
+    }
+
+    /// Vestibule patches 0007 and 0009: a released stream is reused for a
+    /// peer that checks by address (the cached digest address) and refused
+    /// for a peer with the same reuse hash whose own `matches_fd` says no.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn reuse_checks_the_address_only_for_peers_that_say_so() {
+        use crate::protocols::l4::socket::SocketAddr;
+        use crate::upstreams::peer::HttpPeer;
+        use std::os::unix::prelude::AsRawFd;
+
+        #[derive(Clone)]
+        struct Refusing {
+            reuse_hash: u64,
+            address: SocketAddr,
+        }
+        impl std::fmt::Display for Refusing {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:?}", self.address)
+            }
+        }
+        impl Peer for Refusing {
+            fn address(&self) -> &SocketAddr {
+                &self.address
+            }
+            fn tls(&self) -> bool {
+                false
+            }
+            fn sni(&self) -> &str {
+                ""
+            }
+            fn reuse_hash(&self) -> u64 {
+                self.reuse_hash
+            }
+            fn matches_fd<V: AsRawFd>(&self, _fd: V) -> bool {
+                false
+            }
+        }
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                held.push(s);
+            }
+        });
+        let connector = TransportConnector::new(None);
+        let peer = HttpPeer::new(addr, false, "".into());
+        assert!(peer.matches_by_address());
+        let stream = connector.new_stream(&peer).await.unwrap();
+        let first = stream.id();
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        let again = connector.reused_stream(&peer).await.unwrap();
+        assert_eq!(again.id(), first);
+
+        connector.release_stream(again, peer.reuse_hash(), None);
+        let refusing = Refusing {
+            reuse_hash: peer.reuse_hash(),
+            address: peer.address().clone(),
+        };
+        assert!(!refusing.matches_by_address());
+        assert!(connector.reused_stream(&refusing).await.is_none());
+        server.abort();
     }
 }

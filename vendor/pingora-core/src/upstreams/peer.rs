@@ -261,6 +261,14 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// Vestibule patch 0009: whether [Self::matches_fd] is exactly "the fd's
+    /// peer address is [Self::address]", so a connection pool may compare the
+    /// address a stream's socket digest cached instead of asking the kernel on
+    /// every reuse. `false` (always ask `matches_fd`) unless a peer says so.
+    fn matches_by_address(&self) -> bool {
+        false
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -844,6 +852,12 @@ impl Peer for HttpPeer {
 
     fn get_proxy(&self) -> Option<&Proxy> {
         self.proxy.as_ref()
+    }
+
+    // Vestibule patch 0009: without a proxy, `matches_fd` below is the
+    // address check.
+    fn matches_by_address(&self) -> bool {
+        self.proxy.is_none()
     }
 
     #[cfg(unix)]
