@@ -22,9 +22,7 @@ use futures::FutureExt;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::TcpHealthCheck;
-// `RoundRobin` is `Weighted<algorithms::RoundRobin>`: weighted round robin.
-use pingora_load_balancing::selection::RoundRobin;
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::{Backend, Backends};
 use vestibule_config::model::{Pool, PoolId, UpstreamProtocol};
 
 use protocol::Wire;
@@ -137,7 +135,9 @@ pub struct UpstreamPool {
     pub spec: Pool,
     /// h2c or TLS; `None`: HTTP/1.1 over TCP.
     wire: Option<Wire>,
-    lb: LoadBalancer<RoundRobin>,
+    /// Membership, active health checks and ejections (Pingora's); the
+    /// picks are the ring's, so no selector of Pingora's is built.
+    backends: Backends,
     discovery: Arc<Discovered>,
     endpoints: ArcSwap<EndpointSet>,
     /// The next pick's place in the ring.
@@ -181,7 +181,7 @@ impl UpstreamPool {
         backends.set_health_check(hc);
         let pool = Arc::new(UpstreamPool {
             id,
-            lb: LoadBalancer::from_backends(backends),
+            backends,
             discovery,
             endpoints: ArcSwap::default(),
             next: AtomicUsize::new(0),
@@ -234,7 +234,7 @@ impl UpstreamPool {
         // The store above is all discovery does, so the update is ready at
         // once: the balancer knows the new endpoints' health before their
         // flags are copied from it.
-        if let Some(Err(e)) = self.lb.update().now_or_never() {
+        if let Some(Err(e)) = self.backends.update(|_| {}).now_or_never() {
             tracing::warn!(pool = %self.id, error = %e, "pool update failed");
         }
         let ring = Ring::new(order);
@@ -246,8 +246,7 @@ impl UpstreamPool {
     /// flags (after a health check, an ejection, a re-admission).
     fn sync_ready(&self) {
         for ep in self.endpoints.load().ring.endpoints() {
-            ep.ready
-                .store(self.lb.backends().ready(&ep.backend), Relaxed);
+            ep.ready.store(self.backends.ready(&ep.backend), Relaxed);
         }
     }
 
@@ -330,7 +329,7 @@ impl UpstreamPool {
         if n >= self.settings.eject_after && ep.ejected_until.load(Relaxed) == 0 {
             let until = self.now_ms() + self.settings.eject_backoff.as_millis() as u64;
             ep.ejected_until.store(until.max(1), Relaxed);
-            self.lb.backends().set_enable(&ep.backend, false);
+            self.backends.set_enable(&ep.backend, false);
             ep.ready.store(false, Relaxed);
             self.ejections.fetch_add(1, Relaxed);
             tracing::warn!(pool = %self.id, endpoint = %ep.addr, failures = n, "endpoint ejected");
@@ -354,9 +353,8 @@ impl UpstreamPool {
             if until != 0 && until <= now {
                 ep.failures.store(0, Relaxed);
                 ep.ejected_until.store(0, Relaxed);
-                self.lb.backends().set_enable(&ep.backend, true);
-                ep.ready
-                    .store(self.lb.backends().ready(&ep.backend), Relaxed);
+                self.backends.set_enable(&ep.backend, true);
+                ep.ready.store(self.backends.ready(&ep.backend), Relaxed);
                 tracing::info!(pool = %self.id, endpoint = %ep.addr, "endpoint re-admitted");
             }
         }
@@ -370,7 +368,7 @@ impl UpstreamPool {
 
     pub async fn run_health_check(&self) {
         if !self.endpoints.load().map.is_empty() {
-            self.lb.backends().run_health_check(true).await;
+            self.backends.run_health_check(true).await;
             self.sync_ready();
         }
     }
@@ -454,6 +452,17 @@ mod tests {
         let p = pool(&[1, 1, 1]);
         let c = counts(&p, 300);
         assert!(c.values().all(|&n| n == 100), "{c:?}");
+    }
+
+    #[test]
+    fn huge_weights_make_a_bounded_ring_that_keeps_their_ratio() {
+        let p = pool(&[4_000_000_000, 1_000_000_000, 1]);
+        let slots = p.endpoints.load().ring.slots();
+        assert!(slots <= 65_536 + 3, "{slots} slots");
+        let c = counts(&p, slots);
+        assert_eq!(c[&1002], 1, "the lightest keeps one slot: {c:?}");
+        let ratio = c[&1000] as f64 / c[&1001] as f64;
+        assert!((ratio - 4.0).abs() < 0.01, "{c:?}");
     }
 
     #[test]

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use super::Endpoint;
 
+/// The most slots a ring has (plus one per endpoint, after rounding).
+const MAX_SLOTS: usize = 65_536;
+
 /// A pool's endpoints in selection order.
 #[derive(Default)]
 pub(super) struct Ring {
@@ -25,10 +28,14 @@ impl Ring {
             .map(|(_, w)| (*w).max(1))
             .reduce(gcd)
             .unwrap_or(1);
-        let mut slots = Vec::new();
+        let total: usize = endpoints.iter().map(|(_, w)| (*w).max(1) / gcd).sum();
+        // Bounded whatever weights a config carries (the translator keeps
+        // them under 10,000 in all): scaled down, each endpoint keeps a slot.
+        let scale = total.div_ceil(MAX_SLOTS).max(1);
+        let mut slots = Vec::with_capacity(total.min(MAX_SLOTS + endpoints.len()));
         for (i, (_, w)) in endpoints.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
-            slots.extend(std::iter::repeat_n(i, (*w).max(1) / gcd));
+            slots.extend(std::iter::repeat_n(i, ((*w).max(1) / gcd / scale).max(1)));
         }
         Ring {
             endpoints: endpoints.into_iter().map(|(ep, _)| ep).collect(),
@@ -38,6 +45,11 @@ impl Ring {
 
     pub(super) fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
+    }
+
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// Pick `n`: the endpoint of slot `n` if `accept` takes it, else the
