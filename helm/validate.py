@@ -716,6 +716,7 @@ def check_bad_values() -> None:
         ({"gateway": {"kind": "StatefulSet"}}, "gateway.kind"),
         ({"gateway": {"service": {"externalTrafficPolicy": "Nearest"}}}, "externalTrafficPolicy"),
         ({"gateway": {"logFormat": "xml"}}, "logFormat"),
+        ({"gateway": {"headerCase": "upper"}}, "headerCase"),
         ({"gateway": {"podDisruptionBudget": {"maxUnavailable": 1, "minAvailable": 1}}}, "podDisruptionBudget"),
     ]
     for values, needle in bad:

@@ -755,7 +755,7 @@ class Bench:
         d = self.out / f"{name}-{n}-{tag}"
         port, tport = free_port(), free_port()
         env = None
-        if name in ("vestibule", "vestibule-limited", "vestibule-redis", "vestibule-log"):
+        if name in ("vestibule", "vestibule-limited", "vestibule-redis", "vestibule-log", "vestibule-canonical"):
             # -limited: every host a rate-limited tenant's (the local limiter);
             # -redis: the same with the cluster-wide limiter on redis-server;
             # -log: the access log on (the default users keep), to a file.
@@ -765,6 +765,10 @@ class Bench:
             cmd = vestibule_cmd(self.a.gateway, d, port, tport, free_port(), certs, access_log=logged)
             if name == "vestibule-redis":
                 cmd += ["--rate-limit-store", f"redis://127.0.0.1:{self.redis_port}"]
+            if name == "vestibule-canonical":
+                # -canonical: HTTP/1 header names as HTTP/2 spells them (one
+                # header map per head instead of two; the default keeps case).
+                cmd += ["--header-case", "canonical"]
             env = dict(os.environ, RUST_LOG="warn,vestibule::access=info" if logged else "warn")
         elif name in ("nginx", "nginx-log"):
             # -log: `access_log` to a file, nginx's default format.
@@ -942,7 +946,7 @@ def main():
                 if "plain" in tests:
                     log(f"{name} n={n} plain")
                     bench.plain(name, n)
-                if "tls" in tests and name.removesuffix("-log") in ("vestibule", "nginx", "haproxy"):
+                if "tls" in tests and name.removesuffix("-log") in ("vestibule", "nginx", "haproxy", "vestibule-canonical"):
                     log(f"{name} n={n} tls")
                     bench.tls(name, n, certs)
     finally:

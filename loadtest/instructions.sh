@@ -101,10 +101,13 @@ for proxy in $proxies; do
   cg="$work/$proxy.cg"
   vg=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$cg")
   case $proxy in
-    vestibule)
+    vestibule|vestibule-canonical)
+      rm -rf "$work/manifests"
       cp -r "$run/vestibule-$n-$tag/manifests" "$work/manifests"
       default=()
       [ "$tag" = tls ] && default=(--default-cert "$certs/default.pem" --default-key "$certs/default.pem")
+      # -canonical: HTTP/1 header names as HTTP/2 spells them (one map per head).
+      [ "$proxy" = vestibule-canonical ] && default+=(--header-case canonical)
       RUST_LOG=warn "${vg[@]}" "$gateway" --manifests "$work/manifests" --http "127.0.0.1:$port" \
         --https "127.0.0.1:$tls_port" --admin "127.0.0.1:$admin_port" --threads 1 --no-access-log \
         "${default[@]}" > "$work/$proxy.log" 2>&1 &

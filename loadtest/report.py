@@ -10,10 +10,10 @@ from pathlib import Path
 
 # "-log": the same proxy with its access log on (to a file or stdout).
 PROXIES = ["vestibule", "nginx", "haproxy", "vestibule-log", "nginx-log", "haproxy-log", "bare",
-           "vestibule-limited", "vestibule-redis"]
+           "vestibule-limited", "vestibule-redis", "vestibule-canonical"]
 COLORS = {"vestibule": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728", "bare": "#7f7f7f",
           "vestibule-log": "#aec7e8", "nginx-log": "#98df8a", "haproxy-log": "#ff9896",
-          "vestibule-limited": "#9467bd", "vestibule-redis": "#8c564b"}
+          "vestibule-limited": "#9467bd", "vestibule-redis": "#8c564b", "vestibule-canonical": "#17becf"}
 
 # (label, test, column, better: "high"/"low")
 FIGURES = [

@@ -7,18 +7,13 @@
 set -euo pipefail
 name=${1:?usage: new-patch.sh NAME DESCRIPTION_FILE}
 about=${2:?usage: new-patch.sh NAME DESCRIPTION_FILE}
-version=0.9.1
-crates=(pingora-core pingora-proxy pingora-http)
+. "$(dirname "${BASH_SOURCE[0]}")/pristine.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
 mkdir -p "$tmp/a" "$tmp/b"
+pristine "$tmp/a"
 for crate in "${crates[@]}"; do
-  cp -r "$(ls -d "$registry"/*/"$crate-$version" | head -1)" "$tmp/a/$crate"
   cp -r "vendor/$crate" "$tmp/b/$crate"
-done
-for p in vendor/patches/*.patch; do
-  patch -s -d "$tmp/a" -p1 < "$p"
 done
 n=$(printf "%04d" $(( $(ls vendor/patches | wc -l) + 1 )))
 out="vendor/patches/$n-$name.patch"

@@ -16,7 +16,7 @@ use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE
 
 use crate::access_log::AccessLog;
 use crate::admin::{Access, Admin};
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, HeaderCase, LogFormat};
 use crate::conn::proxy_protocol::ProxyProtocol;
 use crate::conn::{CapFilter, ClientLimits, ConnGuard, Edge};
 use crate::control::Controller;
@@ -220,6 +220,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         );
         let mut options = HttpServerOptions::default();
         options.h2_idle_timeout = Some(limits.keepalive_timeout);
+        options.h1_discard_header_case = cli.header_case == HeaderCase::Canonical;
         app.server_options = Some(options);
         Service::new(name.to_string(), Edge::new(app, guard.clone()))
     };

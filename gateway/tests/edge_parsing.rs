@@ -51,7 +51,7 @@ impl Recorder {
                         while let Some(end) = find(&pending, b"\r\n\r\n") {
                             pending.drain(..end + 4);
                             let _ = sock
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-upstream: rec\r\n\r\nok\n")
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nX-UpStream: rec\r\n\r\nok\n")
                                 .await;
                         }
                     }
@@ -70,9 +70,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Sends raw bytes on a fresh connection; returns every response status
-/// line read until the gateway closes or goes quiet.
-async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<String> {
+/// Sends raw bytes on a fresh connection; returns every byte read until
+/// the gateway closes or goes quiet.
+async fn raw_bytes(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
@@ -83,18 +83,25 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<String> {
             _ => break,
         }
     }
-    String::from_utf8_lossy(&out)
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends raw bytes on a fresh connection; returns every response status
+/// line read until the gateway closes or goes quiet.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<String> {
+    raw_bytes(addr, bytes)
+        .await
         .lines()
         .filter(|l| l.starts_with("HTTP/"))
         .map(str::to_string)
         .collect()
 }
 
-async fn gateway(rec: &Recorder, dir: &TempDir) -> Gateway {
+async fn gateway(rec: &Recorder, dir: &TempDir, extra: &[&str]) -> Gateway {
     let config = one_host_config("a.test", rec.addr);
     let file = dir.0.join("config.json");
     write_config(&file, &config);
-    Gateway::start(&["--config", file.to_str().unwrap()], &[]).await
+    Gateway::start(&["--config", file.to_str().unwrap()], extra).await
 }
 
 /// What the gateway must do with a request.
@@ -170,7 +177,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
 async fn hostile_requests_are_rejected_or_normalized() {
     let rec = Recorder::start().await;
     let dir = TempDir::new("edge");
-    let gw = gateway(&rec, &dir).await;
+    let gw = gateway(&rec, &dir, &[]).await;
     let mut failures = Vec::new();
     let total = cases().len();
     for (name, bytes, expect) in cases() {
@@ -217,4 +224,66 @@ async fn hostile_requests_are_rejected_or_normalized() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// Header names reach the upstream, and the upstream's reach the client, as
+/// they were sent (the default, like nginx), or with `--header-case
+/// canonical` as HTTP/2 spells them (lowercase, a few well-known names
+/// titled), the way Envoy and HAProxy send them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_their_case_unless_canonical_is_asked() {
+    let request = b"GET / HTTP/1.1\r\nhOsT: a.test\r\nX-CuStOm: 1\r\nuser-AGENT: t\r\n\r\n";
+    let cases: [(&[&str], &[&str], &[&str]); 2] = [
+        (
+            &[],
+            &["hOsT: a.test", "X-CuStOm: 1", "user-AGENT: t"],
+            &["X-UpStream: rec", "content-length: 3"],
+        ),
+        (
+            &["--header-case", "canonical"],
+            &["Host: a.test", "x-custom: 1", "user-agent: t"],
+            &["x-upstream: rec", "Content-Length: 3"],
+        ),
+    ];
+    for (extra, upstream_lines, client_lines) in cases {
+        let rec = Recorder::start().await;
+        let dir = TempDir::new("case");
+        let gw = gateway(&rec, &dir, extra).await;
+        // Twice on one connection: the second request and response go
+        // through a reused downstream session and a pooled upstream one.
+        let mut conn = TcpStream::connect(gw.http).await.unwrap();
+        let mut response = String::new();
+        for _ in 0..2 {
+            conn.write_all(request).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.ends_with(b"ok\n") {
+                let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf));
+                let n = read.await.unwrap().unwrap();
+                assert!(n > 0, "{extra:?}: closed after {got:?}");
+                got.extend_from_slice(&buf[..n]);
+            }
+            response.push_str(&String::from_utf8_lossy(&got));
+        }
+        let seen = rec.take();
+        for (what, text, lines) in [
+            ("upstream", &seen, upstream_lines),
+            ("client", &response, client_lines),
+        ] {
+            let heads: Vec<&str> = text.split("\r\n\r\n").filter(|h| !h.is_empty()).collect();
+            assert!(
+                heads.len() >= 2,
+                "{extra:?}: two heads at the {what}: {text:?}"
+            );
+            for head in &heads[..2] {
+                let head_lines: Vec<&str> = head.split("\r\n").collect();
+                for line in lines {
+                    assert!(
+                        head_lines.contains(line),
+                        "{extra:?}: the {what} saw no {line:?} in {head:?}"
+                    );
+                }
+            }
+        }
+    }
 }

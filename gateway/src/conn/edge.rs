@@ -113,18 +113,19 @@ where
         if !self.next_request(first.await, &self.guard.metrics.header_timeouts) {
             return None;
         }
+        let options = self.app.server_options();
+        let keep_header_case = !options.is_some_and(|o| o.h1_discard_header_case);
         let mut persistent: Option<HttpPersistentSettings> = None;
         loop {
             let mut session = ServerSession::new_http1(stream);
+            session.set_keep_header_case(keep_header_case);
             match persistent.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
                 None => {
                     // As Pingora's own loop sets up a connection's first session.
                     session.set_keepalive((!*shutdown.borrow()).then_some(60));
                     session.set_keepalive_reuses_remaining(
-                        self.app
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
+                        options.and_then(|o| o.keepalive_request_limit),
                     );
                 }
             }

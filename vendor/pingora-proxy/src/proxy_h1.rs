@@ -42,6 +42,10 @@ where
     {
         client_session.read_timeout = peer.options.read_timeout;
         client_session.write_timeout = peer.options.write_timeout;
+        // Vestibule patch 0010: the response's original header case is kept only for a client whose
+        // own request kept it (an HTTP/1 session that keeps header case); an
+        // HTTP/2 client or a session that drops case would not use it.
+        client_session.keep_response_header_case = session.req_header().has_case();
 
         // phase 2 send to upstream
 

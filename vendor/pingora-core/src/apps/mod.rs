@@ -89,6 +89,15 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Drop the original case of HTTP/1 header names: request heads (and the
+    /// upstream responses proxied back for them) are kept in one header map
+    /// instead of two, and names are written as HTTP/2 would send them
+    /// (lowercase, a few well-known names titled).
+    ///
+    /// Default: `false` (names keep the case they were sent in). (Vestibule
+    /// patch 0010.)
+    pub h1_discard_header_case: bool,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -344,7 +353,11 @@ where
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            let keep_header_case = !self
+                .server_options()
+                .is_some_and(|opts| opts.h1_discard_header_case);
             let mut session = ServerSession::new_http1(stream);
+            session.set_keep_header_case(keep_header_case);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -360,6 +373,7 @@ where
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
                 let mut session = ServerSession::new_http1(stream);
+                session.set_keep_header_case(keep_header_case);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -50,6 +50,12 @@ pub struct HttpSession {
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
     pub write_timeout: Option<Duration>,
+    /// Whether response header names keep the case they were sent in (a second,
+    /// case-preserving map beside the value map). Default: true. A proxy turns
+    /// it off when the response goes where the case is not kept anyway (an
+    /// HTTP/2 client, or an HTTP/1 client whose request was read without case).
+    /// (Vestibule patch 0010.)
+    pub keep_response_header_case: bool,
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
@@ -93,6 +99,7 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             write_timeout: None,
+            keep_response_header_case: true,
             digest,
             bytes_sent: 0,
             body_recv: 0,
@@ -284,7 +291,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        let build = if self.keep_response_header_case {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
+                        };
+                        let mut response_header = match build(
                             resp.code.unwrap(),
                             Some(resp.headers.len()),
                         ) {
@@ -975,6 +987,29 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    #[tokio::test]
+    async fn read_response_keeps_header_case_unless_told_not_to() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nX-UpStream: a\r\ncontent-LENGTH: 0\r\n\r\n";
+        for keep in [true, false] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.keep_response_header_case = keep;
+            http_stream.read_response().await.unwrap();
+            let resp = http_stream.resp_header().unwrap();
+            assert_eq!(resp.has_case(), keep);
+            assert_eq!(resp.headers.get("x-upstream").unwrap(), "a");
+            let mut wire = Vec::new();
+            resp.header_to_h1_wire(&mut wire);
+            let expected: &[u8] = if keep {
+                b"X-UpStream: a\r\ncontent-LENGTH: 0\r\n"
+            } else {
+                b"x-upstream: a\r\nContent-Length: 0\r\n"
+            };
+            assert_eq!(String::from_utf8_lossy(&wire), String::from_utf8_lossy(expected));
+        }
     }
 
     #[tokio::test]

@@ -158,6 +158,10 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// Whether request header names keep the case they were sent in (a second,
+    /// case-preserving map beside the value map). Defaults to true. See
+    /// [`Self::set_keep_header_case`]. (Vestibule patch 0010.)
+    keep_header_case: bool,
 }
 
 impl HttpSession {
@@ -206,7 +210,26 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            keep_header_case: true,
         }
+    }
+
+    /// Keep (true, the default) or drop the original case of request header names.
+    ///
+    /// Kept, every header is stored twice: in the value map and in a map of the
+    /// names as sent, so a proxied request is written upstream with the client's
+    /// spelling. Dropped, the request header is built with
+    /// [`RequestHeader::build_no_case`]: one map, and names are written out
+    /// as HTTP/2 would send them (lowercase, a few well-known names titled).
+    /// HTTP/1 header names are case-insensitive (RFC 9110 section 5.1).
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
+    }
+
+    /// Whether request header names keep their original case; see
+    /// [`Self::set_keep_header_case`].
+    pub fn keep_header_case(&self) -> bool {
+        self.keep_header_case
     }
 
     async fn read_request_buf(
@@ -349,7 +372,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        let build = if self.keep_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -1877,6 +1905,29 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    #[tokio::test]
+    async fn read_keeps_header_case_unless_told_not_to() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\nX-CuStOm: 1\r\nuser-AGENT: t\r\n\r\n";
+        for keep in [true, false] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.set_keep_header_case(keep);
+            http_stream.read_request().await.unwrap();
+            let req = http_stream.req_header();
+            assert_eq!(req.has_case(), keep);
+            assert_eq!(req.headers.get("x-custom").unwrap(), "1");
+            let mut wire = Vec::new();
+            req.header_to_h1_wire(&mut wire);
+            let expected: &[u8] = if keep {
+                b"Host: a\r\nX-CuStOm: 1\r\nuser-AGENT: t\r\n"
+            } else {
+                b"Host: a\r\nx-custom: 1\r\nuser-agent: t\r\n"
+            };
+            assert_eq!(String::from_utf8_lossy(&wire), String::from_utf8_lossy(expected));
+        }
     }
 
     #[cfg(feature = "patched_http1")]
