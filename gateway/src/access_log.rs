@@ -80,10 +80,7 @@ impl AccessLog {
         }
         let Waiting { lines, stamp } = &mut *waiting;
         let mut line = Line(lines);
-        let _ = match self.format {
-            LogFormat::Text => text(&mut line, stamp, e),
-            LogFormat::Json => json(&mut line, stamp, e),
-        };
+        let _ = self::line(&mut line, stamp, e, self.format);
         let full = waiting.lines.len() >= FLUSH_AT;
         drop(waiting);
         if full {
@@ -243,6 +240,18 @@ impl Line<'_> {
         self.raw(b"Z");
     }
 
+    /// What `write` writes, in double quotes when `json` (addresses are
+    /// JSON strings, bare in the text shape).
+    fn in_json_quotes(&mut self, json: bool, write: impl FnOnce(&mut Self)) {
+        if json {
+            self.raw(b"\"");
+        }
+        write(self);
+        if json {
+            self.raw(b"\"");
+        }
+    }
+
     /// `s` in double quotes, escaped as JSON strings are.
     fn quoted(&mut self, s: &str) {
         self.raw(b"\"");
@@ -279,72 +288,80 @@ fn civil(days: u64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
-fn text(out: &mut Line<'_>, stamp: &mut Stamp, e: &Entry<'_>) -> std::fmt::Result {
-    out.timestamp(stamp);
-    out.raw(b"  INFO vestibule::access: tenant=");
-    out.quoted(e.tenant);
-    out.raw(b" route=");
-    out.quoted(e.route);
-    if let Some(c) = e.client {
-        out.raw(b" client=");
-        out.ip(c);
-    }
-    out.raw(b" host=");
-    out.write_str(&String::from_utf8_lossy(e.host))?;
-    out.raw(b" method=");
-    out.raw(e.method.as_bytes());
-    out.raw(b" path=");
-    out.quoted(e.path);
-    out.raw(b" status=");
-    out.num(e.status);
-    if let Some(u) = e.upstream {
-        out.raw(b" upstream=");
-        out.addr(u);
-    }
-    out.raw(b" duration_ms=");
-    out.millis(e.duration);
-    out.raw(b" bytes=");
-    out.num(e.bytes);
-    if let Some(err) = e.error {
-        write!(out, " error={err}")?;
-    }
-    out.write_char('\n')
+/// One field's value, as both shapes write it.
+enum Value<'a> {
+    /// A string, quoted (and escaped) in both shapes.
+    Quoted(&'a str),
+    /// Text the text shape writes as it is (as the tracing events did) and
+    /// JSON quotes.
+    Bare(&'a str),
+    Ip(IpAddr),
+    Addr(SocketAddr),
+    Num(u64),
+    Millis(Duration),
+    Error(&'a dyn std::fmt::Display),
 }
 
-fn json(out: &mut Line<'_>, stamp: &mut Stamp, e: &Entry<'_>) -> std::fmt::Result {
-    out.raw(b"{\"timestamp\":\"");
-    out.timestamp(stamp);
-    out.raw(b"\",\"level\":\"INFO\",\"tenant\":");
-    out.quoted(e.tenant);
-    out.raw(b",\"route\":");
-    out.quoted(e.route);
-    if let Some(c) = e.client {
-        out.raw(b",\"client\":\"");
-        out.ip(c);
-        out.raw(b"\"");
+/// Writes one line: the fields of `e`, in the one order both shapes share,
+/// `key=value` after tracing's text prefix or as a JSON object.
+fn line(
+    out: &mut Line<'_>,
+    stamp: &mut Stamp,
+    e: &Entry<'_>,
+    format: LogFormat,
+) -> std::fmt::Result {
+    use Value::*;
+    let host = String::from_utf8_lossy(e.host);
+    let fields = [
+        ("tenant", Some(Quoted(e.tenant))),
+        ("route", Some(Quoted(e.route))),
+        ("client", e.client.map(Ip)),
+        ("host", Some(Bare(&host))),
+        ("method", Some(Bare(e.method))),
+        ("path", Some(Quoted(e.path))),
+        ("status", Some(Num(e.status.into()))),
+        ("upstream", e.upstream.map(Addr)),
+        ("duration_ms", Some(Millis(e.duration))),
+        ("bytes", Some(Num(e.bytes as u64))),
+        ("error", e.error.map(Error)),
+    ];
+    let json = format == LogFormat::Json;
+    if json {
+        out.raw(b"{\"timestamp\":\"");
+        out.timestamp(stamp);
+        out.raw(b"\",\"level\":\"INFO\"");
+    } else {
+        out.timestamp(stamp);
+        out.raw(b"  INFO vestibule::access:");
     }
-    out.raw(b",\"host\":");
-    out.quoted(&String::from_utf8_lossy(e.host));
-    out.raw(b",\"method\":");
-    out.quoted(e.method);
-    out.raw(b",\"path\":");
-    out.quoted(e.path);
-    out.raw(b",\"status\":");
-    out.num(e.status);
-    if let Some(u) = e.upstream {
-        out.raw(b",\"upstream\":\"");
-        out.addr(u);
-        out.raw(b"\"");
+    for (key, value) in fields {
+        let Some(value) = value else { continue };
+        if json {
+            out.raw(b",\"");
+            out.raw(key.as_bytes());
+            out.raw(b"\":");
+        } else {
+            out.raw(b" ");
+            out.raw(key.as_bytes());
+            out.raw(b"=");
+        }
+        match value {
+            Quoted(v) => out.quoted(v),
+            Bare(v) if json => out.quoted(v),
+            Bare(v) => out.raw(v.as_bytes()),
+            Ip(ip) => out.in_json_quotes(json, |out| out.ip(ip)),
+            Addr(addr) => out.in_json_quotes(json, |out| out.addr(addr)),
+            Num(n) => out.num(n),
+            Millis(d) => out.millis(d),
+            Error(err) if json => out.quoted(&err.to_string()),
+            Error(err) => write!(out, "{err}")?,
+        }
     }
-    out.raw(b",\"duration_ms\":");
-    out.millis(e.duration);
-    out.raw(b",\"bytes\":");
-    out.num(e.bytes);
-    if let Some(err) = e.error {
-        out.raw(b",\"error\":");
-        out.quoted(&err.to_string());
+    if json {
+        out.write_str(",\"target\":\"vestibule::access\"}\n")
+    } else {
+        out.write_char('\n')
     }
-    out.write_str(",\"target\":\"vestibule::access\"}\n")
 }
 
 #[cfg(test)]
